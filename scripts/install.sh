@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Install the project and its test dependencies into ./.venv (Python 3.11, CPU torch from PyPI).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# torch first and pinned, so nothing pulls a different (CUDA, multi-GB) build behind our back.
+.venv/bin/python -m pip install -q "torch==2.13.0"
+.venv/bin/python -m pip install -q -e ".[test]"

@@ -1,0 +1,108 @@
+"""Calibration maths over per-sample arrays: pure NumPy, no torch, mergekit or lm-eval.
+
+Conventions
+-----------
+* A multiple-choice sample is a vector of raw (unnormalised) choice log-likelihoods and a gold
+  index. Choice probabilities are a float64 softmax over those log-likelihoods; the prediction
+  is their argmax (first on ties, as lm-eval's ``acc``); confidence is the top probability.
+* Equal-width bins: bin ``b`` of ``B`` holds confidences in ``[b/B, (b+1)/B)``; a confidence of
+  exactly 1.0 goes in the last bin. This is torchmetrics' convention.
+* ECE = Σ_b (n_b/n)·|acc_b − conf_b|; MCE = max_b |acc_b − conf_b| over non-empty bins.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def choice_probabilities(logliks: Sequence[float]) -> np.ndarray:
+    """Float64 softmax over one sample's choice log-likelihoods."""
+    x = np.asarray(logliks, dtype=np.float64)
+    z = np.exp(x - x.max())
+    return z / z.sum()
+
+
+def top_label(logliks_per_sample: Sequence[Sequence[float]], gold: Sequence[int]):
+    """(confidence, correct) arrays from per-sample choice log-likelihoods and gold indices."""
+    conf = np.empty(len(gold), dtype=np.float64)
+    correct = np.empty(len(gold), dtype=bool)
+    for i, (lls, g) in enumerate(zip(logliks_per_sample, gold)):
+        p = choice_probabilities(lls)
+        conf[i] = p.max()
+        correct[i] = int(np.argmax(lls)) == int(g)
+    return conf, correct
+
+
+def bin_index(conf: np.ndarray, bins: int) -> np.ndarray:
+    """Equal-width bin of each confidence: [b/B, (b+1)/B), 1.0 in the last bin."""
+    if bins <= 0:
+        raise ValueError(f"bins must be positive, got {bins}")
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    return np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, bins - 1)
+
+
+def reliability(conf, correct, bins: int = 15) -> dict[str, np.ndarray]:
+    """Per-bin mean confidence, accuracy and count (NaN where a bin is empty)."""
+    conf = np.asarray(conf, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    idx = bin_index(conf, bins)
+    count = np.bincount(idx, minlength=bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(idx, weights=conf, minlength=bins) / count
+        accuracy = np.bincount(idx, weights=correct, minlength=bins) / count
+    return {"edges": np.linspace(0.0, 1.0, bins + 1), "confidence": mean_conf,
+            "accuracy": accuracy, "count": count}
+
+
+def expected_calibration_error(conf, correct, bins: int = 15) -> float:
+    """ECE with equal-width bins (see module docstring for the convention)."""
+    r = reliability(conf, correct, bins)
+    filled = r["count"] > 0
+    gaps = np.abs(r["accuracy"][filled] - r["confidence"][filled])
+    return float(np.sum(r["count"][filled] / r["count"].sum() * gaps))
+
+
+def maximum_calibration_error(conf, correct, bins: int = 15) -> float:
+    """Largest |accuracy − confidence| over non-empty bins."""
+    r = reliability(conf, correct, bins)
+    filled = r["count"] > 0
+    return float(np.max(np.abs(r["accuracy"][filled] - r["confidence"][filled])))
+
+
+def brier_score(logliks_per_sample, gold) -> float:
+    """Multiclass Brier score Σ_k (p_k − y_k)² averaged over samples (any number of choices)."""
+    total = 0.0
+    for lls, g in zip(logliks_per_sample, gold):
+        p = choice_probabilities(lls)
+        y = np.zeros_like(p)
+        y[int(g)] = 1.0
+        total += float(np.sum((p - y) ** 2))
+    return total / len(gold)
+
+
+def gold_nll(logliks_per_sample, gold) -> float:
+    """Mean negative log of the gold choice's probability under the choice softmax."""
+    total = 0.0
+    for lls, g in zip(logliks_per_sample, gold):
+        x = np.asarray(lls, dtype=np.float64)
+        m = x.max()
+        total += float(m + np.log(np.sum(np.exp(x - m))) - x[int(g)])
+    return total / len(gold)
+
+
+def calibration_metrics(logliks_per_sample, gold, bins: int = 15) -> dict[str, float]:
+    """acc, ece, mce, brier, nll, mean_conf and n for one multiple-choice task."""
+    if len(gold) == 0:
+        raise ValueError("no samples to compute calibration from")
+    conf, correct = top_label(logliks_per_sample, gold)
+    return {
+        "acc": float(correct.mean()),
+        "ece": expected_calibration_error(conf, correct, bins),
+        "mce": maximum_calibration_error(conf, correct, bins),
+        "brier": brier_score(logliks_per_sample, gold),
+        "nll": gold_nll(logliks_per_sample, gold),
+        "mean_conf": float(conf.mean()),
+        "n": float(len(gold)),
+    }

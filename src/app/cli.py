@@ -1,0 +1,69 @@
+"""``python -m app``: the Hydra entry point, with one-line errors for bad input."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from app.config import ConfigError, conf_dir, group_options, register, schema_keys, suggest
+
+register()
+
+
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
+def _main(cfg: DictConfig) -> dict[str, float]:
+    from app.run import run_job
+
+    return run_job(cfg)
+
+
+def main() -> None:
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let errors reach us to be reworded
+    try:
+        _main()
+    except Exception as e:  # noqa: BLE001 - user errors become one line, bugs re-raise
+        line = user_error(e)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        sys.exit(2)
+
+
+def user_error(e: BaseException) -> str | None:
+    """One line for a configuration mistake, or None if ``e`` is a bug."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+    from omegaconf.errors import OmegaConfBaseException
+
+    while e.__cause__ is not None and not isinstance(e, ConfigError):
+        if isinstance(e, (ConfigError, OmegaConfBaseException)):
+            break
+        e = e.__cause__
+    text = str(e)
+    if isinstance(e, ConfigError):
+        return text
+    if m := re.search(r"Could not find '(\w+)/([^']*)'", text):
+        group, option = m.groups()
+        valid = group_options(group)
+        return (f"{group}={option} is not a known option{suggest(option, valid)}; "
+                f"valid: {', '.join(valid)}")
+    if m := re.search(r"Key '([^']+)' (?:is )?not in (?:struct|'(\w+)').*?full_key: (\S+)",
+                      text, re.S):
+        key, schema, full_key = m.groups()
+        valid = schema_keys(schema or full_key.rsplit(".", 1)[0])
+        hint = f"{suggest(key, valid)}; valid: {', '.join(valid)}" if valid else ""
+        return f"{full_key} is not a config key{hint}"
+
+    if m := re.search(r"Value '(.*?)' of type .* could not be converted to (\w+).*?full_key: (\S+)",
+                      text, re.S):
+        value, kind, key = m.groups()
+        return f"{key}={value!r} is not a valid {kind.lower()}"
+    if m := re.search(r"Missing mandatory value: (\S+)", text):
+        return f"{m.group(1)} must be set"
+    if isinstance(e, (OverrideParseException, ConfigCompositionException, MissingConfigException,
+                      OmegaConfBaseException)):
+        return text.strip().splitlines()[0]
+    return None

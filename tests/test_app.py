@@ -1,0 +1,84 @@
+"""`python -m app` end to end: real Hydra, mergekit, lm-eval and MLflow on the toy pair."""
+
+import os
+import subprocess
+import sys
+
+import mlflow
+import pytest
+
+LIMIT = "task.limit=40"
+
+
+def run_app(tmp_path, *args, check=True):
+    cmd = [sys.executable, "-m", "app", *args, f"tracking.dir={tmp_path}/mlruns",
+           f"hydra.run.dir={tmp_path}/outputs", f"hydra.sweep.dir={tmp_path}/multirun"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def runs(tmp_path):
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    exps = client.search_experiments()
+    return client, [r for e in exps for r in client.search_runs([e.experiment_id])]
+
+
+def test_single_run_logs_metrics_params_and_artifacts(tmp_path):
+    proc = run_app(tmp_path, LIMIT, "lambda=0.3")
+    assert "linear λ=0.3" in proc.stdout and "toy_mc/ece=" in proc.stdout
+    client, found = runs(tmp_path)
+    assert len(found) == 1
+    run = found[0]
+    assert run.info.status == "FINISHED"
+    m = run.data.metrics
+    assert 0 <= m["toy_mc/ece"] <= 1 and 0 <= m["toy_gen/acc"] <= 1
+    assert m["toy_mc/acc"] == m["toy_mc/acc_lm_eval"]  # raw accuracy == lm-eval's own acc
+    assert m["toy_mc/n"] == 40
+    p = run.data.params
+    assert p["lambda"] == "0.3" and p["method.name"] == "linear" and p["model.name"] == "toy"
+    assert p["version.mergekit"] == "0.1.5" and p["version.lm_eval"] == "0.4.13"
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "mergekit.yaml", "lm_eval_results.json", "samples"} <= names
+
+
+def test_multirun_grid_has_one_parent_and_children(tmp_path):
+    proc = run_app(tmp_path, "-m", LIMIT, "method=slerp,linear", "lambda=0,1")
+    client, found = runs(tmp_path)
+    parents = [r for r in found if r.data.tags.get("role") == "sweep"]
+    children = [r for r in found if r.data.tags.get("mlflow.parentRunId")]
+    assert len(parents) == 1 and len(children) == 4, proc.stdout
+    assert all(r.info.status == "FINISHED" for r in found)
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    by_key = {(r.data.tags["method"], r.data.params["lambda"]): r.data.metrics for r in children}
+    assert set(by_key) == {("slerp", "0.0"), ("slerp", "1.0"), ("linear", "0.0"), ("linear", "1.0")}
+    # λ=0 is the PT model whatever the method, so both methods score it identically
+    for metric in ("toy_mc/acc", "toy_mc/ece", "toy_gen/acc"):
+        assert by_key[("slerp", "0.0")][metric] == by_key[("linear", "0.0")][metric]
+        assert by_key[("slerp", "1.0")][metric] == by_key[("linear", "1.0")][metric]
+
+
+@pytest.mark.parametrize("override,expect", [
+    ("method=slerpp", "method=slerpp is not a known option (did you mean 'slerp'?); valid:"),
+    ("method.lambda_rnge=[0,2]", "method.lambda_rnge is not a config key (did you mean 'lambda_range'?)"),
+    ("lambda=abc", "lambda='abc' is not a valid float"),
+    ("model.pt=/nonexistent/pt", "model.pt='/nonexistent/pt': no model there"),
+    ("lambda=1.5", "lambda=1.5 is outside method=linear's range [0, 1]"),
+])
+def test_bad_override_is_one_line_and_leaves_no_run(tmp_path, override, expect):
+    proc = run_app(tmp_path, override, check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], proc.stderr
+    if (tmp_path / "mlruns" / "mlflow.db").exists():
+        assert runs(tmp_path)[1] == []
+
+
+def test_bad_value_in_a_sweep_leaves_nothing_running(tmp_path):
+    proc = run_app(tmp_path, "-m", LIMIT, "lambda=0,abc", check=False)
+    assert proc.returncode == 2
+    assert "lambda='abc' is not a valid float" in proc.stderr
+    _, found = runs(tmp_path)
+    assert found and all(r.info.status != "RUNNING" for r in found)

@@ -1,0 +1,73 @@
+"""Calibration maths against hand-computed cases and torchmetrics as an independent oracle."""
+
+import numpy as np
+import pytest
+import torch
+from torchmetrics.functional.classification import multiclass_calibration_error
+
+from app import calibration as cal
+
+
+def test_ece_hand_computed():
+    # 4 bins. Bin [0.25,0.5): conf .3,.4 -> mean .35, acc .5 -> gap .15, weight 2/5
+    # bin [0.75,1]: conf .8,.9,1.0 -> mean .9, acc 2/3 -> gap .2333.., weight 3/5
+    conf = np.array([0.3, 0.4, 0.8, 0.9, 1.0])
+    correct = np.array([1, 0, 1, 1, 0], dtype=bool)
+    expected = 2 / 5 * 0.15 + 3 / 5 * abs(0.9 - 2 / 3)
+    assert cal.expected_calibration_error(conf, correct, bins=4) == pytest.approx(expected, abs=1e-12)
+    assert cal.maximum_calibration_error(conf, correct, bins=4) == pytest.approx(0.9 - 2 / 3)
+
+
+def test_bin_convention_left_closed_and_one_in_last_bin():
+    idx = cal.bin_index(np.array([0.0, 0.25, 0.2499, 0.5, 1.0]), 4)
+    assert idx.tolist() == [0, 1, 0, 2, 3]
+
+
+def test_perfectly_calibrated_and_overconfident():
+    conf = np.full(1000, 0.7)
+    correct = np.arange(1000) < 700
+    assert cal.expected_calibration_error(conf, correct) == pytest.approx(0.0, abs=1e-12)
+    assert cal.expected_calibration_error(np.full(1000, 0.99), correct) == pytest.approx(0.29)
+
+
+@pytest.mark.parametrize("bins", [5, 15, 20])
+@pytest.mark.parametrize("n_choices", [2, 4, 10])
+def test_ece_matches_torchmetrics(bins, n_choices):
+    rng = np.random.default_rng(bins * 100 + n_choices)
+    logits = rng.normal(size=(500, n_choices)) * rng.uniform(0.2, 4.0, size=(500, 1))
+    gold = rng.integers(0, n_choices, size=500)
+    conf, correct = cal.top_label(logits, gold)
+    ours = cal.expected_calibration_error(conf, correct, bins)
+    probs = torch.softmax(torch.tensor(logits, dtype=torch.float64), dim=1)
+    oracle = multiclass_calibration_error(probs, torch.tensor(gold), num_classes=n_choices,
+                                          n_bins=bins, norm="l1")
+    assert ours == pytest.approx(float(oracle), abs=1e-6)
+    oracle_max = multiclass_calibration_error(probs, torch.tensor(gold), num_classes=n_choices,
+                                              n_bins=bins, norm="max")
+    assert cal.maximum_calibration_error(conf, correct, bins) == pytest.approx(float(oracle_max), abs=1e-6)
+
+
+def test_brier_nll_and_metrics_with_varying_choices():
+    logliks = [[-1.0, -2.0], [-0.5, -0.5, -3.0], [-4.0, -1.0, -2.0, -3.0]]
+    gold = [0, 2, 1]
+    probs = [np.exp(x) / np.exp(x).sum() for x in map(np.array, logliks)]
+    brier = np.mean([np.sum((p - np.eye(len(p))[g]) ** 2) for p, g in zip(probs, gold)])
+    nll = np.mean([-np.log(p[g]) for p, g in zip(probs, gold)])
+    m = cal.calibration_metrics(logliks, gold, bins=10)
+    assert m["brier"] == pytest.approx(brier)
+    assert m["nll"] == pytest.approx(nll)
+    assert m["acc"] == pytest.approx(2 / 3)  # sample 2 ties -> argmax picks choice 0, wrong
+    assert m["mean_conf"] == pytest.approx(np.mean([p.max() for p in probs]))
+    assert m["n"] == 3
+
+
+def test_softmax_is_stable_for_large_logliks():
+    p = cal.choice_probabilities([-1000.0, -1001.0])
+    assert p.sum() == pytest.approx(1.0) and p[0] == pytest.approx(1 / (1 + np.exp(-1)))
+
+
+def test_empty_and_bad_bins_raise():
+    with pytest.raises(ValueError):
+        cal.calibration_metrics([], [])
+    with pytest.raises(ValueError):
+        cal.bin_index(np.array([0.5]), 0)

@@ -1,0 +1,62 @@
+"""Every shipped YAML composes against its schema; typos and bad values are errors."""
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigAttributeError, ValidationError
+
+from app.config import ConfigError, clean_lambda, group_options, validate
+from app.merge import mergekit_config
+
+GROUPS = ["model", "method", "task", "judge", "tracking"]
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in group_options(g)])
+def test_every_shipped_option_composes(make_cfg, group, option):
+    cfg = make_cfg(f"{group}={option}")
+    assert cfg[group].name if group != "tracking" else cfg.tracking.dir
+    if group == "method":
+        mk = mergekit_config(cfg)
+        assert mk["merge_method"] and mk["out_dtype"] == cfg.model.dtype
+
+
+def test_defaults_are_the_toy_pair(make_cfg):
+    cfg = make_cfg()
+    assert cfg.model.name == "toy" and cfg.task.name == "toy" and cfg["lambda"] == 0.5
+    validate(cfg)
+
+
+def test_misspelled_key_fails(make_cfg):
+    with pytest.raises(ConfigCompositionException) as e:
+        make_cfg("method.lambda_rnge=[0,2]")
+    assert isinstance(e.value.__cause__, ConfigAttributeError)
+
+
+def test_non_numeric_lambda_fails(make_cfg):
+    with pytest.raises(ConfigCompositionException) as e:
+        make_cfg("lambda=abc")
+    assert isinstance(e.value.__cause__, ValidationError)
+
+
+def test_lambda_is_rounded_for_names_and_params():
+    assert clean_lambda(0.7000000000000001) == 0.7
+    assert clean_lambda(-0.0) == 0.0 and str(clean_lambda(-0.0)) == "0.0"
+    with pytest.raises(ConfigError):
+        clean_lambda(float("nan"))
+
+
+def test_lambda_outside_method_range(make_cfg):
+    with pytest.raises(ConfigError, match=r"lambda=1.5 is outside method=slerp's range \[0, 1\]"):
+        validate(make_cfg("method=slerp", "lambda=1.5"))
+
+
+def test_missing_model_path(make_cfg, tmp_path):
+    with pytest.raises(ConfigError, match="model.pt=.*no model there"):
+        validate(make_cfg(f"model.pt={tmp_path}/nope"))
+
+
+@pytest.mark.parametrize("lam,pt_w,it_w", [(0.0, 1.0, 0.0), (0.3, 0.7, 0.3), (1.0, 0.0, 1.0)])
+def test_linear_weights_follow_lambda(make_cfg, lam, pt_w, it_w):
+    mk = mergekit_config(make_cfg("method=linear", f"lambda={lam}"))
+    weights = {m["model"]: m["parameters"]["weight"] for m in mk["models"]}
+    cfg = make_cfg()
+    assert weights == {cfg.model.pt: pytest.approx(pt_w), cfg.model.it: pytest.approx(it_w)}
