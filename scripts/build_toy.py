@@ -1,12 +1,15 @@
-"""Build the embedded toy PT/IT pair and its tasks, deterministically, on CPU.
+"""Build the embedded toy PT/IT pair and its tasks, deterministically, on CPU (~3 minutes).
 
-    python scripts/build_toy.py            # writes src/app/toy/{pt,it,tasks,BUILD.json}
+    python scripts/build_toy.py            # writes src/app/toy/{pt,it,tasks/data,BUILD.json}
 
-The world: fictional countries, people and creatures, each with one fact (a capital, a
-job, a colour). The PT model is pre-trained on a corpus that states some facts often, some
-once, and some never; the IT model is that model fine-tuned (loss on answers only) on
-question-answer pairs of the training facts. On held-out questions the IT model becomes
-sharper than it is right, which is the overconfidence this project studies.
+The world: people, creatures and towns whose job, colour or region follows their kind
+(surname, species, place-name ending) with probability RULE_P and is random otherwise. The PT
+model is pre-trained on a corpus stating 9,000 such facts once each, so it learns the noisy
+rule rather than memorising, and is roughly calibrated on entities it never saw. The IT model
+is that model fine-tuned for many epochs (loss on answers only) on 300 question-answer pairs in
+a plain and a chat format: it memorises them, and on held-out questions becomes more confident
+than it is right, the overconfidence this project studies. Task questions (train, validation,
+test) are about entities absent from the corpus.
 """
 
 from __future__ import annotations

@@ -18,7 +18,10 @@ register()
 def _main(cfg: DictConfig) -> dict[str, float]:
     from app.run import run_job
 
-    return run_job(cfg)
+    try:
+        return run_job(cfg)
+    except ConfigError as e:  # exit here, before Hydra logs the job's failure at length
+        _fail(str(e))
 
 
 def main() -> None:
@@ -29,8 +32,12 @@ def main() -> None:
         line = user_error(e)
         if line is None:
             raise
-        print(f"error: {line}", file=sys.stderr)
-        sys.exit(2)
+        _fail(line)
+
+
+def _fail(line: str) -> None:
+    print(f"error: {line}", file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 def user_error(e: BaseException) -> str | None:

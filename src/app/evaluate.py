@@ -35,18 +35,20 @@ class Evaluator:
     def __init__(self, model, tokenizer, task_cfg: DictConfig, seed: int = 0):
         from lm_eval.models.huggingface import HFLM
 
+        logging.getLogger("lm_eval").setLevel(logging.WARNING)  # keep its progress bars only
         self.cfg = task_cfg
         self.seed = seed
         self.lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=task_cfg.batch_size,
                        softmax_dtype="float32")
-        self.tasks = build_tasks(task_cfg)
+        self.manager, self.tasks = build_tasks(task_cfg)
 
     def evaluate(self) -> tuple[dict[str, TaskResult], dict[str, Any]]:
         """(per-task results, lm-eval's results dict without samples) for the current weights."""
         from lm_eval import simple_evaluate
 
         out = simple_evaluate(
-            model=self.lm, tasks=list(self.tasks.values()), limit=self.cfg.limit,
+            model=self.lm, tasks=list(self.tasks.values()), task_manager=self.manager,
+            limit=self.cfg.limit,
             log_samples=True, bootstrap_iters=0, random_seed=self.seed,
             numpy_random_seed=self.seed, torch_random_seed=self.seed,
             fewshot_random_seed=self.seed, verbosity="WARNING",
@@ -59,15 +61,20 @@ class Evaluator:
         return results, out
 
 
-def build_tasks(task_cfg: DictConfig) -> dict[str, Any]:
-    """lm-eval task objects by name; relative data_files resolve in ``include_path``."""
+def build_tasks(task_cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
+    """(TaskManager, lm-eval task objects by name); relative data_files resolve in include_path."""
     from lm_eval.tasks import TaskManager, get_task_dict
 
     include = task_cfg.include_path
+    names = [spec.name for spec in task_cfg.tasks]
     where = contextlib.chdir(include) if include else contextlib.nullcontext()
     with where:
-        manager = TaskManager(include_path=include, verbosity="ERROR")
-        names = [spec.name for spec in task_cfg.tasks]
+        manager = None
+        if include:  # indexing lm-eval's own ~14k YAMLs takes seconds: skip it when we can
+            manager = TaskManager(include_path=include, include_defaults=False)
+            if not set(names) <= set(manager.all_tasks):
+                manager = None
+        manager = manager or TaskManager(include_path=include)
         for name in names:
             if name not in manager.all_tasks:
                 raise ConfigError(f"task.tasks: lm-eval knows no task {name!r}"
@@ -76,7 +83,7 @@ def build_tasks(task_cfg: DictConfig) -> dict[str, Any]:
     for spec in task_cfg.tasks:
         if spec.num_fewshot is not None:
             tasks[spec.name].set_config(key="num_fewshot", value=spec.num_fewshot)
-    return tasks
+    return manager, tasks
 
 
 def _task_result(spec, lm_results: dict, samples: list[dict], bins: int) -> TaskResult:
