@@ -1,4 +1,4 @@
-"""In-memory merges: λ endpoints reproduce the parents exactly; λ=0.3 matches mergekit-yaml."""
+"""In-memory merges: λ endpoints give the parents for every method; λ=0.3 equals mergekit-yaml."""
 
 import subprocess
 import sys
@@ -10,63 +10,121 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from app.config import TOY_DIR, group_options
 from app.merge import merge_into, mergekit_config
 
-METHODS = ["linear", "slerp"]
+# λ=0 gives PT and λ=1 gives IT bit for bit (linear, slerp), or up to float32 rounding:
+# nuslerp computes sin(θ)·v/sin(θ); task-vector methods give PT exactly at λ=0 and compute
+# PT + (IT − PT) at λ=1 (sparsifying methods at full density).
+BIT_EXACT = {"linear": [], "slerp": [], "linear_modules": []}
+ROUNDED_AT_ZERO = {"nuslerp": []}
+FULL_DENSITY = {
+    "task_arithmetic": [], "expo": [],
+    "ties": ["method.params.density=1"], "dare_ties": ["method.params.density=1"],
+    "dare_linear": ["method.params.density=1"],
+    "della": ["method.params.density=1", "method.params.epsilon=0"],
+    "breadcrumbs": ["method.params.density=1", "method.params.gamma=0"],
+}
+ALL = {**BIT_EXACT, **ROUNDED_AT_ZERO, **FULL_DENSITY}
 
 
-def weights(folder: str) -> dict[str, torch.Tensor]:
+def assert_close_to(state, parent, method, lam, exact):
+    """Bit-equal, or within two float32 roundings of the parents' magnitudes."""
+    for name, ref in parent.items():
+        if exact:
+            assert torch.equal(state[name], ref), f"{method} λ={lam}: {name} differs"
+        else:
+            bound = 2 * torch.finfo(torch.float32).eps * (PT[name].abs() + IT[name].abs())
+            assert torch.all((state[name] - ref).abs() <= bound), f"{method} λ={lam}: {name}"
+
+
+def weights(folder) -> dict[str, torch.Tensor]:
     return load_file(str(Path(folder) / "model.safetensors"))
 
 
+PT, IT = weights(TOY_DIR / "pt"), weights(TOY_DIR / "it")
+
+
 @pytest.fixture(scope="module")
-def working_model():
-    from app.config import TOY_DIR
-
-    model = AutoModelForCausalLM.from_pretrained(TOY_DIR / "pt", dtype=torch.float32)
-    return model
+def model():
+    return AutoModelForCausalLM.from_pretrained(TOY_DIR / "pt", dtype=torch.float32)
 
 
-def scramble(model):
+def merge(make_cfg, model, *overrides, seed=0):
     with torch.no_grad():
         for p in model.parameters():
             p.fill_(float("nan"))  # anything the merge does not overwrite stays visibly wrong
+    cfg = make_cfg(*overrides)
+    report = merge_into(model, mergekit_config(cfg), seed=seed)
+    assert report.tensors == len(PT)
+    return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("lam,parent", [(0.0, "pt"), (1.0, "it")])
-def test_endpoints_reproduce_parents_exactly(make_cfg, working_model, method, lam, parent):
-    cfg = make_cfg(f"method={method}", f"lambda={lam}")
-    scramble(working_model)
-    report = merge_into(working_model, mergekit_config(cfg))
-    ref = weights(cfg.model[parent])
-    state = working_model.state_dict()
-    assert report.tensors == len(ref)
-    for name, tensor in ref.items():
-        assert torch.equal(state[name], tensor), f"{method} λ={lam}: {name} differs from {parent}"
+def test_every_shipped_method_is_covered():
+    assert set(group_options("method")) == set(ALL)
 
 
-def test_linear_midpoint_is_the_weighted_average(make_cfg, working_model):
-    cfg = make_cfg("method=linear", "lambda=0.3")
-    merge_into(working_model, mergekit_config(cfg))
-    pt, it = weights(cfg.model.pt), weights(cfg.model.it)
-    state = working_model.state_dict()
-    for name in pt:
-        torch.testing.assert_close(state[name], 0.7 * pt[name] + 0.3 * it[name],
-                                   rtol=0, atol=2e-7)
-    assert not torch.equal(state[name], pt[name])
+@pytest.mark.parametrize("method", sorted(ALL))
+def test_lambda_zero_is_pt(make_cfg, model, method):
+    state = merge(make_cfg, model, f"method={method}", "lambda=0", *ALL[method])
+    assert_close_to(state, PT, method, 0, exact=method not in ROUNDED_AT_ZERO)
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_in_memory_equals_mergekit_yaml(make_cfg, working_model, method, tmp_path):
-    cfg = make_cfg(f"method={method}", "lambda=0.3")
-    mk = mergekit_config(cfg)
+@pytest.mark.parametrize("method", sorted(ALL))
+def test_lambda_one_is_it(make_cfg, model, method):
+    state = merge(make_cfg, model, f"method={method}", "lambda=1", *ALL[method])
+    assert_close_to(state, IT, method, 1, exact=method in BIT_EXACT)
+
+
+def test_expo_extrapolates_past_it(make_cfg, model):
+    state = merge(make_cfg, model, "method=expo", "lambda=1.5")
+    name = "model.layers.0.mlp.up_proj.weight"
+    torch.testing.assert_close(state[name], PT[name] + 1.5 * (IT[name] - PT[name]))
+
+
+def test_dare_at_density_half_keeps_half_the_task_vector_rescaled(make_cfg, model):
+    # The documented λ=1 equivalent at density d: PT + a random d-share of the task vector,
+    # rescaled (mergekit preserves its L1 norm).
+    state = merge(make_cfg, model, "method=dare_linear", "lambda=1", "method.params.density=0.5")
+    name = "model.layers.1.mlp.down_proj.weight"
+    delta, merged_delta = IT[name] - PT[name], state[name] - PT[name]
+    kept = merged_delta != 0
+    assert 0.45 < kept.float().mean().item() < 0.55
+    scale = merged_delta[kept] / delta[kept]
+    torch.testing.assert_close(scale, torch.full_like(scale, scale.mean().item()), rtol=1e-3, atol=0)
+    assert merged_delta.abs().sum().item() == pytest.approx(delta.abs().sum().item(), rel=1e-4)
+
+
+def test_dare_masks_follow_the_seed(make_cfg, model):
+    args = ("method=dare_ties", "lambda=0.5")
+    a, b = merge(make_cfg, model, *args, seed=1), merge(make_cfg, model, *args, seed=1)
+    c = merge(make_cfg, model, *args, seed=2)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_per_module_lambdas(make_cfg, model):
+    state = merge(make_cfg, model, "method=linear_modules", "lambda=0",
+                  "method.params.lambda_attn=1", "method.params.lambda_mlp=0")
+    for name in PT:
+        expected = IT[name] if "self_attn" in name else PT[name]
+        assert torch.equal(state[name], expected), name
+
+
+def test_linear_midpoint_is_the_weighted_average(make_cfg, model):
+    state = merge(make_cfg, model, "method=linear", "lambda=0.3")
+    for name in PT:
+        torch.testing.assert_close(state[name], 0.7 * PT[name] + 0.3 * IT[name], rtol=0, atol=2e-7)
+
+
+@pytest.mark.parametrize("method", ["linear", "slerp", "task_arithmetic", "ties", "dare_ties"])
+def test_in_memory_equals_mergekit_yaml(make_cfg, model, method, tmp_path):
+    mk = mergekit_config(make_cfg(f"method={method}", "lambda=0.3"))
     (tmp_path / "merge.yaml").write_text(yaml.safe_dump(mk))
     cli = Path(sys.executable).parent / "mergekit-yaml"
     subprocess.run([str(cli), str(tmp_path / "merge.yaml"), str(tmp_path / "out"),
                     "--random-seed", "0"], check=True, capture_output=True)
-    merge_into(working_model, mk, seed=0)
-    state = working_model.state_dict()
+    state = merge(make_cfg, model, f"method={method}", "lambda=0.3", seed=0)
     on_disk = weights(tmp_path / "out")
     assert set(on_disk) == set(state)
     for name, tensor in on_disk.items():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
@@ -41,6 +41,7 @@ class MethodConfig:
 
     name: str = MISSING
     lambda_range: List[float] = field(default_factory=lambda: [0.0, 1.0])
+    params: Dict[str, Any] = field(default_factory=dict)  # the method's own knobs (density, …)
     mergekit: Any = MISSING
 
 
@@ -157,6 +158,7 @@ def validate(cfg) -> None:
         raise ConfigError(
             f"lambda={lam:g} is outside method={cfg.method.name}'s range [{lo:g}, {hi:g}]"
         )
+    _check_method_params(cfg.method, lo, hi)
     if cfg.model.tokenizer not in ("pt", "it"):
         raise ConfigError(f"model.tokenizer={cfg.model.tokenizer!r} is not valid; use pt or it")
     if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
@@ -167,6 +169,25 @@ def validate(cfg) -> None:
         raise ConfigError(f"task.ece_bins={cfg.task.ece_bins} must be a positive integer")
     for key in ("pt", "it"):
         _check_model_ref(f"model.{key}", cfg.model[key])
+
+
+def _check_method_params(method, lo: float, hi: float) -> None:
+    p = method.params
+    for key, value in p.items():
+        if key.startswith("lambda_"):
+            lam = clean_lambda(value)
+            if not lo <= lam <= hi:
+                raise ConfigError(f"method.params.{key}={lam:g} is outside method={method.name}'s "
+                                  f"range [{lo:g}, {hi:g}]")
+    if "density" in p and not 0.0 < float(p.density) <= 1.0:
+        raise ConfigError(f"method.params.density={p.density} must be in (0, 1]")
+    if "gamma" in p and not 0.0 <= float(p.gamma) < 1.0:
+        raise ConfigError(f"method.params.gamma={p.gamma} must be in [0, 1)")
+    if "epsilon" in p:
+        eps, dens = float(p.epsilon), float(p.get("density", 1.0))
+        if not (eps >= 0 and 0.0 <= dens - eps and dens + eps <= 1.0):
+            raise ConfigError(f"method.params.epsilon={p.epsilon} must be ≥ 0 with density ± "
+                              f"epsilon inside [0, 1] (density={dens:g})")
 
 
 def _check_model_ref(key: str, ref: str) -> None:
