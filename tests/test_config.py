@@ -60,3 +60,34 @@ def test_linear_weights_follow_lambda(make_cfg, lam, pt_w, it_w):
     weights = {m["model"]: m["parameters"]["weight"] for m in mk["models"]}
     cfg = make_cfg()
     assert weights == {cfg.model.pt: pytest.approx(pt_w), cfg.model.it: pytest.approx(it_w)}
+
+
+def test_architecture_mismatch_fails_before_any_work(make_cfg, tmp_path):
+    import json
+
+    from app.config import TOY_DIR
+
+    other = tmp_path / "wide"
+    other.mkdir()
+    config = json.loads((TOY_DIR / "it" / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "hidden_size": 128}))
+    with pytest.raises(ConfigError, match=r"model.it does not match model.pt's architecture: "
+                                          r"hidden_size is 128 there, 96 in model.pt"):
+        validate(make_cfg(f"model.it={other}"))
+
+
+def test_extra_models_need_a_task_vector_method(make_cfg):
+    from app.config import TOY_DIR
+
+    cfg = make_cfg("method=slerp", f"+model.extra=[{{path:{TOY_DIR}/it,weight:0.5}}]")
+    with pytest.raises(ConfigError, match="model.extra needs a task-vector method"):
+        validate(cfg)
+
+
+@pytest.mark.parametrize("override,match", [
+    ("method.params.density=0", r"density=0 must be in \(0, 1\]"),
+    ("method.params.density=1.5", r"density=1.5 must be in \(0, 1\]"),
+])
+def test_density_range(make_cfg, override, match):
+    with pytest.raises(ConfigError, match=match):
+        validate(make_cfg("method=dare_ties", override))

@@ -129,3 +129,63 @@ def test_in_memory_equals_mergekit_yaml(make_cfg, model, method, tmp_path):
     assert set(on_disk) == set(state)
     for name, tensor in on_disk.items():
         assert torch.equal(state[name], tensor), f"{method}: {name} differs from mergekit-yaml"
+
+
+@pytest.fixture(scope="module")
+def it_with_extra_tokens(tmp_path_factory):
+    """The toy IT model with two added special tokens (a padded, larger vocabulary)."""
+    from transformers import AutoTokenizer
+
+    out = tmp_path_factory.mktemp("it_plus")
+    tok = AutoTokenizer.from_pretrained(TOY_DIR / "it")
+    tok.add_special_tokens({"additional_special_tokens": ["<|tool|>", "<|end_tool|>"]})
+    it = AutoModelForCausalLM.from_pretrained(TOY_DIR / "it", dtype=torch.float32)
+    it.resize_token_embeddings(len(tok))
+    it.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("policy,lam,parent", [("pt", 1, "it"), ("it", 0, "pt")])
+def test_tokenizer_policy_aligns_vocabularies(make_cfg, it_with_extra_tokens, policy, lam, parent):
+    from app.run import session_for
+
+    cfg = make_cfg(f"model.it={it_with_extra_tokens}", f"model.tokenizer={policy}",
+                   f"lambda={lam}", "task.limit=4")
+    mk = mergekit_config(cfg)
+    assert mk["tokenizer"]["source"] == cfg.model[policy]
+    model = session_for(cfg).model
+    merge_into(model, mk)
+    state = model.state_dict()
+    vocab = 640 if policy == "pt" else 642
+    emb = state["model.embed_tokens.weight"]
+    assert emb.shape[0] == vocab
+    ref = PT if parent == "pt" else IT
+    assert torch.equal(emb[:640], ref["model.embed_tokens.weight"][:640])
+
+
+def test_extra_models_join_the_task_vector_sum(make_cfg, model, tmp_path):
+    import shutil
+
+    extra = shutil.copytree(TOY_DIR / "it", tmp_path / "specialist")  # a copy of IT, weight 0.5
+    state = merge(make_cfg, model, "method=task_arithmetic", "lambda=0.5",
+                  f"+model.extra=[{{path:{extra},weight:0.5}}]")
+    name = "model.layers.0.self_attn.q_proj.weight"
+    torch.testing.assert_close(state[name], PT[name] + 1.0 * (IT[name] - PT[name]))
+
+
+def test_save_dir_writes_a_complete_model_atomically(make_cfg, model, tmp_path):
+    from transformers import AutoTokenizer
+
+    from app.merge import save_merged
+
+    mk = mergekit_config(make_cfg("lambda=1"))
+    merge_into(model, mk)
+    tok = AutoTokenizer.from_pretrained(TOY_DIR / "it")
+    out = save_merged(model, tok, mk, str(tmp_path / "merged"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]  # no temp folder left
+    assert yaml.safe_load((out / "mergekit_config.yml").read_text())["merge_method"] == "linear"
+    again = weights(out)
+    assert all(torch.equal(again[k], IT[k]) for k in IT)
+    save_merged(model, tok, mk, str(out))  # overwriting an earlier save also leaves one folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]

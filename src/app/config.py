@@ -8,6 +8,7 @@ keyword, so read it as ``cfg["lambda"]``): 0 is the PT model, 1 the IT model.
 from __future__ import annotations
 
 import difflib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -24,6 +25,14 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class ExtraModel:
+    """A further fine-tune of the same base, merged with its own weight (MergeBench setting)."""
+
+    path: str = MISSING
+    weight: float = MISSING
+
+
+@dataclass
 class PairConfig:
     """A PT/IT model pair: λ=0 gives ``pt``, λ=1 gives ``it`` (local folders or hub ids)."""
 
@@ -31,8 +40,16 @@ class PairConfig:
     pt: str = MISSING
     it: str = MISSING
     dtype: str = "float32"  # storage dtype of the merged model; merge maths is float32
-    tokenizer: str = "it"  # whose tokenizer evaluates every merge: pt | it
-    trust_remote_code: bool = False
+    tokenizer: str = "it"  # whose tokenizer and vocabulary the merge gets: pt | it
+    trust_remote_code: bool = False  # never on unless a pair config turns it on (it is logged)
+    extra: List[ExtraModel] = field(default_factory=list)  # task-vector methods only
+
+
+@dataclass
+class MergeSettings:
+    """What to do with a merged model besides evaluating it."""
+
+    save_dir: Optional[str] = None  # write it there (safetensors, tokenizer, mergekit YAML)
 
 
 @dataclass
@@ -88,13 +105,13 @@ def _app_config_class() -> type:
     # whose source would spell `self.lambda`.
     annotations = {
         "model": PairConfig, "method": MethodConfig, "task": EvalConfig,
-        "judge": JudgeConfig, "tracking": TrackingConfig,
+        "judge": JudgeConfig, "tracking": TrackingConfig, "merge": MergeSettings,
         "lambda": float, "seed": int, "device": str,
     }
     defaults = {
         "model": MISSING, "method": MISSING, "task": MISSING,
         "judge": field(default_factory=JudgeConfig), "tracking": field(default_factory=TrackingConfig),
-        "lambda": 0.5, "seed": 0, "device": "cpu",
+        "merge": field(default_factory=MergeSettings), "lambda": 0.5, "seed": 0, "device": "cpu",
     }
     namespace = {"__annotations__": annotations, "__doc__": "The whole run.", **defaults}
     return dataclass(init=False, repr=False, eq=False)(type("AppConfig", (), namespace))
@@ -119,7 +136,8 @@ def schema_keys(name: str) -> list[str]:
     """Valid keys of a schema, by class name ('MethodConfig') or group name ('method')."""
     by_group = {"model": PairConfig, "method": MethodConfig, "task": EvalConfig,
                 "judge": JudgeConfig, "tracking": TrackingConfig}
-    by_class = {cls.__name__: cls for cls in [AppConfig, TaskSpec, *by_group.values()]}
+    by_class = {cls.__name__: cls for cls in [AppConfig, TaskSpec, ExtraModel, MergeSettings,
+                                              *by_group.values()]}
     cls = by_class.get(name) or by_group.get(name)
     return list(cls.__annotations__) if cls else []
 
@@ -160,15 +178,29 @@ def validate(cfg) -> None:
         )
     _check_method_params(cfg.method, lo, hi)
     if cfg.model.tokenizer not in ("pt", "it"):
-        raise ConfigError(f"model.tokenizer={cfg.model.tokenizer!r} is not valid; use pt or it")
+        raise ConfigError(f"model.tokenizer={cfg.model.tokenizer!r} is not valid; use pt or it "
+                          f"(the merge takes that parent's vocabulary)")
     if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError(
             f"model.dtype={cfg.model.dtype!r} is not valid; use float32, bfloat16 or float16"
         )
     if cfg.task.ece_bins <= 0:
         raise ConfigError(f"task.ece_bins={cfg.task.ece_bins} must be a positive integer")
-    for key in ("pt", "it"):
-        _check_model_ref(f"model.{key}", cfg.model[key])
+    refs = {"model.pt": cfg.model.pt, "model.it": cfg.model.it}
+    refs.update({f"model.extra[{i}].path": e.path for i, e in enumerate(cfg.model.extra)})
+    shapes = {key: _check_model_ref(key, ref) for key, ref in refs.items()}
+    base = shapes["model.pt"]
+    for key, shape in shapes.items():
+        if base is None or shape is None:
+            continue  # hub ids: mergekit checks once it has the config
+        diff = {k: (base.get(k), shape.get(k)) for k in ARCH_KEYS if base.get(k) != shape.get(k)}
+        if diff:
+            k, (a, b) = next(iter(diff.items()))
+            raise ConfigError(f"{key} does not match model.pt's architecture: {k} is {b} there, "
+                              f"{a} in model.pt; no merge method or tokenizer policy can fix that")
+    if cfg.model.extra and cfg.method.mergekit.merge_method not in TASK_VECTOR_METHODS:
+        raise ConfigError(f"model.extra needs a task-vector method (task_arithmetic, ties, "
+                          f"dare_ties, ...); method={cfg.method.name} has no base model")
 
 
 def _check_method_params(method, lo: float, hi: float) -> None:
@@ -190,12 +222,24 @@ def _check_method_params(method, lo: float, hi: float) -> None:
                               f"epsilon inside [0, 1] (density={dens:g})")
 
 
-def _check_model_ref(key: str, ref: str) -> None:
+TASK_VECTOR_METHODS = ("task_arithmetic", "ties", "dare_ties", "dare_linear", "della",
+                       "della_linear", "breadcrumbs", "breadcrumbs_ties")
+ARCH_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size",
+             "num_attention_heads", "num_key_value_heads")
+
+
+def _check_model_ref(key: str, ref: str) -> dict | None:
+    """The model's config.json (local folder) or None (hub id); ConfigError if neither."""
     path = Path(ref).expanduser()
     looks_local = ref.startswith(("/", ".", "~")) or path.exists()
     if looks_local:
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"{key}={ref!r}: no model there (expected a folder with config.json)")
-        return
+        try:
+            return json.loads((path / "config.json").read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{key}={ref!r}: no model there (expected a folder with "
+                              f"config.json)") from None
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{key}={ref!r}: config.json is unreadable ({e})") from None
     if ref.count("/") != 1:
         raise ConfigError(f"{key}={ref!r} is neither a local model folder nor a hub id (org/name)")
+    return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -31,7 +32,23 @@ def mergekit_config(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"method={cfg.method.name}: mergekit template does not resolve: {e}")
     mk.setdefault("dtype", MATH_DTYPE)
     mk.setdefault("out_dtype", cfg.model.dtype)
+    if _vocab_size(cfg.model.pt) != _vocab_size(cfg.model.it):
+        # Different vocabularies: mergekit aligns every model's embeddings to the chosen one.
+        mk.setdefault("tokenizer", {"source": cfg.model[cfg.model.tokenizer]})
+    for extra in cfg.model.extra:  # same parameters as the IT entry, its own weight
+        it_entry = next(m for m in mk["models"] if m["model"] == cfg.model.it)
+        params = {**it_entry.get("parameters", {}), "weight": float(extra.weight)}
+        mk["models"].append({"model": extra.path, "parameters": params})
     return mk
+
+
+def _vocab_size(ref: str) -> int | None:
+    import json
+
+    try:
+        return json.loads((Path(ref).expanduser() / "config.json").read_text()).get("vocab_size")
+    except OSError:
+        return None  # a hub id: mergekit reads its config itself
 
 
 def merged_tensors(mk: dict[str, Any], device: str = "cpu", seed: int | None = None,
@@ -64,6 +81,34 @@ def merged_tensors(mk: dict[str, Any], device: str = "cpu", seed: int | None = N
     executor = Executor(targets, math_device=device, storage_device=device)
     for task, value in executor.run(quiet=True):
         yield task.weight_info.name, value
+
+
+def save_merged(model, tokenizer, mk: dict[str, Any], save_dir: str) -> Path:
+    """Write the merged model atomically: into a sibling temp folder, renamed when complete."""
+    import os
+    import shutil
+    import tempfile
+
+    import yaml
+
+    final = Path(save_dir).expanduser().resolve()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "mergekit_config.yml").write_text(yaml.safe_dump(mk, sort_keys=False))
+        if final.exists():  # replace a previous save only once the new one is complete
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
 
 
 @dataclass

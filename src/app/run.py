@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from app import tracking
 from app.config import clean_lambda, validate
-from app.merge import merge_into, mergekit_config
+from app.merge import merge_into, mergekit_config, save_merged
 
 LOG = logging.getLogger(__name__)
 _SESSIONS: dict[str, "Session"] = {}
@@ -75,6 +75,9 @@ def run_job(cfg: DictConfig) -> dict[str, float]:
     with tracking.job_run(store, cfg, lam, mk) as run:
         report = merge_into(session.model, mk, device=session.device, seed=cfg.seed,
                             trust_remote_code=cfg.model.trust_remote_code)
+        if cfg.merge.save_dir:
+            saved = save_merged(session.model, session.tokenizer, mk, cfg.merge.save_dir)
+            run.client.set_tag(run.run_id, "saved_to", str(saved))
         t_eval = time.perf_counter()
         results, lm_eval_out = session.evaluator.evaluate()
         metrics: dict[str, float] = {}
