@@ -1,0 +1,171 @@
+"""Merge benchmark: in-memory λ steps vs `mergekit-yaml` to disk + `from_pretrained`, side by side.
+
+    python scripts/bench_merge.py                    # Qwen2-0.5B shapes, bf16 (≈1 GB per model)
+    python scripts/bench_merge.py --shape toy        # the embedded toy pair, seconds
+
+Builds (once, under --work) a random-initialised PT of the chosen architecture and an "IT" copy
+perturbed by small noise, then, for each method and λ, measures in one run:
+  * in-memory: the project's merge into one working model loaded once (per-λ seconds),
+  * naive: `mergekit-yaml` writing the merge to disk, then `from_pretrained` (per-λ seconds),
+  * peak RSS of each path (each in its own process),
+  * the memory-bandwidth floor: bytes read (both parents) + written (the merge), divided by
+    the copy bandwidth measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+QWEN2_05B = dict(
+    model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+    num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
+    max_position_embeddings=32768, tie_word_embeddings=True, rms_norm_eps=1e-6,
+)
+
+
+def build_pair(work: Path, dtype: str) -> tuple[Path, Path]:
+    """A random-init PT of Qwen2-0.5B shapes and an IT = PT + N(0, 0.02·std) copy."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    pt, it = work / "pt", work / "it"
+    if (pt / "config.json").exists() and (it / "config.json").exists():
+        return pt, it
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model(**QWEN2_05B)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, dtype))
+    model.save_pretrained(pt)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p, dtype=torch.float32).mul_(0.02 * p.float().std()).to(p.dtype))
+    model.save_pretrained(it)
+    return pt, it
+
+
+def copy_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
+    src = torch.empty(nbytes, dtype=torch.uint8).fill_(1)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t)
+    return 2 * nbytes / best / 1e9  # read + write
+
+
+def mk_config(method: str, lam: float, pt: Path, it: Path, dtype: str) -> dict:
+    if method == "linear":
+        return {"merge_method": "linear", "dtype": "float32", "out_dtype": dtype,
+                "models": [{"model": str(pt), "parameters": {"weight": 1 - lam}},
+                           {"model": str(it), "parameters": {"weight": lam}}],
+                "parameters": {"normalize": False}}
+    return {"merge_method": "slerp", "dtype": "float32", "out_dtype": dtype,
+            "base_model": str(pt), "models": [{"model": str(pt)}, {"model": str(it)}],
+            "parameters": {"t": lam}}
+
+
+def peak_rss_gb(children: bool = False) -> float:
+    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+    return resource.getrusage(who).ru_maxrss / 1e6  # KiB → GB
+
+
+def in_memory(args) -> dict:
+    """Child process: load the working model once, merge every (method, λ) into it."""
+    from transformers import AutoModelForCausalLM
+
+    from app.merge import merge_into
+
+    pt, it = Path(args.work) / "pt", Path(args.work) / "it"
+    t = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(pt, dtype=getattr(torch, args.dtype))
+    load_s = time.perf_counter() - t
+    times = {}
+    for method in args.methods:
+        times[method] = [merge_into(model, mk_config(method, lam, pt, it, args.dtype)).seconds
+                         for lam in args.lambdas]
+    return {"load_s": load_s, "per_lambda_s": times, "peak_rss_gb": peak_rss_gb()}
+
+
+def naive(args) -> dict:
+    """Child process: per (method, λ), mergekit-yaml to a temp folder, then from_pretrained."""
+    import yaml
+    from transformers import AutoModelForCausalLM
+
+    pt, it = Path(args.work) / "pt", Path(args.work) / "it"
+    cli = Path(sys.executable).parent / "mergekit-yaml"
+    times = {}
+    for method in args.methods:
+        times[method] = []
+        for lam in args.lambdas:
+            with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+                (Path(tmp) / "m.yaml").write_text(yaml.safe_dump(mk_config(method, lam, pt, it, args.dtype)))
+                t = time.perf_counter()
+                subprocess.run([str(cli), f"{tmp}/m.yaml", f"{tmp}/out", "--no-copy-tokenizer"],
+                               check=True, capture_output=True)
+                model = AutoModelForCausalLM.from_pretrained(f"{tmp}/out", dtype=getattr(torch, args.dtype))
+                times[method].append(time.perf_counter() - t)
+                del model
+    return {"per_lambda_s": times, "peak_rss_gb": max(peak_rss_gb(), peak_rss_gb(children=True))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", choices=["qwen2-0.5b", "toy"], default="qwen2-0.5b")
+    ap.add_argument("--work", default="/tmp/bench_merge")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--methods", nargs="+", default=["linear", "slerp"])
+    ap.add_argument("--lambdas", nargs="+", type=float, default=[0.25, 0.5, 0.75])
+    ap.add_argument("--role", choices=["in_memory", "naive"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.role:  # a measured child process
+        print(json.dumps(globals()[args.role](args)))
+        return
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    if args.shape == "toy":
+        from app.config import TOY_DIR
+
+        for name in ("pt", "it"):
+            if not (work / name).exists():
+                (work / name).symlink_to(TOY_DIR / name)
+        args.dtype = "float32"
+    else:
+        print("building the random-init pair (once) ...", flush=True)
+        build_pair(work, args.dtype)
+    model_bytes = sum(p.stat().st_size for p in (work / "pt").resolve().glob("*.safetensors"))
+    child = [sys.executable, __file__, "--work", args.work, "--dtype", args.dtype,
+             "--methods", *args.methods, "--lambdas", *map(str, args.lambdas)]
+    results = {}
+    for role in ("in_memory", "naive"):
+        print(f"measuring {role} ...", flush=True)
+        out = subprocess.run(child + ["--role", role], check=True, capture_output=True, text=True)
+        results[role] = json.loads(out.stdout.strip().splitlines()[-1])
+    bw = copy_bandwidth_gbs()
+    floor_s = 3 * model_bytes / (bw * 1e9)  # read PT and IT, write the merge
+
+    print(f"\nshape={args.shape} dtype={args.dtype} model={model_bytes / 1e9:.2f} GB "
+          f"copy bandwidth={bw:.1f} GB/s floor per λ={floor_s:.2f}s")
+    print(f"{'method':8} {'in-memory s/λ':>14} {'naive s/λ':>10} {'naive/in-mem':>13} "
+          f"{'in-mem/floor':>13}")
+    for method in args.methods:
+        mem = sum(results["in_memory"]["per_lambda_s"][method]) / len(args.lambdas)
+        nai = sum(results["naive"]["per_lambda_s"][method]) / len(args.lambdas)
+        print(f"{method:8} {mem:14.2f} {nai:10.2f} {nai / mem:13.1f} {mem / floor_s:13.1f}")
+    for role in ("in_memory", "naive"):
+        rss = results[role]["peak_rss_gb"]
+        print(f"peak RSS {role:9}: {rss:.2f} GB = {rss / (model_bytes / 1e9):.2f}× one model")
+    print(f"in-memory one-off load: {results['in_memory']['load_s']:.2f}s")
+
+
+if __name__ == "__main__":
+    main()
