@@ -59,6 +59,9 @@ class MethodConfig:
     name: str = MISSING
     lambda_range: List[float] = field(default_factory=lambda: [0.0, 1.0])
     params: Dict[str, Any] = field(default_factory=dict)  # the method's own knobs (density, …)
+    # λ values at which this method reproduces a parent bit for bit (0 → PT, 1 → IT): there a
+    # job reuses the parent's reference evaluation instead of evaluating again.
+    reference_endpoints: List[float] = field(default_factory=list)
     mergekit: Any = MISSING
 
 
@@ -106,12 +109,13 @@ def _app_config_class() -> type:
     annotations = {
         "model": PairConfig, "method": MethodConfig, "task": EvalConfig,
         "judge": JudgeConfig, "tracking": TrackingConfig, "merge": MergeSettings,
-        "lambda": float, "seed": int, "device": str,
+        "lambda": float, "seed": int, "device": str, "force": bool,
     }
     defaults = {
         "model": MISSING, "method": MISSING, "task": MISSING,
         "judge": field(default_factory=JudgeConfig), "tracking": field(default_factory=TrackingConfig),
         "merge": field(default_factory=MergeSettings), "lambda": 0.5, "seed": 0, "device": "cpu",
+        "force": False,
     }
     namespace = {"__annotations__": annotations, "__doc__": "The whole run.", **defaults}
     return dataclass(init=False, repr=False, eq=False)(type("AppConfig", (), namespace))

@@ -30,15 +30,26 @@ def mergekit_config(cfg: DictConfig) -> dict[str, Any]:
         mk = OmegaConf.to_container(cfg.method.mergekit, resolve=True)
     except Exception as e:  # an interpolation in the method YAML that does not resolve
         raise ConfigError(f"method={cfg.method.name}: mergekit template does not resolve: {e}")
+    for extra in cfg.model.extra:  # same parameters as the IT entry, its own weight
+        it_entry = next(m for m in mk["models"] if m["model"] == cfg.model.it)
+        params = {**it_entry.get("parameters", {}), "weight": float(extra.weight)}
+        mk["models"].append({"model": extra.path, "parameters": params})
+    return _with_pair_settings(mk, cfg)
+
+
+def reference_config(cfg: DictConfig, parent: str) -> dict[str, Any]:
+    """A mergekit config that reproduces one parent ('pt' or 'it') bit for bit."""
+    mk = {"merge_method": "linear", "parameters": {"normalize": False},
+          "models": [{"model": cfg.model[parent], "parameters": {"weight": 1.0}}]}
+    return _with_pair_settings(mk, cfg)
+
+
+def _with_pair_settings(mk: dict[str, Any], cfg: DictConfig) -> dict[str, Any]:
     mk.setdefault("dtype", MATH_DTYPE)
     mk.setdefault("out_dtype", cfg.model.dtype)
     if _vocab_size(cfg.model.pt) != _vocab_size(cfg.model.it):
         # Different vocabularies: mergekit aligns every model's embeddings to the chosen one.
         mk.setdefault("tokenizer", {"source": cfg.model[cfg.model.tokenizer]})
-    for extra in cfg.model.extra:  # same parameters as the IT entry, its own weight
-        it_entry = next(m for m in mk["models"] if m["model"] == cfg.model.it)
-        params = {**it_entry.get("parameters", {}), "weight": float(extra.weight)}
-        mk["models"].append({"model": extra.path, "parameters": params})
     return mk
 
 

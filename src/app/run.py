@@ -64,42 +64,137 @@ def session_for(cfg: DictConfig) -> Session:
     return _SESSIONS[key]
 
 
+METRICS_VERSION = 1  # bump when a metric's definition changes: older runs stop matching
+
+
+def _eval_key(cfg: DictConfig) -> dict:
+    task = OmegaConf.to_container(cfg.task, resolve=True)
+    task.pop("batch_size", None)  # does not change results
+    return {"task": task, "seed": cfg.seed, "tokenizer": cfg.model.tokenizer,
+            "metrics": METRICS_VERSION}
+
+
+def job_fingerprint(cfg: DictConfig, mk: dict) -> str:
+    """Hash of everything that determines a job's result: the merge (pair, method, parameters,
+    λ, dtype), the seed, the tasks and their settings, the metric definitions' version."""
+    return tracking.digest({"merge": mk, **_eval_key(cfg)})
+
+
+def reference_fingerprint(cfg: DictConfig, parent: str) -> str:
+    """Hash of a parent's reference evaluation (shared by every method's sweep)."""
+    return tracking.digest({"reference": cfg.model[parent], "dtype": cfg.model.dtype,
+                            **_eval_key(cfg)})
+
+
+def reference_for(cfg: DictConfig, lam: float) -> str | None:
+    """'pt' or 'it' when this job's merge is that parent bit for bit, else None."""
+    same_lambda = all(clean_lambda(v) == lam for k, v in cfg.method.params.items()
+                      if k.startswith("lambda_"))
+    if lam not in cfg.method.reference_endpoints or not same_lambda or cfg.model.extra:
+        return None
+    return {0.0: "pt", 1.0: "it"}.get(lam)
+
+
 def run_job(cfg: DictConfig) -> dict[str, float]:
-    """Run one (pair, method, λ) job; return its metrics as {'<task>/<metric>': value}."""
+    """Run one (pair, method, λ) job; return its metrics as {'<task>/<metric>': value}.
+
+    A job whose fingerprint already has a FINISHED run is skipped (its metrics are returned)
+    unless ``force=true``; a job that is a parent bit for bit copies the parent's reference.
+    """
     start = time.perf_counter()
     validate(cfg)
     lam = clean_lambda(cfg["lambda"])
     mk = mergekit_config(cfg)
-    session = session_for(cfg)  # loads models and tasks: errors surface before any run exists
     store = tracking.open_store(cfg)
-    with tracking.job_run(store, cfg, lam, mk) as run:
-        report = merge_into(session.model, mk, device=session.device, seed=cfg.seed,
-                            trust_remote_code=cfg.model.trust_remote_code)
-        if cfg.merge.save_dir:
-            saved = save_merged(session.model, session.tokenizer, mk, cfg.merge.save_dir)
-            run.client.set_tag(run.run_id, "saved_to", str(saved))
-        t_eval = time.perf_counter()
-        results, lm_eval_out = session.evaluator.evaluate()
-        metrics: dict[str, float] = {}
-        for task, res in results.items():
-            metrics.update({f"{task}/{k}": v for k, v in res.metrics.items()})
-            if res.records:
-                run.log_jsonl(res.records, f"samples/{task}.jsonl")
-                run.log_json(res.bins, f"reliability/{task}.json")
-        metrics["time/merge_s"] = report.seconds
-        metrics["time/eval_s"] = time.perf_counter() - t_eval
-        metrics["time/total_s"] = time.perf_counter() - start
-        run.log_metrics(metrics)
-        run.log_json(lm_eval_out, "lm_eval_results.json")
+    fingerprint = job_fingerprint(cfg, mk)
+    done = None if cfg.force else tracking.finished_run(store, fingerprint)
+    if done is not None:
+        metrics = dict(done.data.metrics)
+        shown = {k: v for k, v in metrics.items() if not k.startswith("time/")}
+        print(summary_line(cfg.method.name, lam, shown) + f"  [done: run {done.info.run_id}]",
+              flush=True)
+        return metrics
+    session = session_for(cfg)  # loads models and tasks: errors surface before any run exists
+    parent = reference_for(cfg, lam)
+    reference = None
+    if parent and not cfg.force and not cfg.merge.save_dir:
+        reference = tracking.finished_run(store, reference_fingerprint(cfg, parent))
+    with tracking.job_run(store, cfg, lam, mk, fingerprint,
+                          parent=tracking.parent_run_id()) as run:
+        if reference is not None:
+            metrics = {k: v for k, v in reference.data.metrics.items() if not k.startswith("time/")}
+            run.client.set_tag(run.run_id, "reused_from", reference.info.run_id)
+            metrics["time/total_s"] = time.perf_counter() - start
+            run.log_metrics(metrics)
+        else:
+            metrics = merge_and_evaluate(session, cfg, mk, run, start)
     print(summary_line(cfg.method.name, lam, metrics), flush=True)
     return metrics
+
+
+def ensure_references(cfg: DictConfig, store) -> None:
+    """Evaluate PT (λ=0) and IT (λ=1) once per (pair, tasks, settings), tagged as references."""
+    from app.merge import reference_config
+
+    validate(cfg)
+    for parent, lam in (("pt", 0.0), ("it", 1.0)):
+        fingerprint = reference_fingerprint(cfg, parent)
+        if tracking.finished_run(store, fingerprint) is not None:
+            continue
+        session = session_for(cfg)
+        mk = reference_config(cfg, parent)
+        name = f"reference {parent.upper()} (λ={lam:g})"
+        with tracking.job_run(store, cfg, lam, mk, fingerprint, role="reference",
+                              name=name) as run:
+            metrics = merge_and_evaluate(session, cfg, mk, run, time.perf_counter())
+        print(summary_line(f"reference {parent.upper()}", lam, metrics), flush=True)
+
+
+def merge_and_evaluate(session: Session, cfg: DictConfig, mk: dict, run,
+                       start: float) -> dict[str, float]:
+    """Merge into the working model, evaluate, log metrics and artifacts to ``run``."""
+    from app.plots import reliability_figure
+
+    report = merge_into(session.model, mk, device=session.device, seed=cfg.seed,
+                        trust_remote_code=cfg.model.trust_remote_code)
+    if cfg.merge.save_dir:
+        saved = save_merged(session.model, session.tokenizer, mk, cfg.merge.save_dir)
+        run.client.set_tag(run.run_id, "saved_to", str(saved))
+    t_eval = time.perf_counter()
+    results, lm_eval_out = session.evaluator.evaluate()
+    metrics: dict[str, float] = {}
+    for task, res in results.items():
+        metrics.update({f"{task}/{k}": v for k, v in res.metrics.items()})
+        if res.records:
+            run.log_jsonl(res.records, f"samples/{task}.jsonl")
+            run.log_json(res.bins, f"reliability/{task}.json")
+            run.log_figure(reliability_figure(res.bins, f"{task}  λ={cfg['lambda']:g}"),
+                           f"reliability/{task}.png")
+    metrics.update(aggregate(results))
+    metrics["time/merge_s"] = report.seconds
+    metrics["time/eval_s"] = time.perf_counter() - t_eval
+    metrics["time/total_s"] = time.perf_counter() - start
+    run.log_metrics(metrics)
+    run.log_json(lm_eval_out, "lm_eval_results.json")
+    return metrics
+
+
+def aggregate(results: dict) -> dict[str, float]:
+    """Unweighted means across tasks: mean/acc (all tasks), mean/ece (calibrated tasks)."""
+    accs = [r.metrics["acc"] for r in results.values()]
+    eces = [r.metrics["ece"] for r in results.values() if "ece" in r.metrics]
+    out = {"mean/acc": sum(accs) / len(accs)}
+    if eces:
+        out["mean/ece"] = sum(eces) / len(eces)
+    return out
 
 
 def summary_line(method: str, lam: float, metrics: dict[str, float]) -> str:
     parts = [f"{method} λ={lam:g}"]
     for key in sorted(metrics):
         task, name = key.split("/", 1)
-        if task != "time" and name in ("acc", "ece"):
+        if task not in ("time", "mean") and name in ("acc", "ece"):
             parts.append(f"{key}={metrics[key]:.4f}")
-    parts.append(f"({metrics['time/total_s']:.1f}s)")
+    if "time/total_s" in metrics:
+        parts.append(f"({metrics['time/total_s']:.1f}s)")
     return "  ".join(parts)

@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
+import hashlib
 import json
 import logging
+import os
+import socket
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -52,7 +57,9 @@ def open_store(cfg: DictConfig) -> Store:
     name = experiment_name(cfg)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
-        return Store(client, exp.experiment_id, uri)
+        store = Store(client, exp.experiment_id, uri)
+        close_stale_runs(store)
+        return store
     artifacts = None
     if not cfg.tracking.uri:
         artifacts = (Path(cfg.tracking.dir).resolve() / "artifacts").as_uri()
@@ -64,6 +71,63 @@ def open_store(cfg: DictConfig) -> Store:
             raise
         exp_id = exp.experiment_id
     return Store(client, exp_id, uri)
+
+
+def close_stale_runs(store: Store) -> int:
+    """Mark RUNNING runs whose process (on this host) is gone as FAILED, with the reason."""
+    stale = 0
+    host = socket.gethostname()
+    for run in store.client.search_runs([store.experiment_id], "attributes.status = 'RUNNING'",
+                                        max_results=5000):
+        pid = int(run.data.tags.get("pid", "0") or 0)
+        if run.data.tags.get("host") == host and pid and not _alive(pid):
+            _end_if_running(store.client, run.info.run_id, "FAILED",
+                            f"process {pid} ended before the run finished (killed?)")
+            stale += 1
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (killed child not yet reaped) is not alive
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def process_tags() -> dict[str, str]:
+    return {"host": socket.gethostname(), "pid": str(os.getpid()), "git_commit": git_commit()}
+
+
+@functools.cache
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def digest(payload: Any) -> str:
+    """A stable short hash of a JSON-able payload (job and reference fingerprints)."""
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def finished_run(store: Store, fingerprint: str):
+    """The newest FINISHED run with this fingerprint, or None."""
+    runs = store.client.search_runs(
+        [store.experiment_id],
+        f"tags.fingerprint = '{fingerprint}' and attributes.status = 'FINISHED'",
+        max_results=1, order_by=["attributes.start_time DESC"])
+    return runs[0] if runs else None
 
 
 def package_versions() -> dict[str, str]:
@@ -101,22 +165,70 @@ class SweepParentRun(Callback):
     """Hydra callback: one MLflow parent run per multirun, created before any job starts."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        store = open_store(config)
-        overrides = list(config.hydra.overrides.task)
-        run = store.client.create_run(
-            store.experiment_id, run_name=f"sweep {' '.join(overrides)}"[:250],
-            tags={"role": "sweep", "overrides": " ".join(overrides)[:5000]},
-        )
+        # Hydra only warns when a callback raises: a bad config must stop the sweep here.
+        from app.cli import _fail
+        from app.config import ConfigError
+        from app.run import ensure_references
+
+        job_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+        try:
+            store = open_store(job_cfg)
+            ensure_references(job_cfg, store)
+        except ConfigError as e:
+            _fail(str(e))
+        overrides = sorted(config.hydra.overrides.task)
+        key = digest([experiment_name(config), overrides])
+        found = store.client.search_runs(
+            [store.experiment_id], f"tags.sweep_key = '{key}'", max_results=1,
+            order_by=["attributes.start_time DESC"])
+        if found:  # the same sweep command again: continue under the same parent
+            run_id = found[0].info.run_id
+            store.client.update_run(run_id, status="RUNNING")
+            for k, v in process_tags().items():
+                store.client.set_tag(run_id, k, v)
+        else:
+            run_id = store.client.create_run(
+                store.experiment_id, run_name=f"sweep {' '.join(overrides)}"[:250],
+                tags={"role": "sweep", "sweep_key": key, "overrides": " ".join(overrides)[:5000],
+                      **process_tags()},
+            ).info.run_id
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / PARENT_FILE).write_text(run.info.run_id)
-        self._run_id, self._client = run.info.run_id, store.client
+        (sweep_dir / PARENT_FILE).write_text(run_id)
+        self._run_id, self._store = run_id, store
         # Whatever ends this process (an exception in a job included), the parent is closed.
-        atexit.register(_end_if_running, store.client, run.info.run_id, "FAILED",
+        atexit.register(_end_if_running, store.client, run_id, "FAILED",
                         "the sweep process ended before the sweep finished")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._client.set_terminated(self._run_id, status="FINISHED")
+        log_sweep_summary(self._store, self._run_id)
+        self._store.client.set_terminated(self._run_id, status="FINISHED")
+
+
+def log_sweep_summary(store: Store, parent_id: str) -> None:
+    """Best λ per method (by the first task's accuracy) as params and metrics on the parent."""
+    children = store.client.search_runs(
+        [store.experiment_id],
+        f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'FINISHED'",
+        max_results=5000)
+    best: dict[str, Any] = {}
+    for run in children:
+        acc_keys = sorted(k for k in run.data.metrics if k.endswith("/acc") and "/" in k)
+        if not acc_keys:
+            continue
+        acc = run.data.metrics[acc_keys[0]]
+        method = run.data.tags.get("method", "?")
+        if method not in best or acc > best[method][0]:
+            best[method] = (acc, run)
+    params, metrics = {}, {}
+    for method, (acc, run) in best.items():
+        params[f"best/{method}/lambda"] = run.data.params.get("lambda")
+        metrics.update({f"best/{method}/{k}": v for k, v in run.data.metrics.items()
+                        if not k.startswith("time/")})
+    job = JobRun(store.client, parent_id)
+    with contextlib.suppress(Exception):  # a param logged by an earlier run of the sweep
+        job.log_params(params)
+    job.log_metrics(metrics)
 
 
 def parent_run_id() -> str | None:
@@ -142,18 +254,22 @@ def override_string() -> str:
 
 
 @contextlib.contextmanager
-def job_run(store: Store, cfg: DictConfig, lam: float, mk: dict) -> Iterator["JobRun"]:
-    """A child run (of the sweep's parent, if any); FAILED with the reason if the job raises."""
+def job_run(store: Store, cfg: DictConfig, lam: float, mk: dict, fingerprint: str,
+            role: str = "job", name: str | None = None, parent: str | None = None
+            ) -> Iterator["JobRun"]:
+    """A run (a child of the sweep's parent, if any); FAILED with the reason if the job raises."""
     tags = {
-        "method": cfg.method.name, "pair": cfg.model.name, "lambda": f"{lam:g}",
+        "role": role, "method": cfg.method.name, "pair": cfg.model.name, "lambda": f"{lam:g}",
         "tasks": ",".join(t.name for t in cfg.task.tasks), "seed": str(cfg.seed),
-        "overrides": override_string() or "(defaults)",
+        "overrides": override_string() or "(defaults)", "fingerprint": fingerprint,
+        **process_tags(),
     }
-    parent = parent_run_id()
+    if role == "reference":
+        tags["method"] = "reference"
     if parent:
         tags["mlflow.parentRunId"] = parent
-    run = store.client.create_run(store.experiment_id, run_name=f"{cfg.method.name} λ={lam:g}",
-                                  tags=tags)
+    run = store.client.create_run(store.experiment_id,
+                                  run_name=name or f"{cfg.method.name} λ={lam:g}", tags=tags)
     job = JobRun(store.client, run.info.run_id)
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
