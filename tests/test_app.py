@@ -45,19 +45,31 @@ def test_single_run_logs_metrics_params_and_artifacts(tmp_path):
 
 
 def test_multirun_grid_has_one_parent_and_children(tmp_path):
-    proc = run_app(tmp_path, "-m", LIMIT, "method=slerp,linear", "lambda=0,1")
+    proc = run_app(tmp_path, "-m", LIMIT, "method=slerp,linear", "lambda=0,0.5,1")
     client, found = runs(tmp_path)
     parents = [r for r in found if r.data.tags.get("role") == "sweep"]
     children = [r for r in found if r.data.tags.get("mlflow.parentRunId")]
-    assert len(parents) == 1 and len(children) == 4, proc.stdout
-    assert all(r.info.status == "FINISHED" for r in found)
+    refs = {r.data.tags["lambda"]: r for r in found if r.data.tags.get("role") == "reference"}
+    assert len(parents) == 1 and len(children) == 6 and set(refs) == {"0", "1"}, proc.stdout
+    assert len(found) == 9 and all(r.info.status == "FINISHED" for r in found)
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
-    by_key = {(r.data.tags["method"], r.data.params["lambda"]): r.data.metrics for r in children}
-    assert set(by_key) == {("slerp", "0.0"), ("slerp", "1.0"), ("linear", "0.0"), ("linear", "1.0")}
-    # λ=0 is the PT model whatever the method, so both methods score it identically
-    for metric in ("toy_mc/acc", "toy_mc/ece", "toy_gen/acc"):
-        assert by_key[("slerp", "0.0")][metric] == by_key[("linear", "0.0")][metric]
-        assert by_key[("slerp", "1.0")][metric] == by_key[("linear", "1.0")][metric]
+    by_key = {(r.data.tags["method"], r.data.params["lambda"]): r for r in children}
+    # λ=0 is PT and λ=1 is IT whatever the method: those jobs reuse the reference evaluations
+    for lam, ref in (("0.0", refs["0"]), ("1.0", refs["1"])):
+        for method in ("slerp", "linear"):
+            run = by_key[(method, lam)]
+            assert run.data.tags["reused_from"] == ref.info.run_id
+            for metric in ("toy_mc/acc", "toy_mc/ece", "toy_gen/acc"):
+                assert run.data.metrics[metric] == ref.data.metrics[metric]
+    mid = by_key[("linear", "0.5")].data.metrics
+    assert "reused_from" not in by_key[("linear", "0.5")].data.tags
+    assert mid["mean/acc"] == pytest.approx((mid["toy_mc/acc"] + mid["toy_gen/acc"]) / 2)
+    # the parent holds the sweep's summary: the best λ per method
+    best = parents[0].data.params
+    assert {"best/slerp/lambda", "best/linear/lambda"} <= set(best)
+    names = {a.path for a in client.list_artifacts(by_key[("linear", "0.5")].info.run_id,
+                                                   "reliability")}
+    assert "reliability/toy_mc.png" in names
 
 
 @pytest.mark.parametrize("override,expect", [
