@@ -2,11 +2,11 @@
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 
-import mlflow
 import pytest
 
 from test_app import LIMIT, run_app, runs
@@ -17,6 +17,20 @@ GRID = ["-m", LIMIT, "method=linear", "lambda=0.2,0.4,0.6,0.8"]
 def child_runs(tmp_path):
     _, found = runs(tmp_path)
     return [r for r in found if r.data.tags.get("role") == "job"]
+
+
+def finished_jobs(tmp_path) -> int:
+    """Read-only count straight from SQLite: an MLflow client here would race the sweep's
+    own schema creation."""
+    db = tmp_path / "mlruns" / "mlflow.db"
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+            return con.execute(
+                "SELECT count(*) FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid "
+                "WHERE tags.key = 'role' AND tags.value = 'job' AND runs.status = 'FINISHED'"
+            ).fetchone()[0]
+    except sqlite3.Error:  # not created yet
+        return 0
 
 
 def test_rerun_skips_finished_jobs_and_force_redoes_them(tmp_path):
@@ -39,12 +53,8 @@ def test_sigkill_then_rerun_completes_only_the_rest(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline:  # kill it once two jobs have finished
+    while time.time() < deadline and finished_jobs(tmp_path) < 2:  # kill after two jobs
         time.sleep(0.5)
-        if (tmp_path / "mlruns" / "mlflow.db").exists():
-            done = [r for r in child_runs(tmp_path) if r.info.status == "FINISHED"]
-            if len(done) >= 2:
-                break
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = {r.data.tags["fingerprint"] for r in child_runs(tmp_path)

@@ -1,0 +1,357 @@
+"""``python -m app.report``: the alignment–calibration frontier of a sweep, from its MLflow runs.
+
+    python -m app.report                                # the latest sweep in ./mlruns
+    python -m app.report --experiment merge-toy --ece-limit 0.15 --out reports/toy
+
+Writes, and logs under ``report/`` on the sweep's parent run: a frontier plot per calibrated
+task (accuracy vs ECE, one path per method ordered by λ, the naive PT–IT line dotted, λ*
+starred, the parents marked), accuracy / ECE / mean-confidence curves over λ, a grid of
+reliability diagrams across λ, ``table.md`` / ``table.csv`` (parents, then method × λ),
+``summary.md`` (Pareto sets, dominance over IT, peak gain, λ*), and one self-contained
+``report.html``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import json
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.frontier import Point, dominance_over_it, lambda_star, pareto_front, peak_gain
+
+
+class ReportError(ValueError):
+    """A one-line problem with the runs asked for."""
+
+
+@dataclass
+class Row:
+    """One evaluated model: a parent reference or a merge."""
+
+    method: str  # "PT", "IT" or a merge method
+    lam: float
+    run_id: str
+    metrics: dict[str, float]
+    artifact_run: str  # where its artifacts live (a reused endpoint's reference)
+
+
+@dataclass
+class Sweep:
+    experiment: str
+    parent_id: str
+    parents: dict[str, Row]  # "PT", "IT"
+    merges: list[Row] = field(default_factory=list)
+
+    def tasks(self) -> tuple[list[str], list[str]]:
+        """(calibrated tasks, generative tasks) found in the metrics."""
+        keys = set().union(*(r.metrics for r in self.merges + list(self.parents.values())))
+        tasks = sorted({k.split("/")[0] for k in keys if k.endswith("/acc")} - {"mean"})
+        calibrated = [t for t in tasks if f"{t}/ece" in keys]
+        return calibrated, [t for t in tasks if t not in calibrated]
+
+    def methods(self) -> list[str]:
+        return sorted({r.method for r in self.merges})
+
+    def path(self, method: str, task: str) -> list[Point]:
+        """A method's points by λ, with the parents as its ends where the grid lacks them."""
+        pts = {r.lam: _point(r, task) for r in self.merges if r.method == method}
+        pts.setdefault(0.0, _point(self.parents["PT"], task))
+        pts.setdefault(1.0, _point(self.parents["IT"], task))
+        return [pts[k] for k in sorted(pts)]
+
+
+def _point(row: Row, task: str) -> Point:
+    try:
+        return Point(row.lam, row.metrics[f"{task}/acc"], row.metrics[f"{task}/ece"], row.method)
+    except KeyError as e:
+        raise ReportError(f"run {row.run_id} ({row.method} λ={row.lam:g}) has no metric "
+                          f"{e.args[0]}; re-run it or pass --tasks") from None
+
+
+def load_sweep(client, experiment: str | None, parent: str | None) -> Sweep:
+    """The sweep's FINISHED children and the matching parent references."""
+    if parent:
+        run = client.get_run(parent)
+        exp = client.get_experiment(run.info.experiment_id)
+    else:
+        exps = ([client.get_experiment_by_name(experiment)] if experiment
+                else client.search_experiments())
+        if experiment and exps[0] is None:
+            names = [e.name for e in client.search_experiments()]
+            raise ReportError(f"--experiment {experiment!r} does not exist; found: "
+                              f"{', '.join(names) or 'none'}")
+        sweeps = client.search_runs([e.experiment_id for e in exps], "tags.role = 'sweep'",
+                                    max_results=1, order_by=["attributes.start_time DESC"])
+        if not sweeps:
+            raise ReportError("no sweep found: run `python -m app -m method=... lambda=...` first")
+        run = sweeps[0]
+        exp = client.get_experiment(run.info.experiment_id)
+    children = client.search_runs(
+        [exp.experiment_id],
+        f"tags.mlflow.parentRunId = '{run.info.run_id}' and attributes.status = 'FINISHED'",
+        max_results=5000)
+    if not children:
+        raise ReportError(f"sweep run {run.info.run_id} has no finished jobs")
+    merges = [Row(c.data.tags["method"], float(c.data.params["lambda"]), c.info.run_id,
+                  dict(c.data.metrics), c.data.tags.get("reused_from", c.info.run_id))
+              for c in children]
+    tasks_tag = children[0].data.tags.get("tasks")
+    parents = {}
+    for name, lam in (("PT", "0"), ("IT", "1")):
+        refs = client.search_runs(
+            [exp.experiment_id],
+            f"tags.role = 'reference' and tags.lambda = '{lam}' and tags.tasks = '{tasks_tag}' "
+            f"and attributes.status = 'FINISHED'",
+            max_results=1, order_by=["attributes.start_time DESC"])
+        if not refs:
+            raise ReportError(f"no {name} reference run for tasks {tasks_tag} in experiment "
+                              f"{exp.name}; re-run the sweep to evaluate the parents")
+        parents[name] = Row(name, float(lam), refs[0].info.run_id, dict(refs[0].data.metrics),
+                            refs[0].info.run_id)
+    return Sweep(exp.name, run.info.run_id, parents, merges)
+
+
+# ---------------------------------------------------------------- figures
+
+def frontier_figure(sweep: Sweep, task: str, ece_limit: float):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    pt, it = _point(sweep.parents["PT"], task), _point(sweep.parents["IT"], task)
+    ax.plot([pt.ece, it.ece], [pt.acc, it.acc], ":", color="grey", label="naive PT–IT line")
+    for method in sweep.methods():
+        path = sweep.path(method, task)
+        line, = ax.plot([p.ece for p in path], [p.acc for p in path], "o-", ms=4, label=method)
+        for p in path:
+            ax.annotate(f"{p.lam:g}", (p.ece, p.acc), textcoords="offset points", xytext=(4, 3),
+                        fontsize=7, color=line.get_color())
+        star = lambda_star(path, ece_limit)
+        if star is not None:
+            ax.plot(star.ece, star.acc, "*", ms=16, color=line.get_color(), mec="black",
+                    label=f"{method} λ*={star.lam:g}")
+    ax.plot(pt.ece, pt.acc, "s", ms=10, color="black", label="PT (λ=0)")
+    ax.plot(it.ece, it.acc, "^", ms=10, color="black", label="IT (λ=1)")
+    ax.axvline(ece_limit, ls="--", lw=0.8, color="red", label=f"ECE limit {ece_limit:g}")
+    ax.set_xlabel("ECE (lower is better)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{task}: accuracy–calibration frontier")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def curves_figure(sweep: Sweep, task: str):
+    import matplotlib.pyplot as plt
+
+    metrics = [("acc", "accuracy"), ("ece", "ECE"), ("mean_conf", "mean confidence")]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for ax, (key, label) in zip(axes, metrics):
+        for method in sweep.methods():
+            rows = sorted(_rows_with_parents(sweep, method), key=lambda r: r.lam)
+            rows = [r for r in rows if f"{task}/{key}" in r.metrics]
+            ax.plot([r.lam for r in rows], [r.metrics[f"{task}/{key}"] for r in rows], "o-",
+                    ms=3, label=method)
+        ax.set_xlabel("λ (0 = PT, 1 = IT)")
+        ax.set_title(f"{task}: {label}")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def reliability_grid(sweep: Sweep, task: str, client, method: str):
+    import matplotlib.pyplot as plt
+
+    rows = sorted(_rows_with_parents(sweep, method), key=lambda r: r.lam)
+    cols = min(6, len(rows))
+    nrows = -(-len(rows) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(2.2 * cols, 2.2 * nrows), squeeze=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        for ax, row in zip(axes.flat, rows):
+            path = client.download_artifacts(row.artifact_run, f"reliability/{task}.json", tmp)
+            bins = json.loads(Path(path).read_text())
+            edges = bins["edges"]
+            acc = [a if a == a else 0 for a in bins["accuracy"]]
+            ax.bar(edges[:-1], acc, width=edges[1] - edges[0], align="edge", edgecolor="black")
+            ax.plot([0, 1], [0, 1], "--", color="grey")
+            ax.set_title(f"λ={row.lam:g}  ECE={row.metrics[f'{task}/ece']:.3f}", fontsize=8)
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1)
+            ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(rows):]:
+        ax.axis("off")
+    fig.suptitle(f"{task}: reliability across λ ({method})", fontsize=10)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def _rows_with_parents(sweep: Sweep, method: str) -> list[Row]:
+    rows = {r.lam: r for r in sweep.merges if r.method == method}
+    rows.setdefault(0.0, sweep.parents["PT"])
+    rows.setdefault(1.0, sweep.parents["IT"])
+    return list(rows.values())
+
+
+# ---------------------------------------------------------------- tables and analysis
+
+def table_rows(sweep: Sweep, calibrated: list[str], generative: list[str]) -> tuple[list[str], list[list[str]]]:
+    """The papers' full-results layout: parents, then method × λ; acc and ECE per task."""
+    header = ["model", "λ"]
+    for t in calibrated:
+        header += [f"{t} acc", f"{t} ECE"]
+    header += [f"{t} acc" for t in generative]
+    rows = []
+    ordered = [sweep.parents["PT"], sweep.parents["IT"]]
+    ordered += sorted(sweep.merges, key=lambda r: (r.method, r.lam))
+    for r in ordered:
+        cells = [r.method, f"{r.lam:g}"]
+        for t in calibrated:
+            cells += [_fmt(r.metrics.get(f"{t}/acc")), _fmt(r.metrics.get(f"{t}/ece"))]
+        cells += [_fmt(r.metrics.get(f"{t}/acc")) for t in generative]
+        rows.append(cells)
+    return header, rows
+
+
+def _fmt(x: float | None) -> str:
+    return "" if x is None else f"{x:.4f}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def analysis(sweep: Sweep, task: str, ece_limit: float) -> str:
+    pt, it = _point(sweep.parents["PT"], task), _point(sweep.parents["IT"], task)
+    lines = [f"### {task}", "",
+             f"PT: acc {pt.acc:.4f}, ECE {pt.ece:.4f} — IT: acc {it.acc:.4f}, ECE {it.ece:.4f}", ""]
+    for method in sweep.methods():
+        path = sweep.path(method, task)
+        merges = [p for p in path if 0 < p.lam < 1 or p.lam > 1]
+        star = lambda_star(path, ece_limit)
+        front = pareto_front(path)
+        lines.append(f"**{method}**")
+        lines.append(f"- λ* (best accuracy with ECE ≤ {ece_limit:g}): " + (
+            f"{star.lam:g} (acc {star.acc:.4f}, ECE {star.ece:.4f})" if star else
+            f"none: no λ meets the limit (least ECE: λ={min(path, key=lambda p: p.ece).lam:g})"))
+        lines.append("- Pareto set (λ): " + ", ".join(f"{p.lam:g}" for p in front))
+        dom = dominance_over_it(merges, pt, it)
+        if dom:
+            d = dom[0]
+            lines.append(f"- {len(dom)} merge(s) Pareto-dominate IT; best λ={d.point.lam:g}: "
+                         f"+{d.acc_gain:.4f} acc, {d.ece_recovered:.0%} of the PT→IT ECE rise "
+                         f"recovered")
+        else:
+            lines.append("- no merge Pareto-dominates IT")
+        peak = peak_gain(merges, pt, it)
+        if peak:
+            lines.append(f"- peak accuracy {peak[0].acc:.4f} at λ={peak[0].lam:g}: "
+                         f"{peak[1]:+.4f} over the better parent")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- output
+
+def write_report(sweep: Sweep, client, out: Path, ece_limit: float,
+                 tasks: list[str] | None = None) -> Path:
+    calibrated, generative = sweep.tasks()
+    if tasks:
+        unknown = set(tasks) - set(calibrated) - set(generative)
+        if unknown:
+            raise ReportError(f"--tasks {','.join(sorted(unknown))}: not in these runs; "
+                              f"found: {', '.join(calibrated + generative)}")
+        calibrated = [t for t in calibrated if t in tasks]
+        generative = [t for t in generative if t in tasks]
+    if not calibrated:
+        raise ReportError("no task with an ECE metric in these runs: nothing to draw a "
+                          "frontier for")
+    out.mkdir(parents=True, exist_ok=True)
+    figures = []
+    for task in calibrated:
+        for name, fig in ((f"frontier_{task}.png", frontier_figure(sweep, task, ece_limit)),
+                          (f"curves_{task}.png", curves_figure(sweep, task)),
+                          (f"reliability_{task}.png",
+                           reliability_grid(sweep, task, client, sweep.methods()[0]))):
+            fig.savefig(out / name, dpi=110)
+            figures.append(name)
+    header, rows = table_rows(sweep, calibrated, generative)
+    (out / "table.md").write_text(markdown_table(header, rows))
+    with open(out / "table.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([header, *rows])
+    summary = "\n".join(analysis(sweep, t, ece_limit) for t in calibrated)
+    (out / "summary.md").write_text(summary)
+    (out / "report.html").write_text(_html(sweep, out, figures, header, rows, summary))
+    client.log_artifacts(sweep.parent_id, str(out), "report")
+    return out
+
+
+def _html(sweep: Sweep, out: Path, figures: list[str], header, rows, summary: str) -> str:
+    import html
+
+    imgs = "\n".join(
+        f'<figure><img alt="{n}" src="data:image/png;base64,'
+        f'{base64.b64encode((out / n).read_bytes()).decode()}"><figcaption>{n}</figcaption></figure>'
+        for n in figures)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                   for r in rows)
+    return f"""<!doctype html><html><head><meta charset="utf-8">
+<title>{html.escape(sweep.experiment)} frontier report</title>
+<style>body{{font-family:sans-serif;margin:2em}} img{{max-width:100%}}
+table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}
+pre{{background:#f6f6f6;padding:1em;white-space:pre-wrap}}</style></head><body>
+<h1>{html.escape(sweep.experiment)}: accuracy–calibration frontier</h1>
+<p>Sweep run {sweep.parent_id}</p>
+{imgs}
+<h2>Analysis</h2><pre>{html.escape(summary)}</pre>
+<h2>Full results</h2><table><tr>{head}</tr>{body}</table>
+</body></html>
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m app.report", description=__doc__.splitlines()[0])
+    ap.add_argument("--experiment", help="experiment name (default: the latest sweep's)")
+    ap.add_argument("--parent", help="a sweep's parent run id (default: the latest sweep)")
+    ap.add_argument("--tasks", help="comma-separated tasks (default: all in the runs)")
+    ap.add_argument("--ece-limit", type=float, default=0.15, help="λ* constraint (default 0.15)")
+    ap.add_argument("--out", help="output folder (default: reports/<experiment>)")
+    ap.add_argument("--tracking-dir", default="mlruns", help="local store folder (default mlruns)")
+    ap.add_argument("--tracking-uri", help="an MLflow tracking URI instead of --tracking-dir")
+    args = ap.parse_args(argv)
+    import mlflow
+
+    uri = args.tracking_uri or f"sqlite:///{Path(args.tracking_dir).resolve() / 'mlflow.db'}"
+    if not args.tracking_uri and not (Path(args.tracking_dir) / "mlflow.db").exists():
+        _fail(f"no MLflow store at {args.tracking_dir}/mlflow.db: run `python -m app -m ...` "
+              f"first or pass --tracking-dir/--tracking-uri")
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    try:
+        sweep = load_sweep(client, args.experiment, args.parent)
+        out = Path(args.out or f"reports/{sweep.experiment}")
+        tasks = args.tasks.split(",") if args.tasks else None
+        write_report(sweep, client, out, args.ece_limit, tasks)
+    except ReportError as e:
+        _fail(str(e))
+    print(f"report for sweep {sweep.parent_id} ({len(sweep.merges)} merges) in {out}/:")
+    for p in sorted(out.iterdir()):
+        print(f"  {p.name}")
+    print((out / "summary.md").read_text())
+
+
+def _fail(line: str) -> None:
+    print(f"error: {line}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

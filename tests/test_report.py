@@ -1,0 +1,90 @@
+"""`python -m app.report` on a real sweep: files, numbers equal MLflow's, HTML renders."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_app import run_app, runs
+from test_ui import CHROMIUM, CHROMIUM_ARGS
+
+
+def report(tmp_path, *args, check=True):
+    cmd = [sys.executable, "-m", "app.report", "--tracking-dir", f"{tmp_path}/mlruns", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stderr[-3000:])
+    return proc
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    run_app(tmp, "-m", "task.limit=60", "method=linear,slerp", "lambda=0.2,0.5,0.8")
+    return tmp
+
+
+def test_report_files_numbers_and_star(swept):
+    out = swept / "out"
+    proc = report(swept, "--out", str(out), "--ece-limit", "0.2")
+    names = {p.name for p in out.iterdir()}
+    assert {"frontier_toy_mc.png", "curves_toy_mc.png", "reliability_toy_mc.png", "table.md",
+            "table.csv", "summary.md", "report.html"} <= names
+    client, found = runs(swept)
+    by_key = {(r.data.tags["method"], float(r.data.params["lambda"])): r.data.metrics
+              for r in found if r.data.tags.get("role") == "job"}
+    refs = {r.data.tags["lambda"]: r.data.metrics for r in found
+            if r.data.tags.get("role") == "reference"}
+    rows = list(csv.reader(open(out / "table.csv")))
+    header, body = rows[0], rows[1:]
+    assert header[:4] == ["model", "λ", "toy_mc acc", "toy_mc ECE"] and "toy_gen acc" in header
+    assert [r[0] for r in body[:2]] == ["PT", "IT"] and len(body) == 2 + 6
+    assert float(body[0][3]) == pytest.approx(refs["0"]["toy_mc/ece"], abs=5e-5)
+    for r in body[2:]:  # every cell equals the MLflow metric (to the 4 decimals shown)
+        m = by_key[(r[0], float(r[1]))]
+        assert float(r[2]) == pytest.approx(m["toy_mc/acc"], abs=5e-5)
+        assert float(r[3]) == pytest.approx(m["toy_mc/ece"], abs=5e-5)
+    # the star sits at the best feasible λ, computed here straight from the runs
+    for method in ("linear", "slerp"):
+        points = {lam: m for (meth, lam), m in by_key.items() if meth == method}
+        points.setdefault(0.0, refs["0"])
+        points.setdefault(1.0, refs["1"])
+        feasible = [(-m["toy_mc/acc"], m["toy_mc/ece"], lam) for lam, m in points.items()
+                    if m["toy_mc/ece"] <= 0.2]
+        best = min(feasible)[2]
+        assert f"**{method}**\n- λ* (best accuracy with ECE ≤ 0.2): {best:g} " in proc.stdout
+    parent = next(r for r in found if r.data.tags.get("role") == "sweep")
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert "report/report.html" in logged
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"),
+                    reason="Debian's chromium is not installed")
+def test_html_report_renders_with_its_figures(swept):
+    from playwright.sync_api import sync_playwright
+
+    out = swept / "html"
+    report(swept, "--out", str(out))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto((out / "report.html").as_uri())
+        sizes = page.eval_on_selector_all("img", "imgs => imgs.map(i => [i.complete, i.naturalWidth])")
+        assert len(sizes) == 3 and all(done and width > 300 for done, width in sizes)
+        assert page.locator("table tr").count() == 1 + 8
+        browser.close()
+
+
+def test_errors_are_one_line(swept, tmp_path):
+    for args, expect in [
+        (["--tracking-dir", str(tmp_path / "none")], "no MLflow store at"),
+        (["--experiment", "nope"], "--experiment 'nope' does not exist; found: merge-toy"),
+        (["--tasks", "mmlu_pro"], "--tasks mmlu_pro: not in these runs; found: toy_mc, toy_gen"),
+    ]:
+        proc = report(swept, *args, check=False)
+        assert proc.returncode == 2
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and expect in lines[0], proc.stderr
