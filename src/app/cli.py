@@ -70,6 +70,9 @@ def user_error(e: BaseException) -> str | None:
         return f"{key}={value!r} is not a valid {kind.lower()}"
     if m := re.search(r"Missing mandatory value: (\S+)", text):
         return f"{m.group(1)} must be set"
+    if isinstance(e, OverrideParseException) or "LexerNoViableAlt" in text:
+        return (f"cannot parse the override {text.split(': ', 1)[-1].strip().splitlines()[0]!r}; quote values "
+                f"with spaces or symbols, e.g. 'hydra.sweeper.constraints=[\"toy_mc/ece <= 0.1\"]'")
     if isinstance(e, (OverrideParseException, ConfigCompositionException, MissingConfigException,
                       OmegaConfBaseException)):
         return text.strip().splitlines()[0]

@@ -172,6 +172,10 @@ class SweepParentRun(Callback):
 
         job_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
         try:
+            if "objective" in config.hydra.sweeper:  # a λ* search: check its metric names
+                from app.search import check_search
+
+                check_search(config)
             store = open_store(job_cfg)
             ensure_references(job_cfg, store)
         except ConfigError as e:

@@ -1,0 +1,50 @@
+"""The λ* search: a real Optuna study driven by the project's Hydra sweeper plugin."""
+
+import optuna
+import yaml
+
+from test_app import run_app, runs
+
+SEARCH = ["-m", "search=lambda_star", "task.limit=60"]
+
+
+def study_trials(tmp_path):
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+        str(tmp_path / "mlruns" / "optuna" / "lambda_star-merge-toy.journal")))
+    return optuna.load_study(study_name="lambda_star-merge-toy", storage=storage).trials
+
+
+def test_search_finds_a_feasible_lambda_star_and_resumes(tmp_path):
+    proc = run_app(tmp_path, *SEARCH, "hydra.sweeper.n_trials=3")
+    assert "λ* search (lambda_star-merge-toy): feasible best lambda=" in proc.stdout
+    trials = study_trials(tmp_path)
+    assert len(trials) == 5 and [t.params["lambda"] for t in trials[:2]] == [0.0, 1.0]
+    summary = yaml.safe_load(next((tmp_path / "multirun").rglob("lambda_star.yaml")).read_text())
+    best = summary["best_metrics"]
+    assert summary["verdict"] == "feasible" and best["toy_mc/ece"] <= 0.15
+    feasible = [t.value for t in trials if t.user_attrs["metrics"]["toy_mc/ece"] <= 0.15]
+    assert summary["best_value"] == max(feasible)
+    assert summary["infeasible"] == sum(t.user_attrs["metrics"]["toy_mc/ece"] > 0.15
+                                        for t in trials)
+    client, found = runs(tmp_path)
+    parent = next(r for r in found if r.data.tags.get("role") == "sweep")
+    assert float(parent.data.params["best/lambda"]) == summary["best_params"]["lambda"]
+    assert parent.data.metrics["best/toy_mc/ece"] == best["toy_mc/ece"]
+    assert "search/trials.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "search")}
+
+    again = run_app(tmp_path, *SEARCH, "hydra.sweeper.n_trials=4")  # continue: one more trial
+    assert len(study_trials(tmp_path)) == 6
+    assert again.stdout.count("linear λ=") == 1
+
+
+def test_bad_search_config_fails_before_any_job(tmp_path):
+    for override, expect in [
+        ("hydra.sweeper.constraints=['toy_mc/eec <= 0.1']",
+         "hydra.sweeper.constraints: the job returns no metric 'toy_mc/eec' (did you mean 'toy_mc/ece'?)"),
+        ("hydra.sweeper.objective=mmlu_pro/acc", "hydra.sweeper.objective: the job returns no metric"),
+        ("~hydra.sweeper.params.lambda", "hydra.sweeper.params is empty"),
+    ]:
+        proc = run_app(tmp_path, *SEARCH, override, check=False)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and expect in lines[0], proc.stderr
+        assert not (tmp_path / "mlruns" / "mlflow.db").exists() or runs(tmp_path)[1] == []
