@@ -86,8 +86,13 @@ def summarize_study(study, sweeper) -> dict:
     if parent_file.exists():
         store = tracking.open_store(sweeper.config)
         job = tracking.JobRun(store.client, parent_file.read_text().strip())
-        job.log_params({f"best/{k}": v for k, v in best.params.items()}
-                       | {"search/verdict": verdict, "search/constraints": "; ".join(constraints)})
+        params = {f"best/{k}": v for k, v in best.params.items()}
+        params |= {"search/verdict": verdict, "search/constraints": "; ".join(constraints)}
+        try:
+            job.log_params(params)
+        except Exception:  # a resumed study moved λ*: params are immutable, tags are not
+            for k, v in params.items():
+                store.client.set_tag(job.run_id, k, str(v))
         job.log_metrics({f"best/{k}": v for k, v in metrics.items() if math.isfinite(v)}
                         | {"search/infeasible": summary["infeasible"], "search/failed": failed,
                            "search/completed": len(done)})
