@@ -72,11 +72,11 @@ def summarize_study(study, sweeper) -> dict:
         "best_value": best.value, "best_metrics": metrics, "trials": len(study.trials),
         "completed": len(done), "infeasible": len(done) - len(feasible), "failed": failed,
     }
-    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                       for k, v in best.params.items())
+    shown_params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                             for k, v in best.params.items())
     shown = ", ".join(f"{m.split()[0]}={metrics.get(m.split()[0], float('nan')):.4f}"
                       for m in constraints)
-    print(f"λ* search ({study.study_name}): {verdict} best {params}: {sweeper.objective}="
+    print(f"λ* search ({study.study_name}): {verdict} best {shown_params}: {sweeper.objective}="
           f"{best.value:.4f}, {shown} | {len(done)} completed, {len(done) - len(feasible)} "
           f"infeasible, {failed} failed", flush=True)
     sweep_dir = Path(sweeper.config.hydra.sweep.dir)
