@@ -48,3 +48,36 @@ def test_bad_search_config_fails_before_any_job(tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and expect in lines[0], proc.stderr
         assert not (tmp_path / "mlruns" / "mlflow.db").exists() or runs(tmp_path)[1] == []
+
+
+def test_a_failed_job_is_a_fail_trial_and_the_study_goes_on(tmp_path):
+    # density 1.5 is out of range: that job fails; the study records it and finishes
+    proc = run_app(tmp_path, *SEARCH, "method=dare_ties", "hydra.sweeper.sampler=grid",
+                   "hydra.sweeper.n_trials=2", "hydra.sweeper.seed_with_parents=false",
+                   "~hydra.sweeper.params.lambda", "method.params.density=choice(0.5,1.5)")
+    states = sorted(t.state.name for t in study_trials(tmp_path))
+    assert states == ["COMPLETE", "FAIL"], proc.stdout
+    assert "1 completed, 0 infeasible, 1 failed" in proc.stdout or \
+           "1 completed, 1 infeasible, 1 failed" in proc.stdout
+    _, found = runs(tmp_path)
+    assert not [r for r in found if r.info.status == "RUNNING"]
+
+
+def test_two_processes_share_one_study(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "app", *SEARCH, "hydra.sweeper.n_trials=4",
+           f"tracking.dir={tmp_path}/mlruns"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    run_app(tmp_path, "-m", "task.limit=60", "lambda=0")  # create the store and references first
+    procs = [subprocess.Popen(cmd + [f"hydra.sweep.dir={tmp_path}/sweep{i}"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    for p in procs:
+        assert p.wait(timeout=600) == 0, p.stderr.read()[-2000:]
+    trials = study_trials(tmp_path)
+    workers = {t.user_attrs.get("worker") for t in trials}
+    assert len(workers) == 2  # both processes contributed trials to the one study
+    assert 6 <= len(trials) <= 8  # 2 parents + 4 trials, give or take a concurrent ask

@@ -18,10 +18,15 @@ register()
 def _main(cfg: DictConfig) -> dict[str, float]:
     from app.run import run_job
 
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     try:
         return run_job(cfg)
-    except ConfigError as e:  # exit here, before Hydra logs the job's failure at length
-        _fail(str(e))
+    except ConfigError as e:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # one job of a sweep: its sweeper decides (a search records a FAIL trial)
+        _fail(str(e))  # exit here, before Hydra logs the job's failure at length
 
 
 def main() -> None:

@@ -34,7 +34,10 @@ def check_search(cfg: DictConfig) -> None:
         if metric not in valid:
             raise ConfigError(f"{key}: the job returns no metric {metric!r}"
                               f"{suggest(metric, valid)}; valid: {', '.join(valid)}")
-    if not sweeper.params:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    cli = OverridesParser.create().parse_overrides(list(cfg.hydra.overrides.task))
+    if not sweeper.params and not any(o.is_sweep_override() for o in cli):
         raise ConfigError("hydra.sweeper.params is empty: give e.g. "
                           "hydra.sweeper.params.lambda='interval(0,1)'")
 

@@ -10,8 +10,9 @@ on the same storage share it.
 
 
 import logging
-import math
+import os
 import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -126,7 +127,6 @@ class LambdaStarSweeper(Sweeper):
         return space, fixed
 
     def _sampler(self, space: dict):
-        import numpy as np
         import optuna
 
         from app.config import ConfigError
@@ -136,15 +136,20 @@ class LambdaStarSweeper(Sweeper):
             return optuna.samplers.GPSampler(seed=self.seed, n_startup_trials=self.n_startup)
         if self.sampler_name == "tpe":
             return optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=self.n_startup)
-        if self.sampler_name == "random":
+        if self.sampler_name in ("random", "grid"):  # grid: its points are enqueued
             return optuna.samplers.RandomSampler(seed=self.seed)
-        if self.sampler_name == "grid":
-            grid = {k: (list(d.choices) if hasattr(d, "choices") else
-                        [round(x, 6) for x in np.linspace(d.low, d.high, self.grid_points)])
-                    for k, d in space.items()}
-            return optuna.samplers.GridSampler(grid, seed=self.seed)
         raise ConfigError(f"hydra.sweeper.sampler={self.sampler_name!r}; valid: gp, tpe, "
                           f"random, grid")
+
+    def _grid(self, space: dict) -> list[dict]:
+        import itertools
+
+        import numpy as np
+
+        axes = {k: (list(d.choices) if hasattr(d, "choices") else
+                    [round(float(x), 6) for x in np.linspace(d.low, d.high, self.grid_points)])
+                for k, d in space.items()}
+        return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
 
     def _study(self, space: dict):
         import optuna
@@ -185,6 +190,13 @@ class LambdaStarSweeper(Sweeper):
                 if x not in tried:
                     study.enqueue_trial({"lambda": x}, skip_if_exists=True)
         target = self.n_trials + len(ends)
+        if self.sampler_name == "grid":  # every grid point once (Optuna's GridSampler cannot
+            grid = self._grid(space)     # be driven by ask/tell: it stops the study itself)
+            tried = [t.params for t in study.trials]
+            for point in grid:
+                if point not in tried:
+                    study.enqueue_trial(point, skip_if_exists=True)
+            target = len(grid) + len([e for e in ends if {"lambda": e} not in grid])
         job_idx = 0
         while True:
             finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
@@ -192,6 +204,8 @@ class LambdaStarSweeper(Sweeper):
             if remaining <= 0:
                 break
             trials = [study.ask(space) for _ in range(min(self.n_jobs, remaining))]
+            for t in trials:
+                t.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
             batch = [fixed + [f"{k}={_fmt(v)}" for k, v in t.params.items()] for t in trials]
             results = self.launcher.launch(batch, initial_job_idx=job_idx)
             job_idx += len(batch)
