@@ -42,6 +42,19 @@ def test_single_run_logs_metrics_params_and_artifacts(tmp_path):
     assert p["version.mergekit"] == "0.1.5" and p["version.lm_eval"] == "0.4.13"
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "mergekit.yaml", "lm_eval_results.json", "samples"} <= names
+    assert m["toy_mc/acc_ci_low"] <= m["toy_mc/acc"] <= m["toy_mc/acc_ci_high"]
+    assert m["toy_mc/ece_ci_low"] <= m["toy_mc/ece"] <= m["toy_mc/ece_ci_high"]
+    # the per-sample table reproduces the logged metrics exactly
+    import json
+
+    from app.calibration import calibration_metrics
+
+    path = client.download_artifacts(run.info.run_id, "samples/toy_mc.jsonl", str(tmp_path))
+    rows = [json.loads(line) for line in open(path)]
+    again = calibration_metrics([r["logliks"] for r in rows], [r["gold"] for r in rows], 15,
+                                n_boot=1000, seed=0)
+    for key, value in again.items():
+        assert m[f"toy_mc/{key}"] == value, key
 
 
 def test_multirun_grid_has_one_parent_and_children(tmp_path):

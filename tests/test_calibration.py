@@ -71,3 +71,33 @@ def test_empty_and_bad_bins_raise():
         cal.calibration_metrics([], [])
     with pytest.raises(ValueError):
         cal.bin_index(np.array([0.5]), 0)
+
+
+def test_bootstrap_intervals_contain_the_estimate_and_shrink_with_more_samples():
+    rng = np.random.default_rng(7)
+
+    def sample(n):
+        conf = rng.uniform(0.3, 1.0, n)
+        return conf, rng.uniform(size=n) < conf - 0.1  # overconfident by ~0.1
+
+    widths = {}
+    for n in (200, 5000):
+        conf, correct = sample(n)
+        ci = cal.bootstrap_ci(conf, correct, bins=15, n_boot=500, seed=0)
+        ece = cal.expected_calibration_error(conf, correct, 15)
+        assert ci["acc"][0] <= correct.mean() <= ci["acc"][1]
+        assert ci["ece"][0] <= ece <= ci["ece"][1]
+        widths[n] = (ci["acc"][1] - ci["acc"][0], ci["ece"][1] - ci["ece"][0])
+    assert widths[5000][0] < widths[200][0] / 3 and widths[5000][1] < widths[200][1] / 2
+    assert cal.bootstrap_ci(conf, correct, seed=3) == cal.bootstrap_ci(conf, correct, seed=3)
+
+
+def test_bootstrap_ece_matches_a_direct_recomputation():
+    # one resample computed by hand equals the vectorised computation's resample
+    conf = np.array([0.9, 0.6, 0.8, 0.55, 0.95, 0.7])
+    correct = np.array([1, 0, 1, 1, 0, 1], dtype=bool)
+    rng = np.random.default_rng(0)
+    draw = rng.integers(0, 6, size=(1, 6))[0]
+    direct = cal.expected_calibration_error(conf[draw], correct[draw], 15)
+    ci = cal.bootstrap_ci(conf, correct, bins=15, n_boot=1, level=0.0, seed=0)
+    assert ci["ece"][0] == pytest.approx(direct)

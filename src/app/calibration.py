@@ -92,12 +92,33 @@ def gold_nll(logliks_per_sample, gold) -> float:
     return total / len(gold)
 
 
-def calibration_metrics(logliks_per_sample, gold, bins: int = 15) -> dict[str, float]:
-    """acc, ece, mce, brier, nll, mean_conf and n for one multiple-choice task."""
+def bootstrap_ci(conf, correct, bins: int = 15, n_boot: int = 1000, level: float = 0.95,
+                 seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals for accuracy and ECE (samples resampled with replacement)."""
+    conf = np.asarray(conf, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    n = len(conf)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n, size=(n_boot, n))
+    offsets = (np.arange(n_boot) * bins)[:, None]
+    flat = (bin_index(conf, bins)[draws] + offsets).ravel()
+    size = n_boot * bins
+    sum_conf = np.bincount(flat, weights=conf[draws].ravel(), minlength=size).reshape(n_boot, bins)
+    sum_corr = np.bincount(flat, weights=correct[draws].ravel(), minlength=size).reshape(n_boot, bins)
+    eces = np.abs(sum_corr - sum_conf).sum(axis=1) / n  # Σ_b (n_b/n)|acc_b − conf_b|
+    accs = correct[draws].mean(axis=1)
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    return {"acc": tuple(np.percentile(accs, q)), "ece": tuple(np.percentile(eces, q))}
+
+
+def calibration_metrics(logliks_per_sample, gold, bins: int = 15, n_boot: int = 0,
+                        seed: int = 0) -> dict[str, float]:
+    """acc, ece, mce, brier, nll, mean_conf and n for one multiple-choice task; with n_boot > 0
+    also 95% bootstrap intervals acc_ci_low/high and ece_ci_low/high."""
     if len(gold) == 0:
         raise ValueError("no samples to compute calibration from")
     conf, correct = top_label(logliks_per_sample, gold)
-    return {
+    out = {
         "acc": float(correct.mean()),
         "ece": expected_calibration_error(conf, correct, bins),
         "mce": maximum_calibration_error(conf, correct, bins),
@@ -106,3 +127,8 @@ def calibration_metrics(logliks_per_sample, gold, bins: int = 15) -> dict[str, f
         "mean_conf": float(conf.mean()),
         "n": float(len(gold)),
     }
+    if n_boot > 0:
+        ci = bootstrap_ci(conf, correct, bins, n_boot, seed=seed)
+        for name, (low, high) in ci.items():
+            out[f"{name}_ci_low"], out[f"{name}_ci_high"] = float(low), float(high)
+    return out

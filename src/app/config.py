@@ -85,6 +85,7 @@ class EvalConfig:
     limit: Optional[int] = None  # first N documents per task (quick runs)
     batch_size: int = 32
     ece_bins: int = 15
+    bootstrap: int = 1000  # resamples for the 95% intervals of acc and ECE (0: none)
 
 
 @dataclass

@@ -56,7 +56,8 @@ class Evaluator:
         results = {}
         for spec in self.cfg.tasks:
             results[spec.name] = _task_result(spec, out["results"][spec.name],
-                                              out["samples"][spec.name], self.cfg.ece_bins)
+                                              out["samples"][spec.name], self.cfg.ece_bins,
+                                              self.cfg.bootstrap, self.seed)
         out.pop("samples")
         return results, out
 
@@ -86,7 +87,8 @@ def build_tasks(task_cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
     return manager, tasks
 
 
-def _task_result(spec, lm_results: dict, samples: list[dict], bins: int) -> TaskResult:
+def _task_result(spec, lm_results: dict, samples: list[dict], bins: int, n_boot: int,
+                 seed: int) -> TaskResult:
     key = next((k for k in lm_results if k.split(",")[0] == spec.metric), None)
     if key is None:
         raise ConfigError(f"task.tasks[{spec.name}].metric={spec.metric!r}: lm-eval reported "
@@ -98,7 +100,7 @@ def _task_result(spec, lm_results: dict, samples: list[dict], bins: int) -> Task
     samples = sorted(samples, key=lambda s: s["doc_id"])
     logliks = [[float(ll) for ll, _greedy in s["filtered_resps"]] for s in samples]
     gold = [int(s["target"]) for s in samples]
-    cal = calibration.calibration_metrics(logliks, gold, bins)
+    cal = calibration.calibration_metrics(logliks, gold, bins, n_boot, seed)
     cal["acc_lm_eval"] = metrics["acc"]
     conf, correct = calibration.top_label(logliks, gold)
     records = [

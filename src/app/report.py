@@ -5,7 +5,7 @@
 
 Writes, and logs under ``report/`` on the sweep's parent run: a frontier plot per calibrated
 task (accuracy vs ECE, one path per method ordered by λ, the naive PT–IT line dotted, λ*
-starred, the parents marked), accuracy / ECE / mean-confidence curves over λ, a grid of
+starred, the parents marked), accuracy / ECE / mean-confidence curves over λ (95% bootstrap bands), a grid of
 reliability diagrams across λ, ``table.md`` / ``table.csv`` (parents, then method × λ),
 ``summary.md`` (Pareto sets, dominance over IT, peak gain, λ*), and one self-contained
 ``report.html``.
@@ -155,8 +155,12 @@ def curves_figure(sweep: Sweep, task: str):
         for method in sweep.methods():
             rows = sorted(_rows_with_parents(sweep, method), key=lambda r: r.lam)
             rows = [r for r in rows if f"{task}/{key}" in r.metrics]
-            ax.plot([r.lam for r in rows], [r.metrics[f"{task}/{key}"] for r in rows], "o-",
-                    ms=3, label=method)
+            line, = ax.plot([r.lam for r in rows], [r.metrics[f"{task}/{key}"] for r in rows],
+                            "o-", ms=3, label=method)
+            lo, hi = f"{task}/{key}_ci_low", f"{task}/{key}_ci_high"
+            if rows and all(lo in r.metrics and hi in r.metrics for r in rows):
+                ax.fill_between([r.lam for r in rows], [r.metrics[lo] for r in rows],
+                                [r.metrics[hi] for r in rows], color=line.get_color(), alpha=0.15)
         ax.set_xlabel("λ (0 = PT, 1 = IT)")
         ax.set_title(f"{task}: {label}")
     axes[0].legend(fontsize=7)

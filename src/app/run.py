@@ -64,7 +64,7 @@ def session_for(cfg: DictConfig) -> Session:
     return _SESSIONS[key]
 
 
-METRICS_VERSION = 1  # bump when a metric's definition changes: older runs stop matching
+METRICS_VERSION = 2  # bump when a metric's definition changes: older runs stop matching
 
 
 def _eval_key(cfg: DictConfig) -> dict:

@@ -9,7 +9,8 @@ from omegaconf import DictConfig
 
 from app.config import ConfigError, suggest
 
-CALIBRATION_METRICS = ("acc", "ece", "mce", "brier", "nll", "mean_conf", "n", "acc_lm_eval")
+CALIBRATION_METRICS = ("acc", "ece", "mce", "brier", "nll", "mean_conf", "n", "acc_lm_eval",
+                       "acc_ci_low", "acc_ci_high", "ece_ci_low", "ece_ci_high")
 
 
 def job_metric_names(cfg: DictConfig) -> list[str]:
@@ -79,9 +80,11 @@ def summarize_study(study, sweeper) -> dict:
                              for k, v in best.params.items())
     shown = ", ".join(f"{m.split()[0]}={metrics.get(m.split()[0], float('nan')):.4f}"
                       for m in constraints)
+    low, high = (metrics.get(f"{sweeper.objective}_ci_{e}") for e in ("low", "high"))
+    interval = f" [95% CI {low:.4f}, {high:.4f}]" if low is not None and high is not None else ""
     print(f"λ* search ({study.study_name}): {verdict} best {shown_params}: {sweeper.objective}="
-          f"{best.value:.4f}, {shown} | {len(done)} completed, {len(done) - len(feasible)} "
-          f"infeasible, {failed} failed", flush=True)
+          f"{best.value:.4f}{interval}, {shown} | {len(done)} completed, "
+          f"{len(done) - len(feasible)} infeasible, {failed} failed", flush=True)
     sweep_dir = Path(sweeper.config.hydra.sweep.dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / "lambda_star.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
