@@ -30,10 +30,10 @@ def mergekit_config(cfg: DictConfig) -> dict[str, Any]:
         mk = OmegaConf.to_container(cfg.method.mergekit, resolve=True)
     except Exception as e:  # an interpolation in the method YAML that does not resolve
         raise ConfigError(f"method={cfg.method.name}: mergekit template does not resolve: {e}")
-    for extra in cfg.model.extra:  # same parameters as the IT entry, its own weight
-        it_entry = next(m for m in mk["models"] if m["model"] == cfg.model.it)
-        params = {**it_entry.get("parameters", {}), "weight": float(extra.weight)}
-        mk["models"].append({"model": extra.path, "parameters": params})
+    if cfg.model.extra:  # same parameters as the IT entry, each its own weight
+        it_params = next(m for m in mk["models"] if m["model"] == cfg.model.it).get("parameters", {})
+        mk["models"] += [{"model": e.path, "parameters": {**it_params, "weight": float(e.weight)}}
+                         for e in cfg.model.extra]
     return _with_pair_settings(mk, cfg)
 
 

@@ -59,10 +59,7 @@ class Sweep:
 
     def path(self, method: str, task: str) -> list[Point]:
         """A method's points by λ, with the parents as its ends where the grid lacks them."""
-        pts = {r.lam: _point(r, task) for r in self.merges if r.method == method}
-        pts.setdefault(0.0, _point(self.parents["PT"], task))
-        pts.setdefault(1.0, _point(self.parents["IT"], task))
-        return [pts[k] for k in sorted(pts)]
+        return [_point(r, task) for r in _rows_with_parents(self, method)]
 
 
 def _point(row: Row, task: str) -> Point:
@@ -153,8 +150,7 @@ def curves_figure(sweep: Sweep, task: str):
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     for ax, (key, label) in zip(axes, metrics):
         for method in sweep.methods():
-            rows = sorted(_rows_with_parents(sweep, method), key=lambda r: r.lam)
-            rows = [r for r in rows if f"{task}/{key}" in r.metrics]
+            rows = [r for r in _rows_with_parents(sweep, method) if f"{task}/{key}" in r.metrics]
             line, = ax.plot([r.lam for r in rows], [r.metrics[f"{task}/{key}"] for r in rows],
                             "o-", ms=3, label=method)
             lo, hi = f"{task}/{key}_ci_low", f"{task}/{key}_ci_high"
@@ -172,7 +168,7 @@ def curves_figure(sweep: Sweep, task: str):
 def reliability_grid(sweep: Sweep, task: str, client, method: str):
     import matplotlib.pyplot as plt
 
-    rows = sorted(_rows_with_parents(sweep, method), key=lambda r: r.lam)
+    rows = _rows_with_parents(sweep, method)
     cols = min(6, len(rows))
     nrows = -(-len(rows) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(2.2 * cols, 2.2 * nrows), squeeze=False)
@@ -197,10 +193,11 @@ def reliability_grid(sweep: Sweep, task: str, client, method: str):
 
 
 def _rows_with_parents(sweep: Sweep, method: str) -> list[Row]:
+    """A method's rows sorted by λ, the parents standing in for λ=0 and λ=1 where missing."""
     rows = {r.lam: r for r in sweep.merges if r.method == method}
     rows.setdefault(0.0, sweep.parents["PT"])
     rows.setdefault(1.0, sweep.parents["IT"])
-    return list(rows.values())
+    return [rows[lam] for lam in sorted(rows)]
 
 
 # ---------------------------------------------------------------- tables and analysis

@@ -215,7 +215,9 @@ class LambdaStarSweeper(Sweeper):
             if failed > self.max_failure_rate * max(len(study.trials), 1) and failed >= 2:
                 raise RuntimeError(f"{failed} of {len(study.trials)} trials failed (more than "
                                    f"max_failure_rate={self.max_failure_rate}); stopping")
-        return self._finish(study, space)
+        from app.search import summarize_study
+
+        return summarize_study(study, self)
 
     def _tell(self, study, trial, result) -> None:
         from optuna.trial import TrialState
@@ -234,11 +236,6 @@ class LambdaStarSweeper(Sweeper):
         trial.set_user_attr("metrics", {k: v for k, v in metrics.items()
                                         if not k.startswith("time/")})
         study.tell(trial, value)
-
-    def _finish(self, study, space: dict) -> dict:
-        from app.search import summarize_study
-
-        return summarize_study(study, self)
 
 
 def _fmt(v: Any) -> str:
