@@ -7,8 +7,10 @@ reuses them: a λ step only rewrites tensors and re-scores the same requests.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -33,25 +35,40 @@ class Session:
     device: str
 
 
+def pick_device(device: str, cuda_count: int, job_num: int) -> str:
+    """``auto``: CPU without CUDA, the GPU with one, GPU ``job_num % count`` with several (so
+    parallel jobs of a local launcher spread one per GPU); any other value is kept."""
+    if device != "auto":
+        return device
+    if cuda_count == 0:
+        return "cpu"
+    return "cuda" if cuda_count == 1 else f"cuda:{job_num % cuda_count}"
+
+
+@functools.cache
 def resolve_device(device: str) -> str:
+    """The device this process uses for ``device`` (fixed at its first job: a worker that runs
+    several jobs keeps its GPU and its loaded models)."""
     import torch
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    from hydra.core.hydra_config import HydraConfig
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    num = HydraConfig.get().job.get("num", 0) if HydraConfig.initialized() else 0
+    return pick_device(device, count, int(num or 0))
 
 
 def session_for(cfg: DictConfig) -> Session:
     """The process's Session for this pair, tasks and device (built on first use)."""
+    device = resolve_device(cfg.device)
     key = json.dumps([OmegaConf.to_container(cfg.model, resolve=True),
-                      OmegaConf.to_container(cfg.task, resolve=True), cfg.device, cfg.seed])
+                      OmegaConf.to_container(cfg.task, resolve=True), device, cfg.seed])
     if key not in _SESSIONS:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from app.evaluate import Evaluator
 
-        device = resolve_device(cfg.device)
         source = cfg.model[cfg.model.tokenizer]  # the working model starts as this parent
         tokenizer = AutoTokenizer.from_pretrained(
             source, trust_remote_code=cfg.model.trust_remote_code)
@@ -106,6 +123,8 @@ def run_job(cfg: DictConfig) -> dict[str, float]:
     lam = clean_lambda(cfg["lambda"])
     mk = mergekit_config(cfg)
     store = tracking.open_store(cfg)
+    if os.environ.get("SLURM_ARRAY_TASK_ID") == "0":  # on a cluster, the first array task
+        ensure_references(cfg, store)                 # evaluates PT and IT (once: fingerprints)
     fingerprint = job_fingerprint(cfg, mk)
     done = None if cfg.force else tracking.finished_run(store, fingerprint)
     if done is not None:
@@ -155,6 +174,7 @@ def merge_and_evaluate(session: Session, cfg: DictConfig, mk: dict, run,
     """Merge into the working model, evaluate, log metrics and artifacts to ``run``."""
     from app.plots import reliability_figure
 
+    run.client.set_tag(run.run_id, "device", session.device)
     report = merge_into(session.model, mk, device=session.device, seed=cfg.seed,
                         trust_remote_code=cfg.model.trust_remote_code)
     if cfg.merge.save_dir:

@@ -170,6 +170,9 @@ class SweepParentRun(Callback):
         from app.config import ConfigError
         from app.run import ensure_references
 
+        self._run_id = None
+        if config.hydra.launcher.get("preview"):  # only shows what it would submit
+            return
         job_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
         try:
             if "objective" in config.hydra.sweeper:  # a λ* search: check its metric names
@@ -177,7 +180,8 @@ class SweepParentRun(Callback):
 
                 check_search(config)
             store = open_store(job_cfg)
-            ensure_references(job_cfg, store)
+            if not on_cluster(config):  # there the first array task evaluates them
+                ensure_references(job_cfg, store)
         except ConfigError as e:
             _fail(str(e))
         overrides = sorted(config.hydra.overrides.task)
@@ -205,8 +209,15 @@ class SweepParentRun(Callback):
                         "the sweep process ended before the sweep finished")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self._run_id is None:
+            return
         log_sweep_summary(self._store, self._run_id)
         self._store.client.set_terminated(self._run_id, status="FINISHED")
+
+
+def on_cluster(config: DictConfig) -> bool:
+    """Whether the sweep's jobs run on SLURM (the submitting node may have no GPU)."""
+    return "Slurm" in str(config.hydra.launcher.get("_target_", ""))
 
 
 def log_sweep_summary(store: Store, parent_id: str) -> None:
