@@ -101,3 +101,57 @@ def test_bootstrap_ece_matches_a_direct_recomputation():
     direct = cal.expected_calibration_error(conf[draw], correct[draw], 15)
     ci = cal.bootstrap_ci(conf, correct, bins=15, n_boot=1, level=0.0, seed=0)
     assert ci["ece"][0] == pytest.approx(direct)
+
+
+def test_equal_mass_bins_hold_equal_counts_and_match_a_hand_computation():
+    conf = np.array([0.95, 0.3, 0.6, 0.9, 0.35, 0.62])
+    correct = np.array([1, 0, 1, 0, 1, 1], dtype=bool)
+    idx = cal.mass_bin_index(conf, 3)
+    assert np.bincount(idx).tolist() == [2, 2, 2]
+    assert idx.tolist() == [2, 0, 1, 2, 0, 1]  # sorted by confidence, cut in runs of 2
+    # bins {.3,.35}: conf .325 acc .5; {.6,.62}: .61 vs 1; {.9,.95}: .925 vs .5
+    expected = (abs(0.5 - 0.325) + abs(1 - 0.61) + abs(0.5 - 0.925)) / 3
+    assert cal.expected_calibration_error(conf, correct, 3, "mass") == pytest.approx(expected)
+    assert cal.maximum_calibration_error(conf, correct, 3, "mass") == pytest.approx(0.425)
+    m = cal.calibration_metrics([[0.0, -1.0], [-2.0, 0.0]], [0, 0], bins=2, binning="mass")
+    assert m["ece"] == pytest.approx(cal.expected_calibration_error(
+        *cal.top_label([[0.0, -1.0], [-2.0, 0.0]], [0, 0]), 2, "mass"))
+    with pytest.raises(ValueError):
+        cal.expected_calibration_error(conf, correct, 3, "quantile")
+
+
+def test_equal_mass_differs_from_equal_width_on_skewed_confidences():
+    rng = np.random.default_rng(5)
+    conf = 1 - rng.exponential(0.05, 2000).clip(0, 0.7)  # most mass near 1
+    correct = rng.uniform(size=2000) < conf - 0.05
+    width = cal.reliability(conf, correct, 10, "width")
+    mass = cal.reliability(conf, correct, 10, "mass")
+    assert (width["count"] == 0).sum() >= 3 and (mass["count"] == 200).all()
+    assert mass["edges"][0] == 0 and mass["edges"][-1] == 1
+    assert np.all(np.diff(mass["edges"]) >= 0)
+    ci = cal.bootstrap_ci(conf, correct, 10, n_boot=300, binning="mass")
+    ece = cal.expected_calibration_error(conf, correct, 10, "mass")
+    assert ci["ece"][0] <= ece <= ci["ece"][1]
+
+
+def test_top_label_brier_is_the_squared_gap_of_the_predicted_choice():
+    logliks = [[-1.0, -2.0], [-0.2, -3.0, -0.1], [-4.0, -1.0, -2.0, -3.0, -9.0]]
+    gold = [1, 2, 1]
+    probs = [np.exp(x) / np.exp(x).sum() for x in map(np.array, logliks)]
+    direct = np.mean([(p.max() - float(np.argmax(p) == g)) ** 2 for p, g in zip(probs, gold)])
+    m = cal.calibration_metrics(logliks, gold, bins=10)
+    assert m["brier_top"] == pytest.approx(direct, abs=1e-12)
+    full = np.mean([np.sum((p - np.eye(len(p))[g]) ** 2) for p, g in zip(probs, gold)])
+    assert m["brier"] == pytest.approx(full, abs=1e-12) and m["brier"] > m["brier_top"]
+
+
+def test_bootstrap_mean_interval_contains_the_mean_and_shrinks():
+    rng = np.random.default_rng(3)
+    widths = []
+    for n in (100, 4000):
+        scores = (rng.uniform(size=n) < 0.4).astype(float)
+        low, high = cal.bootstrap_mean_ci(scores, n_boot=500, seed=1)
+        assert low <= scores.mean() <= high
+        widths.append(high - low)
+    assert widths[1] < widths[0] / 4
+    assert cal.bootstrap_mean_ci([1.0, 0.0, 1.0], seed=2) == cal.bootstrap_mean_ci([1.0, 0.0, 1.0], seed=2)

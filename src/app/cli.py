@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 
 import hydra
@@ -30,14 +31,31 @@ def _main(cfg: DictConfig) -> dict[str, float]:
 
 
 def main() -> None:
+    from app.run import JobFailed
+
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let errors reach us to be reworded
+    signal.signal(signal.SIGTERM, _interrupt)  # like Ctrl-C: close the open runs, then stop
     try:
         _main()
+    except JobFailed as e:  # a fault during work: its run is FAILED with the reason
+        multirun = "-m" in sys.argv or "--multirun" in sys.argv
+        again = ("; the sweep's other jobs ran and are kept: fix the cause and run the same "
+                 "command again (finished jobs are skipped)") if multirun else ""
+        print(f"error: {e}{again}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted: the open runs are marked KILLED; run the same command again to "
+              "resume (finished jobs are skipped)", file=sys.stderr, flush=True)
+        sys.exit(130)
     except Exception as e:  # noqa: BLE001 - user errors become one line, bugs re-raise
         line = user_error(e)
         if line is None:
             raise
         _fail(line)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _fail(line: str) -> None:
@@ -75,6 +93,9 @@ def user_error(e: BaseException) -> str | None:
         return f"{key}={value!r} is not a valid {kind.lower()}"
     if m := re.search(r"Missing mandatory value: (\S+)", text):
         return f"{m.group(1)} must be set"
+    if isinstance(e, (TypeError, ValueError)) and _raised_in(e, "hydra/_internal/defaults_list"):
+        return ("a config group (model, method, task, judge, tracking, search) takes option "
+                "names, not numbers or mappings; e.g. method=slerp or method=[slerp]")
     if isinstance(e, OverrideParseException) or "LexerNoViableAlt" in text:
         return (f"cannot parse the override {text.split(': ', 1)[-1].strip().splitlines()[0]!r}; quote values "
                 f"with spaces or symbols, e.g. 'hydra.sweeper.constraints=[\"toy_mc/ece <= 0.1\"]'")
@@ -82,3 +103,10 @@ def user_error(e: BaseException) -> str | None:
                       OmegaConfBaseException)):
         return text.strip().splitlines()[0]
     return None
+
+
+def _raised_in(e: BaseException, module_path: str) -> bool:
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and module_path in tb.tb_frame.f_code.co_filename

@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 TOY_DIR = Path(__file__).resolve().parent / "toy"
+STANDINS_DIR = Path(__file__).resolve().parent / "standins"  # local leaderboard dataset stand-ins
 LAMBDA_DECIMALS = 6  # Hydra's range() yields 0.7000000000000001; λ is rounded to this
 
 
@@ -73,6 +74,7 @@ class TaskSpec:
     metric: str = "acc"  # the lm-eval metric logged as <task>/acc
     calibration: bool = True  # multiple choice: compute ECE & co. from choice log-likelihoods
     num_fewshot: Optional[int] = None  # None keeps the task YAML's own setting
+    extra_metrics: List[str] = field(default_factory=list)  # further lm-eval metrics, logged as-is
 
 
 @dataclass
@@ -85,14 +87,71 @@ class EvalConfig:
     limit: Optional[int] = None  # first N documents per task (quick runs)
     batch_size: int = 32
     ece_bins: int = 15
+    ece_binning: str = "width"  # width: equal-width bins | mass: equal-mass (quantile) bins
     bootstrap: int = 1000  # resamples for the 95% intervals of acc and ECE (0: none)
+    subsample_seed: Optional[int] = None  # with limit: a seeded random N documents, not the first N
+    docs_seed: int = 1234  # seeds `random` while documents are prepared (GPQA's option order)
+    data_dir: Optional[str] = None  # local copies of hub datasets, as <data_dir>/<org>/<name>/
+    max_gen_toks: Optional[int] = None  # cap on generated tokens (None: the task's own setting)
+    nltk_data: Optional[str] = None  # extra NLTK data folder, searched first (IFEval's punkt_tab)
+    scoring: str = "lm_eval"  # lm_eval: HFLM's batches | shared_context: one KV-cached context/doc
+
+
+@dataclass
+class JudgeThresholds:
+    """When the heuristic judge calls a response degenerate (the rules: ``app.judge.metrics``)."""
+
+    repetition_n: int = 3  # word n-grams for the repeated n-gram ratio
+    max_repeated_ngram_ratio: float = 0.5  # repetition above this share of repeated n-grams
+    max_loop_repeats: int = 3  # repetition: a unit of 1-8 words back to back more times than this
+    max_foreign_script_ratio: float = 0.1  # code-switching: letters not in the prompt's script
+    min_langid_chars: int = 30  # code-switching: sentences at least this long are identified...
+    min_langid_prob: float = 0.9  # ...and flagged when another language is at least this probable
+    max_garbage_ratio: float = 0.2  # nonsense: control, private-use, non-ASCII symbol characters
+    max_unknown_word_ratio: Optional[float] = 0.5  # nonsense: words not in the PT vocabulary
+    max_perplexity: Optional[float] = None  # nonsense: the PT model's perplexity (e.g. 300)
 
 
 @dataclass
 class JudgeConfig:
-    """Degeneration/diversity judging of open-ended generations (``none`` skips it)."""
+    """Degeneration/diversity judging of open-ended generations (``none`` skips it).
 
-    name: str = "none"
+    Generation: ``k`` samples for each prompt of ``prompts`` with the study's decoding settings.
+    Judges: ``heuristic`` (``thresholds``), ``hf`` (a local causal LM ``model``), ``openai``
+    (``model`` at ``base_url``; the API key is read from the variable ``api_key_env`` names).
+    """
+
+    name: str = "none"  # none | heuristic | hf | openai
+    prompts: str = "${toy:prompts.jsonl}"  # JSONL/JSON ("instruction" or "prompt") or text lines
+    limit: Optional[int] = None  # first N prompts
+    k: int = 4  # samples per prompt (diversity)
+    max_new_tokens: int = 32  # the toy's answers are short; e.g. 512 for real models
+    chat_template: bool = True  # wrap prompts in the tokenizer's chat template where it has one
+    temperature: float = 0.7
+    top_k: int = 50
+    top_p: float = 0.9
+    presence_penalty: float = 0.1
+    frequency_penalty: float = 0.1
+    seed: int = 42
+    similarity_threshold: float = 0.6  # two samples with n-gram Jaccard ≥ this are one response
+    language: str = "en"  # the language responses are expected in (ISO 639-1)
+    languages: List[str] = field(default_factory=lambda: [
+        "en", "zh", "es", "fr", "de", "it", "pt", "nl", "ru", "ja", "ko", "ar", "hi", "tr", "pl",
+        "vi", "id", "sv"])  # candidates for the language identifier
+    thresholds: JudgeThresholds = field(default_factory=JudgeThresholds)
+    reward_model: Optional[str] = None  # local sequence-classification model scoring responses
+    lowest_k: int = 100  # with a reward model: the lowest-rewarded responses reported apart
+    model: Optional[str] = None  # hf: a causal LM folder or hub id; openai: the served model name
+    template: Optional[str] = None  # the judge prompt (null: app.judge.JUDGE_TEMPLATE)
+    labels: Dict[str, str] = field(default_factory=lambda: {
+        "ok": "OK", "repetition": "REPETITION", "code_switch": "CODE-SWITCHING",
+        "nonsense": "NONSENSE"})  # the verdict words the judge is asked for
+    verdict_max_tokens: int = 64
+    base_url: Optional[str] = None  # openai: e.g. http://127.0.0.1:8000/v1
+    api_key_env: str = "OPENAI_API_KEY"  # the variable's name; its value is never stored or logged
+    timeout: float = 60.0  # seconds per request
+    retries: int = 3  # further attempts after a failed request, with exponential backoff
+    cache: bool = True  # replies cached in <tracking.dir>/judge_cache.sqlite
 
 
 @dataclass
@@ -134,6 +193,7 @@ def register() -> None:
         cs.store(group=group, name=f"base_{group}", node=node)
     if not OmegaConf.has_resolver("toy"):
         OmegaConf.register_new_resolver("toy", lambda sub: str(TOY_DIR / sub))
+        OmegaConf.register_new_resolver("standins", lambda sub="": str(STANDINS_DIR / sub))
         OmegaConf.register_new_resolver("one_minus", lambda x: round(1.0 - float(x), 12))
 
 
@@ -142,7 +202,7 @@ def schema_keys(name: str) -> list[str]:
     by_group = {"model": PairConfig, "method": MethodConfig, "task": EvalConfig,
                 "judge": JudgeConfig, "tracking": TrackingConfig}
     by_class = {cls.__name__: cls for cls in [AppConfig, TaskSpec, ExtraModel, MergeSettings,
-                                              *by_group.values()]}
+                                              JudgeThresholds, *by_group.values()]}
     cls = by_class.get(name) or by_group.get(name)
     return list(cls.__annotations__) if cls else []
 
@@ -191,6 +251,12 @@ def validate(cfg) -> None:
         )
     if cfg.task.ece_bins <= 0:
         raise ConfigError(f"task.ece_bins={cfg.task.ece_bins} must be a positive integer")
+    for key, value, valid in (("ece_binning", cfg.task.ece_binning, ("width", "mass")),
+                              ("scoring", cfg.task.scoring, ("lm_eval", "shared_context"))):
+        if value not in valid:
+            raise ConfigError(f"task.{key}={value!r} is not valid{suggest(str(value), list(valid))}; "
+                              f"use {' or '.join(valid)}")
+    _check_judge(cfg.judge)
     refs = {"model.pt": cfg.model.pt, "model.it": cfg.model.it}
     refs.update({f"model.extra[{i}].path": e.path for i, e in enumerate(cfg.model.extra)})
     shapes = {key: _check_model_ref(key, ref) for key, ref in refs.items()}
@@ -227,10 +293,78 @@ def _check_method_params(method, lo: float, hi: float) -> None:
                               f"epsilon inside [0, 1] (density={dens:g})")
 
 
+JUDGES = ("none", "heuristic", "hf", "openai")
+VERDICT_LABELS = ("ok", "repetition", "code_switch", "nonsense")
+
+
+def _check_judge(judge) -> None:
+    import re
+    from urllib.parse import urlparse
+
+    if judge.name not in JUDGES:
+        raise ConfigError(f"judge.name={judge.name!r} is not a judge"
+                          f"{suggest(judge.name, list(JUDGES))}; valid: {', '.join(JUDGES)}")
+    if judge.base_url is not None:
+        url = urlparse(str(judge.base_url))
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ConfigError(f"judge.base_url={judge.base_url!r} is not an http(s) URL; use e.g. "
+                              f"judge.base_url=http://127.0.0.1:8000/v1")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", judge.api_key_env or ""):
+        # the value itself is not echoed: it may be a key pasted in the wrong place
+        raise ConfigError("judge.api_key_env must name an environment variable (e.g. "
+                          "OPENAI_API_KEY) that holds the key, not the key itself")
+    if judge.name == "none":
+        return
+    if judge.name == "openai" and judge.base_url is None:
+        raise ConfigError("judge.base_url must be set for judge=openai, e.g. "
+                          "judge.base_url=http://127.0.0.1:8000/v1")
+    if judge.name in ("hf", "openai") and not judge.model:
+        what = "a causal LM folder or hub id" if judge.name == "hf" else "the served model's name"
+        raise ConfigError(f"judge.model must be set for judge={judge.name} ({what})")
+    if sorted(judge.labels) != sorted(VERDICT_LABELS):
+        raise ConfigError(f"judge.labels must have exactly the keys {', '.join(VERDICT_LABELS)}")
+    if not Path(judge.prompts).expanduser().is_file():
+        raise ConfigError(f"judge.prompts={judge.prompts!r}: no such file (JSONL, JSON or text)")
+    for key, ok, rule in (
+        ("k", judge.k >= 1, "≥ 1"), ("max_new_tokens", judge.max_new_tokens >= 1, "≥ 1"),
+        ("lowest_k", judge.lowest_k >= 1, "≥ 1"),
+        ("temperature", judge.temperature >= 0, "≥ 0"),
+        ("top_p", 0 < judge.top_p <= 1, "in (0, 1]"), ("retries", judge.retries >= 0, "≥ 0"),
+        ("timeout", judge.timeout > 0, "> 0"),
+        ("similarity_threshold", 0 < judge.similarity_threshold <= 1, "in (0, 1]"),
+    ):
+        if not ok:
+            raise ConfigError(f"judge.{key}={judge[key]} must be {rule}")
+
+
 TASK_VECTOR_METHODS = ("task_arithmetic", "ties", "dare_ties", "dare_linear", "della",
                        "della_linear", "breadcrumbs", "breadcrumbs_ties")
 ARCH_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size",
              "num_attention_heads", "num_key_value_heads")
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a safetensors file cannot be complete (header unreadable, data past its end), or
+    None. Reads the header only: milliseconds, whatever the model's size."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if size < 8 or n <= 0 or 8 + n > size:
+                return f"truncated ({size} bytes; its header alone needs {8 + n})"
+            header = json.loads(fh.read(n))
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    except ValueError:
+        return "corrupt (its header is not valid JSON)"
+    try:
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"),
+                  default=0)
+    except (KeyError, TypeError, IndexError, AttributeError):
+        return "corrupt (its header lists no valid tensor offsets)"
+    if 8 + n + end > size:
+        return f"truncated ({size} bytes of {8 + n + end})"
+    return None
 
 
 def _check_model_ref(key: str, ref: str) -> dict | None:
@@ -239,12 +373,17 @@ def _check_model_ref(key: str, ref: str) -> dict | None:
     looks_local = ref.startswith(("/", ".", "~")) or path.exists()
     if looks_local:
         try:
-            return json.loads((path / "config.json").read_text())
+            config = json.loads((path / "config.json").read_text())
         except FileNotFoundError:
             raise ConfigError(f"{key}={ref!r}: no model there (expected a folder with "
                               f"config.json)") from None
         except (OSError, ValueError) as e:
             raise ConfigError(f"{key}={ref!r}: config.json is unreadable ({e})") from None
+        for weights in sorted(path.glob("*.safetensors")):
+            if problem := safetensors_problem(weights):
+                raise ConfigError(f"{key}={ref!r}: {weights.name} is {problem}; copy or "
+                                  f"download the model again")
+        return config
     if ref.count("/") != 1:
         raise ConfigError(f"{key}={ref!r} is neither a local model folder nor a hub id (org/name)")
     return None

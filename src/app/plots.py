@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 def reliability_figure(bins: dict, title: str):
     """Reliability diagram: per-bin accuracy bars vs the diagonal, bin counts underneath."""
     edges = bins["edges"]
-    width = edges[1] - edges[0]
+    width = [b - a for a, b in zip(edges[:-1], edges[1:])]  # equal-mass bins differ
     fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(4, 4.6), sharex=True,
                                    gridspec_kw={"height_ratios": [3, 1]})
     ax.bar(edges[:-1], [a if a == a else 0 for a in bins["accuracy"]], width=width,

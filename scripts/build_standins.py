@@ -1,0 +1,211 @@
+"""Build small local stand-ins of the Open LLM Leaderboard datasets, deterministically.
+
+    python scripts/build_standins.py         # writes src/app/standins/<hub id>/ (≈1 s)
+
+Each stand-in is a folder laid out like the hub dataset it replaces: the same configs (a
+README.md with the hub's ``configs:`` metadata), the same splits and the same columns, holding a
+few synthetic rows. ``task.data_dir`` pointed at the parent folder makes lm-eval's own
+leaderboard tasks (prompts, few-shot samplers, filters, metrics) load these instead of the hub,
+so the presets in conf/task run offline end to end. The rows are questions with known
+answers, not the real benchmark items; scores on them mean nothing.
+
+``python scripts/build_standins.py --out DIR --mmlu-pro-test N`` writes a larger MMLU-Pro
+stand-in (the benchmark script uses it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import string
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "src" / "app" / "standins"
+SEED = 2024
+
+BBH_SUBTASKS = (
+    "boolean_expressions causal_judgement date_understanding disambiguation_qa formal_fallacies "
+    "geometric_shapes hyperbaton logical_deduction_five_objects logical_deduction_seven_objects "
+    "logical_deduction_three_objects movie_recommendation navigate object_counting "
+    "penguins_in_a_table reasoning_about_colored_objects ruin_names "
+    "salient_translation_error_detection snarks sports_understanding temporal_sequences "
+    "tracking_shuffled_objects_five_objects tracking_shuffled_objects_seven_objects "
+    "tracking_shuffled_objects_three_objects web_of_lies"
+).split()
+MATH_CONFIGS = ("algebra counting_and_probability geometry intermediate_algebra number_theory "
+                "prealgebra precalculus").split()
+CATEGORIES = ["math", "physics", "economics", "history", "law"]
+
+
+def write_dataset(folder: Path, configs: dict[str, dict[str, list[dict]]]) -> None:
+    """One hub-style dataset: README.md naming each config's per-split JSONL files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = []
+    for config, splits in configs.items():
+        files = []
+        for split, rows in splits.items():
+            name = f"{split}.jsonl" if config == "default" else f"{config}-{split}.jsonl"
+            with open(folder / name, "w") as f:
+                for row in rows:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            files.append({"split": split, "path": name})
+        meta.append({"config_name": config, "data_files": files})
+    header = yaml.safe_dump({"configs": meta}, sort_keys=False)
+    (folder / "README.md").write_text(
+        f"---\n{header}---\nA local stand-in with this dataset's configs, splits and columns; "
+        f"synthetic rows built by scripts/build_standins.py.\n")
+
+
+def arithmetic(rng: random.Random) -> tuple[str, int]:
+    a, b = rng.randint(2, 60), rng.randint(2, 40)
+    op = rng.choice(["+", "-", "*"])
+    return f"What is {a} {op} {b}?", eval(f"{a}{op}{b}")  # noqa: S307 - our own digits
+
+
+def distractors(rng: random.Random, answer: int, k: int) -> list[int]:
+    out: set[int] = set()
+    while len(out) < k:
+        cand = answer + rng.choice([-1, 1]) * rng.randint(1, 12)
+        if cand != answer:
+            out.add(cand)
+    return sorted(out)
+
+
+def mmlu_pro_rows(n: int, rng: random.Random, start_id: int = 0,
+                  n_options: tuple[int, ...] = (10, 10, 10, 9, 8, 4)) -> list[dict]:
+    """TIGER-Lab/MMLU-Pro columns; most questions have 10 options, some fewer (as there)."""
+    rows = []
+    for i in range(n):
+        question, answer = arithmetic(rng)
+        k = rng.choice(n_options)
+        options = [str(x) for x in distractors(rng, answer, k - 1) + [answer]]
+        rng.shuffle(options)
+        idx = options.index(str(answer))
+        category = CATEGORIES[i % len(CATEGORIES)]
+        rows.append({"question_id": start_id + i, "question": question, "options": options,
+                     "answer": string.ascii_uppercase[idx], "answer_index": idx,
+                     "cot_content": f"A: Let's think step by step. The answer is "
+                                    f"({string.ascii_uppercase[idx]}).",
+                     "category": category, "src": f"standin-{category}"})
+    return rows
+
+
+def gpqa_rows(n: int, rng: random.Random, prefix: str) -> list[dict]:
+    """Idavidrein/gpqa columns used by the task, plus its ids and domains."""
+    rows = []
+    for i in range(n):
+        question, answer = arithmetic(rng)
+        wrong = distractors(rng, answer, 3)
+        rows.append({"Question": f"{question} [ref] Give the exact value.",
+                     "Correct Answer": str(answer),
+                     "Incorrect Answer 1": str(wrong[0]), "Incorrect Answer 2": str(wrong[1]),
+                     "Incorrect Answer 3": str(wrong[2]),
+                     "Explanation": f"Computing directly gives {answer}.",
+                     "Record ID": f"{prefix}{i:04d}", "High-level domain": "Physics",
+                     "Subdomain": "Arithmetic"})
+    return rows
+
+
+def bbh_rows(subtask: str, n: int, rng: random.Random) -> list[dict]:
+    """SaylorTwift/bbh columns (input, target); targets drawn from the task's own choices."""
+    import lm_eval.tasks.leaderboard as lb
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    cfg = load_yaml(Path(lb.__path__[0]) / "bbh_mc" / f"{subtask}.yaml", resolve_func=False)
+    choices = cfg["doc_to_choice"]
+    rows = []
+    for i in range(n):
+        target = rng.choice(choices)
+        listing = "\n".join(f"{c} option {j + 1}" for j, c in enumerate(choices)
+                            if c.startswith("("))
+        body = f"Stand-in item {i + 1} of {subtask.replace('_', ' ')}."
+        rows.append({"input": f"{body}\nOptions:\n{listing}" if listing else body,
+                     "target": target})
+    return rows
+
+
+def math_rows(config: str, n: int, rng: random.Random) -> list[dict]:
+    """DigitalLearningGmbH/MATH-lighteval columns; one in three rows is not Level 5 (the
+    leaderboard task keeps Level 5 only)."""
+    rows = []
+    for i in range(n):
+        a, b = rng.randint(2, 30), rng.randint(2, 30)
+        level = "Level 3" if i % 3 == 2 else "Level 5"
+        rows.append({"problem": f"Compute ${a} \\cdot {b} + {a}$.",
+                     "level": level, "type": config.replace("_", " ").title(),
+                     "solution": f"We have ${a} \\cdot {b} + {a} = {a * b} + {a} = "
+                                 f"\\boxed{{{a * b + a}}}$."})
+    return rows
+
+
+IFEVAL_PROMPTS = [
+    ("Write a short note about rivers. Do not use any commas.",
+     ["punctuation:no_comma"], [{}]),
+    ("Describe a market in fewer than 40 words, all in lowercase letters.",
+     ["length_constraints:number_words", "change_case:english_lowercase"],
+     [{"relation": "less than", "num_words": 40}, {}]),
+    ("List three fruits as markdown bullet points.",
+     ["detectable_format:number_bullet_lists"], [{"num_bullets": 3}]),
+    ("Explain tides in fewer than 4 sentences and end with the phrase 'Any questions?'",
+     ["length_constraints:number_sentences", "startend:end_checker"],
+     [{"relation": "less than", "num_sentences": 4}, {"end_phrase": "Any questions?"}]),
+    ("Write about bread using fewer than 2 words in all capital letters, in English.",
+     ["change_case:capital_word_frequency", "language:response_language"],
+     [{"capital_relation": "less than", "capital_frequency": 2}, {"language": "en"}]),
+    ("Name a colour. Wrap your entire response in double quotation marks.",
+     ["startend:quotation"], [{}]),
+]
+
+
+def ifeval_rows() -> list[dict]:
+    """wis-k/instruction-following-eval columns: key, prompt, instruction_id_list, kwargs."""
+    keys = sorted({k for _, _, kws in IFEVAL_PROMPTS for kw in kws for k in kw})
+    rows = []
+    for i, (prompt, ids, kwargs) in enumerate(IFEVAL_PROMPTS):
+        full = [{k: kw.get(k) for k in keys} for kw in kwargs]  # the hub stores every key
+        rows.append({"key": 1000 + i, "prompt": prompt, "instruction_id_list": ids,
+                     "kwargs": full})
+    return rows
+
+
+def build(out: Path, mmlu_pro_test: int = 30) -> None:
+    rng = random.Random(SEED)
+    write_dataset(out / "TIGER-Lab" / "MMLU-Pro", {"default": {
+        "validation": mmlu_pro_rows(10, rng, start_id=90000),
+        "test": mmlu_pro_rows(mmlu_pro_test, rng)}})
+    write_dataset(out / "Idavidrein" / "gpqa", {
+        "gpqa_main": {"train": gpqa_rows(12, rng, "recM")},
+        "gpqa_diamond": {"train": gpqa_rows(8, rng, "recD")}})
+    write_dataset(out / "SaylorTwift" / "bbh",
+                  {sub: {"test": bbh_rows(sub, 2, rng)} for sub in BBH_SUBTASKS})
+    write_dataset(out / "DigitalLearningGmbH" / "MATH-lighteval",
+                  {c: {"train": math_rows(c, 2, rng), "test": math_rows(c, 3, rng)}
+                   for c in MATH_CONFIGS})
+    write_dataset(out / "wis-k" / "instruction-following-eval", {"default": {
+        "train": ifeval_rows()}})
+    write_punkt_standin(out / "nltk_data")
+
+
+def write_punkt_standin(folder: Path) -> None:
+    """An English punkt_tab model with no learned abbreviations or collocations: IFEval's
+    sentence and word checks run offline with it (NLTK's trained model splits after known
+    abbreviations such as 'Mr.' differently). Real runs use NLTK's own data."""
+    lang = folder / "tokenizers" / "punkt_tab" / "english"
+    lang.mkdir(parents=True, exist_ok=True)
+    for name in ("collocations.tab", "sent_starters.txt", "abbrev_types.txt", "ortho_context.tab"):
+        (lang / name).write_text("")
+    (folder / "README.md").write_text(
+        "Stand-in NLTK data: an untrained English punkt_tab model (empty parameter files).\n")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--mmlu-pro-test", type=int, default=30)
+    args = parser.parse_args()
+    build(args.out, args.mmlu_pro_test)
+    print(f"wrote {args.out}")

@@ -1,0 +1,92 @@
+"""Scale-out: the same grid through joblib, submitit and the chunked launchers; a shared
+`mlflow server`; the SLURM preset; GPU placement."""
+
+import pytest
+
+from app.run import pick_device
+from conftest import mlflow_server
+from hydra_plugins.chunked_submitit.chunked_submitit import gpu_for, plan_chunks
+from test_app import run_app, runs
+
+GRID = ["-m", "task.limit=20", "method=linear", "lambda=0.2,0.5,0.8"]
+METRICS = ("toy_mc/acc", "toy_mc/ece", "toy_mc/brier", "toy_gen/acc")
+
+
+def job_metrics(tmp_path, experiment):
+    client, found = runs(tmp_path)
+    exp = client.get_experiment_by_name(experiment).experiment_id
+    jobs = [r for r in found if r.info.experiment_id == exp and r.data.tags.get("role") == "job"]
+    assert all(r.info.status == "FINISHED" for r in jobs)
+    return {r.data.tags["lambda"]: tuple(r.data.metrics[m] for m in METRICS) for r in jobs}, jobs
+
+
+def test_chunks_group_by_everything_but_lambda():
+    jobs = [["method=linear", f"lambda={x}"] for x in (0, 0.5, 1)]
+    jobs += [["method=slerp", f"lambda={x}"] for x in (0, 0.5, 1)]
+    assert plan_chunks(jobs, 0) == [[0, 1, 2], [3, 4, 5]]
+    assert plan_chunks(jobs, 2) == [[0, 1], [2], [3, 4], [5]]
+    assert plan_chunks(jobs[::-1], 0) == [[0, 1, 2], [3, 4, 5]]  # order of first appearance
+    with pytest.raises(ValueError, match="chunk_size"):
+        plan_chunks(jobs, -1)
+
+
+def test_gpu_placement_is_one_per_process_round_robin():
+    assert [gpu_for(i, [0, 1, 2]) for i in range(5)] == [0, 1, 2, 0, 1]
+    assert gpu_for(3, []) is None
+    assert [pick_device("auto", 4, n) for n in range(5)] == [
+        "cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:0"]
+    assert pick_device("auto", 1, 7) == "cuda" and pick_device("auto", 0, 7) == "cpu"
+    assert pick_device("cuda:1", 4, 0) == "cuda:1" and pick_device("cpu", 4, 0) == "cpu"
+
+
+def test_launchers_give_the_sequential_metrics(tmp_path):
+    launchers = {
+        "sequential": [],
+        "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+        "submitit": ["hydra/launcher=submitit_local"],
+        "chunked": ["hydra/launcher=chunked_local"],
+    }
+    got = {}
+    for name, args in launchers.items():
+        run_app(tmp_path, *GRID, *args, f"tracking.experiment={name}",
+                f"hydra.sweep.dir={tmp_path}/multirun/{name}")
+        got[name] = job_metrics(tmp_path, name)
+    expected, _ = got["sequential"]
+    assert len(expected) == 3
+    for name, (metrics, jobs) in got.items():
+        assert metrics == expected, name  # bit-identical metrics whichever launcher ran them
+    pids = {name: {r.data.tags["pid"] for r in jobs} for name, (_, jobs) in got.items()}
+    assert len(pids["submitit"]) == 3  # one process per job
+    assert len(pids["chunked"]) == 1  # one process for the (pair, method) group: loads once
+
+
+def test_four_workers_through_an_mlflow_server_lose_no_run(tmp_path):
+    lambdas = "lambda=0.1,0.2,0.3,0.4,0.6,0.7,0.8,0.9"
+    with mlflow_server(tmp_path / "server") as url:
+        run_app(tmp_path, "-m", "task.limit=10", lambdas, "hydra/launcher=joblib",
+                "hydra.launcher.n_jobs=4", "tracking=server", f"tracking.uri={url}")
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=url)
+        exp = client.get_experiment_by_name("merge-toy").experiment_id
+        found = client.search_runs([exp])
+        jobs = [r for r in found if r.data.tags.get("role") == "job"]
+        assert len(jobs) == 8 and all(r.info.status == "FINISHED" for r in jobs)
+        assert len({r.data.tags["pid"] for r in jobs}) > 1  # really several writers
+        assert {r.data.tags["lambda"] for r in jobs} == {x for x in lambdas[7:].split(",")}
+        assert all("samples/toy_mc.jsonl" in {a.path for a in client.list_artifacts(
+            r.info.run_id, "samples")} for r in jobs)  # artifacts went through the server
+        sweep = [r for r in found if r.data.tags.get("role") == "sweep"]
+        assert len(sweep) == 1 and sweep[0].info.status == "FINISHED"
+
+
+def test_slurm_preset_previews_its_sbatch_script_and_submits_nothing(tmp_path):
+    proc = run_app(tmp_path, "-m", "hydra/launcher=slurm", "hydra.launcher.preview=true",
+                   "hydra.launcher.partition=a100", "method=linear,slerp",
+                   "lambda=range(0,1.01,0.1)")
+    script = (tmp_path / "multirun" / "submission.sbatch").read_text()
+    assert "6 array tasks; nothing submitted" in proc.stdout  # 2 methods × ⌈11 / 4⌉ chunks
+    for line in ("#SBATCH --array=0-5%6", "#SBATCH --partition=a100",
+                 "#SBATCH --gpus-per-node=1", "#SBATCH --time=240", "-m submitit.core._submit"):
+        assert line in script
+    assert not (tmp_path / "mlruns").exists()  # no run, no reference evaluated
