@@ -169,3 +169,12 @@ def test_malformed_overrides_are_one_line_errors_never_crashes(make_cfg, key, va
         line = user_error(e)
         assert line is not None, f"{override!r} crashed: {type(e).__name__}: {e}"
         assert "\n" not in line and line.strip()
+
+
+def test_artifact_names_cannot_escape_the_run():
+    from app.tracking import artifact_name
+
+    assert artifact_name("samples/toy_mc.jsonl") == "samples/toy_mc.jsonl"
+    assert artifact_name("../../etc/passwd") == "etc/passwd"
+    assert artifact_name("/abs/a b;rm -rf.json") == "abs/a_b_rm_-rf.json"
+    assert artifact_name("..") == "artifact"

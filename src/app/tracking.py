@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 from dataclasses import dataclass
@@ -310,8 +311,15 @@ def _yaml(d: dict) -> str:
     return yaml.safe_dump(d, sort_keys=False)
 
 
+def artifact_name(name: str) -> str:
+    """A safe relative artifact path: each part reduced to letters, digits, ``_.-``; no empty,
+    ``.`` or ``..`` parts (task names and the like end up in artifact paths)."""
+    parts = [re.sub(r"[^\w.-]", "_", p) for p in name.split("/") if p not in ("", ".", "..")]
+    return "/".join(parts) or "artifact"
+
+
 class JobRun:
-    """Thin logging handle for one run."""
+    """Thin logging handle for one run (artifact names pass through ``artifact_name``)."""
 
     def __init__(self, client, run_id: str):
         self.client, self.run_id = client, run_id
@@ -334,14 +342,16 @@ class JobRun:
             self.client.log_batch(self.run_id, metrics=items[i : i + 500])
 
     def log_text(self, text: str, name: str) -> None:
-        self.client.log_text(self.run_id, text, name)
+        self.client.log_text(self.run_id, text, artifact_name(name))
 
     def log_json(self, obj: Any, name: str) -> None:
-        self.client.log_text(self.run_id, json.dumps(obj, indent=1, default=str), name)
+        self.client.log_text(self.run_id, json.dumps(obj, indent=1, default=str),
+                             artifact_name(name))
 
     def log_jsonl(self, rows: list[dict], name: str) -> None:
-        self.client.log_text(self.run_id, "".join(json.dumps(r) + "\n" for r in rows), name)
+        self.client.log_text(self.run_id, "".join(json.dumps(r) + "\n" for r in rows),
+                             artifact_name(name))
 
     def log_figure(self, fig, name: str) -> None:
-        self.client.log_figure(self.run_id, fig, name)
+        self.client.log_figure(self.run_id, fig, artifact_name(name))
 
