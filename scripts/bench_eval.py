@@ -1,6 +1,6 @@
 """Evaluation over an 11-point λ sweep: stock lm-eval per λ vs the project's reused requests.
 
-    python scripts/bench_eval.py                 # toy + MMLU-Pro-shaped stand-in (≈10 min, 2 cores)
+    python scripts/bench_eval.py                 # toy + MMLU-Pro-shaped stand-in (≈15 min)
     python scripts/bench_eval.py --setups toy    # one of them
 
 Per λ ∈ {0, 0.1, …, 1} the working model gets (1−λ)·PT + λ·IT, then, side by side in one
@@ -133,8 +133,7 @@ def run_setup(name: str, pt, it, tokenizer, task_cfg, shared: bool) -> dict:
             totals["shared"][0] += w
             totals["shared"][1] += c
             max_gap = max(max_gap, shared_gap(evaluator, shared_ev))
-            acc = {k: v for k, v in results["reused"].items()}
-            if {k: v.get("acc,none") for k, v in acc.items()} != \
+            if {k: v.get("acc,none") for k, v in results["reused"].items()} != \
                     {k: v.get("acc,none") for k, v in out_s["results"].items()}:
                 raise SystemExit(f"{name} λ={lam}: shared-context accuracy differs")
         print(f"  {name} λ={lam:g}: " + "  ".join(

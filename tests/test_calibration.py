@@ -154,4 +154,5 @@ def test_bootstrap_mean_interval_contains_the_mean_and_shrinks():
         assert low <= scores.mean() <= high
         widths.append(high - low)
     assert widths[1] < widths[0] / 4
-    assert cal.bootstrap_mean_ci([1.0, 0.0, 1.0], seed=2) == cal.bootstrap_mean_ci([1.0, 0.0, 1.0], seed=2)
+    scores = [1.0, 0.0, 1.0]
+    assert cal.bootstrap_mean_ci(scores, seed=2) == cal.bootstrap_mean_ci(scores, seed=2)

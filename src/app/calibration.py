@@ -5,9 +5,9 @@ Conventions
 * A multiple-choice sample is a vector of raw (unnormalised) choice log-likelihoods and a gold
   index. Choice probabilities are a float64 softmax over those log-likelihoods; the prediction
   is their argmax (first on ties, as lm-eval's ``acc``); confidence is the top probability.
-* Equal-width bins (``binning="width"``, the default): bin ``b`` of ``B`` holds confidences in
-  ``[b/B, (b+1)/B)``; a confidence of exactly 1.0 goes in the last bin. This is torchmetrics'
-  convention.
+* Equal-width bins (``binning="width"``, the default): bin ``b`` of ``B`` holds
+  confidences in ``[b/B, (b+1)/B)``; a confidence of exactly 1.0 goes in the last bin. This
+  is torchmetrics' convention.
 * Equal-mass bins (``binning="mass"``): samples sorted by confidence (stable, so ties keep their
   order) and cut into ``B`` runs of ⌊n/B⌋ or ⌈n/B⌉; sample of rank ``r`` is in bin ``⌊r·B/n⌋``.
 * ECE = Σ_b (n_b/n)·|acc_b − conf_b|; MCE = max_b |acc_b − conf_b| over non-empty bins.

@@ -68,9 +68,8 @@ class Evaluator:
         self.lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=task_cfg.batch_size,
                        softmax_dtype="float32")
         self.manager, self.tasks = build_tasks(task_cfg, seed)
-        self.leaves = {name: prepare_leaves(tasks, task_cfg, seed, spec.calibration)
-                       for spec in task_cfg.tasks for name, tasks in [(spec.name,
-                                                                      self.tasks[spec.name])]}
+        self.leaves = {spec.name: prepare_leaves(self.tasks[spec.name], task_cfg, seed,
+                                                 spec.calibration) for spec in task_cfg.tasks}
         self._ll = [i for ls in self.leaves.values() for leaf in ls for i in leaf.instances
                     if i.request_type == "loglikelihood"]
         self._ll_tokens = tokenize_loglikelihood(self.lm, self._ll)
