@@ -10,10 +10,10 @@ import pytest
 LIMIT = "task.limit=40"
 
 
-def run_app(tmp_path, *args, check=True):
+def run_app(tmp_path, *args, check=True, env=None):
     cmd = [sys.executable, "-m", "app", *args, f"tracking.dir={tmp_path}/mlruns",
            f"hydra.run.dir={tmp_path}/outputs", f"hydra.sweep.dir={tmp_path}/multirun"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}")

@@ -4,7 +4,6 @@ IT model on a loopback port."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ import mlflow
 import pytest
 
 from app.config import TOY_DIR, ConfigError, validate
+from conftest import free_port
+from test_app import run_app
 from app.judge import adapters
 from app.judge.metrics import (diversity, distinct_n, heuristic_verdict, loop_repeats, lowest,
                                parse_verdict, partition, repeated_ngram_ratio)
@@ -128,16 +129,6 @@ def test_non_http_judge_url_exits_2_with_one_line_and_no_run(tmp_path):
 
 # ---------------------------------------------------------------- whole jobs
 
-def run_app(tmp_path, *args, check=True, env=None):
-    cmd = [sys.executable, "-m", "app", *args, f"tracking.dir={tmp_path}/mlruns",
-           f"hydra.run.dir={tmp_path}/outputs", f"hydra.sweep.dir={tmp_path}/multirun"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}")
-    return proc
-
-
 def runs(tmp_path):
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     return [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
@@ -203,12 +194,6 @@ def tiny_reward_model(path: Path) -> Path:
 
 
 # ---------------------------------------------------------------- a real OpenAI-compatible server
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module", autouse=True)
 def _server_process():
