@@ -2,6 +2,7 @@
 signals, repeated SIGKILLs, and malformed overrides generated with hypothesis."""
 
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -120,6 +121,56 @@ def test_sigterm_closes_the_open_run_and_a_rerun_finishes(tmp_path):
     run_app(tmp_path, "-m", FAST, "lambda=0.2,0.4,0.6,0.8")
     jobs = [r for r in child_runs(tmp_path) if r.info.status == "FINISHED"]
     assert sorted(r.data.tags["lambda"] for r in jobs) == ["0.2", "0.4", "0.6", "0.8"]
+
+
+KILL_IN_MIGRATION = """
+import os, signal, sys
+import alembic.op
+from app import tracking
+calls = []
+def create_table(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 3:  # a few tables exist, most migrations are still to run
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args, **kwargs)
+real, alembic.op.create_table = alembic.op.create_table, create_table
+tracking.create_sqlite_store(tracking.Path(sys.argv[1]))
+"""
+
+
+def test_a_kill_while_the_store_is_created_leaves_no_half_made_store(tmp_path):
+    db = tmp_path / "mlruns" / "mlflow.db"
+    proc = subprocess.run([sys.executable, "-c", KILL_IN_MIGRATION, str(db)])
+    assert proc.returncode == -signal.SIGKILL
+    assert not db.exists() and len(list(db.parent.glob("mlflow.db.init-*"))) == 1
+    run_app(tmp_path, FAST, "lambda=0.5")  # the next start builds the store and runs
+    assert [status for status, _ in statuses(tmp_path)] == ["FINISHED"]
+    assert list(db.parent.glob("mlflow.db.init-*")) == []  # the dead process's leftover
+
+
+def test_repeated_sigkills_end_in_the_uninterrupted_store(tmp_path):
+    grid = ["-m", FAST, "method=linear,slerp", "lambda=0.25,0.5,0.75"]
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    run_app(clean, *grid)
+    expected = {r.data.tags["fingerprint"]: r.data.metrics for r in child_runs(clean)}
+    cmd = [sys.executable, "-m", "app", *grid, f"tracking.dir={killed}/mlruns",
+           f"hydra.sweep.dir={killed}/multirun"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    rng = random.Random(7)
+    for _ in range(3):  # kill at a random moment, three times over
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(4, 14))
+        proc.kill()
+        proc.wait()
+    run_app(killed, *grid)
+    found = runs(killed)[1]
+    assert all(r.info.status != "RUNNING" for r in found)
+    finished = [r for r in child_runs(killed) if r.info.status == "FINISHED"]
+    got = {r.data.tags["fingerprint"]: r.data.metrics for r in finished}
+    assert len(finished) == len(got) == 6  # no duplicate, none lost
+    strip = lambda m: {k: v for k, v in m.items() if not k.startswith("time/")}  # noqa: E731
+    assert {f: strip(m) for f, m in got.items()} == {f: strip(m) for f, m in expected.items()}
 
 
 KEYS = ["lambda", "seed", "method", "task.ece_bins", "task.limit", "method.params.density",

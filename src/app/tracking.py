@@ -53,7 +53,7 @@ def open_store(cfg: DictConfig) -> Store:
 
     uri = tracking_uri(cfg.tracking)
     if not cfg.tracking.uri:
-        Path(cfg.tracking.dir).mkdir(parents=True, exist_ok=True)
+        create_sqlite_store(Path(cfg.tracking.dir) / "mlflow.db")
     client = mlflow.MlflowClient(tracking_uri=uri)
     name = experiment_name(cfg)
     exp = client.get_experiment_by_name(name)
@@ -72,6 +72,33 @@ def open_store(cfg: DictConfig) -> Store:
             raise
         exp_id = exp.experiment_id
     return Store(client, exp_id, uri)
+
+
+def create_sqlite_store(db: Path) -> None:
+    """Create a SQLite store's schema in a side file, then link it in place in one step.
+
+    MLflow migrates a new SQLite file through a few dozen schema versions; a process killed
+    halfway leaves a file that every later start fails on ("table ... already exists"). Built
+    aside and linked (which fails rather than replace a store another process linked first),
+    ``mlflow.db`` is either absent or complete.
+    """
+    import mlflow
+
+    if db.exists():
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in db.parent.glob(f"{db.name}.init-*"):  # from a process killed while creating
+        if not _alive(int(leftover.name.rsplit("-", 1)[-1] or 0)):
+            leftover.unlink(missing_ok=True)
+    side = db.with_name(f"{db.name}.init-{os.getpid()}")
+    side.unlink(missing_ok=True)
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{side.resolve()}").search_experiments()
+    try:
+        os.link(side, db)
+    except FileExistsError:
+        pass
+    finally:
+        side.unlink(missing_ok=True)
 
 
 def close_stale_runs(store: Store) -> int:
