@@ -6,7 +6,8 @@ Times, side by side in one run on the same machine:
   naive   per λ: `mergekit-yaml` to a temporary folder, then the `lm_eval` CLI on it;
   project the same grid as one `python -m app -m ...` (one process, fresh MLflow store);
   floor   one process, one model loaded once, stock lm-eval `simple_evaluate` 11 times
-          (a TaskManager built once): what evaluation alone costs.
+          (a TaskManager built once): what evaluation alone costs. Like the project's, its
+          wall time is the whole process, imports included.
 It checks that naive and project give the same accuracy per λ, and prints wall times, ratios
 and the project's merge/evaluation split. Results: docs/benchmarks.md.
 """
@@ -99,9 +100,10 @@ with contextlib.chdir({str(TOY_DIR / 'tasks')!r}):
                         torch_random_seed=0, fewshot_random_seed=0)
 print(time.perf_counter() - start)
 """
+    start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                          text=True, env=ENV)
-    return float(out.stdout.strip().splitlines()[-1])
+    return time.perf_counter() - start, float(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -111,7 +113,7 @@ def main() -> None:
                      ("naive", lambda: naive(work))):
         print(f"measuring {name} ...", flush=True)
         results[name] = fn()
-    t_floor = results["floor"]
+    t_floor, t_floor_loaded = results["floor"]
     t_proj, acc_proj, merge_s, eval_s = results["project"]
     t_naive, acc_naive = results["naive"]
     same = all(acc_naive[lam] == acc_proj[lam] for lam in LAMBDAS)
@@ -125,6 +127,8 @@ def main() -> None:
         f"| project: python -m app -m (one process, incl. 2 reference evaluations) | {t_proj:.1f} |",
         f"| floor: stock lm-eval on one loaded model, {len(LAMBDAS)} evaluations | {t_floor:.1f} |",
         "",
+        f"floor after its imports (model load + evaluations): {t_floor_loaded:.1f} s; "
+        "both project and floor walls include their process start-up",
         f"naive / project = {t_naive / t_proj:.1f}×; project / floor = {t_proj / t_floor:.2f}",
         f"project time inside jobs: merging {merge_s:.1f} s, evaluating {eval_s:.1f} s "
         f"(merge share {merge_s / (merge_s + eval_s):.1%})",

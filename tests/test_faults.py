@@ -25,7 +25,6 @@ FAST = "task.limit=10"
 
 def broken_it(tmp_path: Path, how: str) -> Path:
     """A copy of the toy IT model with its weights truncated, or with NaN in one tensor."""
-    import torch
     from safetensors.torch import load_file, save_file
 
     dst = tmp_path / f"it_{how}"
@@ -157,15 +156,25 @@ def test_repeated_sigkills_end_in_the_uninterrupted_store(tmp_path):
            f"hydra.sweep.dir={killed}/multirun"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     rng = random.Random(7)
-    for _ in range(3):  # kill at a random moment, three times over
+    for attempt in range(3):  # once mid-sweep, then twice at a random moment
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(4, 14))
+        if attempt == 0:
+            deadline = time.time() + 300
+            while time.time() < deadline and finished_jobs(killed) < 1:
+                time.sleep(0.2)
+        else:
+            time.sleep(rng.uniform(4, 14))
         proc.kill()
         proc.wait()
-    run_app(killed, *grid)
+    done_before = len([r for r in child_runs(killed) if r.info.status == "FINISHED"])
+    assert 1 <= done_before < 6
+    rerun = run_app(killed, *grid)
+    assert rerun.stdout.count("[done: run") == done_before  # finished jobs are not redone
     found = runs(killed)[1]
     assert all(r.info.status != "RUNNING" for r in found)
+    assert all("ended before the run finished" in r.data.tags["failure_reason"]
+               for r in found if r.info.status == "FAILED")  # a killed job says so
     finished = [r for r in child_runs(killed) if r.info.status == "FINISHED"]
     got = {r.data.tags["fingerprint"]: r.data.metrics for r in finished}
     assert len(finished) == len(got) == 6  # no duplicate, none lost

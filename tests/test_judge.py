@@ -4,6 +4,7 @@ IT model on a loopback port."""
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -268,11 +269,26 @@ def test_unparseable_replies_keep_the_evaluation_and_say_why(make_cfg, tmp_path,
     assert "judge/distinct_responses" in run.data.metrics  # needs no judge
 
 
-def test_unreachable_endpoint_keeps_the_evaluation_and_says_why(make_cfg, tmp_path):
-    dead = f"http://127.0.0.1:{free_port()}/v1"
-    metrics, run = run_in_process(make_cfg, tmp_path, "judge=openai", f"judge.base_url={dead}",
-                                  f"judge.model={IT}", "judge.retries=1", "judge.timeout=5")
+@pytest.fixture
+def silent_endpoint():
+    """A port that accepts connections (the kernel completes them) and never answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        yield f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+
+
+@pytest.mark.parametrize("fault, reason", [
+    ("refused", "APIConnectionError: Connection error."),
+    ("silent", "APITimeoutError: Request timed out."),
+])
+def test_unreachable_or_silent_endpoint_keeps_the_evaluation_and_says_why(
+        make_cfg, tmp_path, request, fault, reason):
+    url = (request.getfixturevalue("silent_endpoint") if fault == "silent"
+           else f"http://127.0.0.1:{free_port()}/v1")
+    metrics, run = run_in_process(make_cfg, tmp_path, "judge=openai", f"judge.base_url={url}",
+                                  f"judge.model={IT}", "judge.retries=1", "judge.timeout=2")
     assert run.info.status == "FINISHED"
-    assert run.data.tags["judge_missing"] == "APIConnectionError: Connection error."
+    assert run.data.tags["judge_missing"] == reason
     assert "toy_mc/acc" in run.data.metrics and "toy_gen/acc" in metrics
     assert not any(k.endswith("_rate") for k in run.data.metrics)

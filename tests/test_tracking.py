@@ -1,12 +1,6 @@
-"""MLflow tracking: resume by fingerprint, recovery from SIGKILL, concurrent writers, the UI."""
+"""MLflow tracking: resume by fingerprint, concurrent writers (SIGKILL recovery: test_faults)."""
 
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
-
 
 from test_app import LIMIT, run_app, runs
 
@@ -46,36 +40,11 @@ def test_rerun_skips_finished_jobs_and_force_redoes_them(tmp_path):
         assert r.data.metrics["toy_mc/ece"] == first[r.data.tags["fingerprint"]]["toy_mc/ece"]
 
 
-def test_sigkill_then_rerun_completes_only_the_rest(tmp_path):
-    cmd = [sys.executable, "-m", "app", *GRID, f"tracking.dir={tmp_path}/mlruns",
-           f"hydra.sweep.dir={tmp_path}/multirun"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and finished_jobs(tmp_path) < 2:  # kill after two jobs
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = {r.data.tags["fingerprint"] for r in child_runs(tmp_path)
-                 if r.info.status == "FINISHED"}
-    assert 2 <= len(killed_at) < 4
-
-    rerun = run_app(tmp_path, *GRID)
-    assert rerun.stdout.count("[done: run") == len(killed_at)
-    _, found = runs(tmp_path)
-    assert not [r for r in found if r.info.status == "RUNNING"]
-    finished = [r for r in child_runs(tmp_path) if r.info.status == "FINISHED"]
-    assert len(finished) == 4 and len({r.data.tags["fingerprint"] for r in finished}) == 4
-    for r in found:  # a run the kill interrupted is FAILED with the reason, not RUNNING
-        if r.info.status == "FAILED":
-            assert "ended before the run finished" in r.data.tags["failure_reason"]
-
-
 def test_four_joblib_workers_lose_nothing(tmp_path):
-    lambdas = "lambda=0.1,0.2,0.3,0.4,0.6,0.7,0.8,0.9"
-    run_app(tmp_path, "-m", "task.limit=20", "method=linear", lambdas,
+    lambdas = "lambda=0.2,0.4,0.6,0.8"
+    run_app(tmp_path, "-m", "task.limit=10", "method=linear", lambdas,
             "hydra/launcher=joblib", "hydra.launcher.n_jobs=4")
     children = child_runs(tmp_path)
-    assert len(children) == 8 and all(r.info.status == "FINISHED" for r in children)
+    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
     assert len({r.data.tags["pid"] for r in children}) > 1  # really several processes
     assert all("toy_mc/ece" in r.data.metrics for r in children)

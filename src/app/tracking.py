@@ -87,8 +87,9 @@ def create_sqlite_store(db: Path) -> None:
     if db.exists():
         return
     db.parent.mkdir(parents=True, exist_ok=True)
-    for leftover in db.parent.glob(f"{db.name}.init-*"):  # from a process killed while creating
-        if not _alive(int(leftover.name.rsplit("-", 1)[-1] or 0)):
+    for leftover in db.parent.glob(f"{db.name}.init-*"):  # a process killed while creating
+        pid = re.match(r".*\.init-(\d+)", leftover.name)  # (and its SQLite journal)
+        if pid and not _alive(int(pid.group(1))):
             leftover.unlink(missing_ok=True)
     side = db.with_name(f"{db.name}.init-{os.getpid()}")
     side.unlink(missing_ok=True)
