@@ -189,3 +189,34 @@ def test_save_dir_writes_a_complete_model_atomically(make_cfg, model, tmp_path):
     assert all(torch.equal(again[k], IT[k]) for k in IT)
     save_merged(model, tok, mk, str(out))  # overwriting an earlier save also leaves one folder
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
+
+
+@pytest.fixture(scope="module")
+def bf16_pair(tmp_path_factory):
+    """The toy pair stored in bfloat16, as real checkpoints are."""
+    out = tmp_path_factory.mktemp("bf16")
+    for name in ("pt", "it"):
+        AutoModelForCausalLM.from_pretrained(TOY_DIR / name, dtype=torch.bfloat16).save_pretrained(
+            out / name)
+    return out / "pt", out / "it"
+
+
+@pytest.mark.parametrize("lam", [0.3, 0.77])
+def test_direct_linear_path_is_bit_identical_to_mergekits_executor(bf16_pair, lam):
+    from app.merge import merged_tensors
+
+    pt, it = bf16_pair
+    mk = {"merge_method": "linear", "dtype": "float32", "out_dtype": "bfloat16",
+          "parameters": {"normalize": False},
+          "models": [{"model": str(pt), "parameters": {"weight": round(1 - lam, 6)}},
+                     {"model": str(it), "parameters": {"weight": lam}}]}
+    model = AutoModelForCausalLM.from_pretrained(pt, dtype=torch.bfloat16)
+    report = merge_into(model, mk)
+    assert report.engine == "direct"  # the fast path took it
+    params = dict(model.named_parameters())
+    expected = dict(merged_tensors(mk))
+    assert set(expected) == set(params)
+    for name, tensor in expected.items():
+        assert torch.equal(params[name], tensor), name
+    normalized = {**mk, "parameters": {"normalize": True}}  # anything else: mergekit's executor
+    assert merge_into(model, normalized).engine == "mergekit"

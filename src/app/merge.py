@@ -4,11 +4,23 @@ mergekit's own planner and executor compute every merged tensor (float32 maths, 
 pair's dtype); the tensors are copied into one working model that is loaded once per process
 and reused for every λ. Parents are read lazily from safetensors by mergekit's loader cache,
 which also lives for the whole process.
+
+One case skips the executor: a two-model linear merge without normalisation (``method=linear``,
+the default) of local safetensors parents on CPU. Its tensors are computed straight from the
+memory-mapped parent files in chunks, with mergekit's arithmetic in mergekit's order (float32
+``w0·PT + w1·IT``, rounded once to the stored dtype), so the result is bit-identical (a test
+checks it against ``mergekit-yaml``), about ten times faster and without holding a parent in
+memory: each parent tensor's pages are dropped from the process once it is merged.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
+import mmap
+import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -126,6 +138,106 @@ def save_merged(model, tokenizer, mk: dict[str, Any], save_dir: str) -> Path:
 class MergeReport:
     tensors: int
     seconds: float
+    engine: str = "mergekit"  # or "direct": the linear fast path
+
+
+SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+CHUNK = 1 << 20  # elements per float32 work buffer (4 MB: stays in cache)
+
+
+class MappedWeights:
+    """A local model's safetensors files, memory-mapped: tensors are views of the mapping, and
+    ``release`` drops a tensor's pages from the process (the OS page cache keeps them)."""
+
+    def __init__(self, folder: Path):
+        index = folder / "model.safetensors.index.json"
+        files = (sorted(set(json.loads(index.read_text())["weight_map"].values()))
+                 if index.exists() else ["model.safetensors"])
+        self.where: dict[str, tuple[mmap.mmap, int, int, torch.dtype, list[int]]] = {}
+        for name in files:
+            with open(folder / name, "rb") as fh:
+                size = struct.unpack("<Q", fh.read(8))[0]
+                header = json.loads(fh.read(size))
+                mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            for key, info in header.items():
+                if key == "__metadata__":
+                    continue
+                if info["dtype"] not in SAFETENSORS_DTYPES:
+                    raise ValueError(f"{folder / name}: {key} has dtype {info['dtype']}")
+                begin, end = info["data_offsets"]
+                self.where[key] = (mapped, 8 + size + begin, 8 + size + end,
+                                   SAFETENSORS_DTYPES[info["dtype"]], info["shape"])
+
+    def tensor(self, name: str) -> torch.Tensor:
+        mapped, begin, end, dtype, shape = self.where[name]
+        with warnings.catch_warnings():  # read-only mapping: nothing writes to these views
+            warnings.simplefilter("ignore", UserWarning)
+            flat = torch.frombuffer(mapped, dtype=dtype, count=(end - begin) // dtype.itemsize,
+                                    offset=begin)
+        return flat.view(shape)
+
+    def release(self, name: str) -> None:
+        mapped, begin, end, _, _ = self.where[name]
+        start = begin - begin % mmap.PAGESIZE
+        if end > start and hasattr(mmap, "MADV_DONTNEED"):
+            mapped.madvise(mmap.MADV_DONTNEED, start, end - start)
+
+
+@functools.cache
+def mapped_weights(folder: str, _version: tuple) -> MappedWeights:
+    return MappedWeights(Path(folder))
+
+
+def _file_key(folder: Path) -> tuple[str, tuple]:
+    """A folder and its weight files' (name, size, mtime): a rewritten file is mapped anew."""
+    folder = folder.resolve()
+    files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.safetensors.index.json"))
+    return str(folder), tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+
+
+def direct_linear(model: torch.nn.Module, mk: dict[str, Any], device: str) -> int | None:
+    """Merge a plain two-model linear config straight from the mapped parents; None (nothing
+    touched) where the config is anything else, for mergekit's executor to do."""
+    entries = mk.get("models") or []
+    weights = [(m.get("parameters") or {}).get("weight") for m in entries]
+    folders = [Path(str(m.get("model", ""))).expanduser() for m in entries]
+    if (mk.get("merge_method") != "linear" or len(entries) != 2 or device != "cpu"
+            or (mk.get("parameters") or {}).get("normalize", True) is not False
+            or mk.get("dtype") != MATH_DTYPE or set(mk) - {"merge_method", "models", "parameters",
+                                                          "dtype", "out_dtype"}
+            or any(set(m) - {"model", "parameters"} for m in entries)
+            or any(set(m.get("parameters") or {}) - {"weight"} for m in entries)
+            or not all(isinstance(w, (int, float)) for w in weights)
+            or not all((f / "model.safetensors").is_file()
+                       or (f / "model.safetensors.index.json").is_file() for f in folders)):
+        return None
+    pt, it = (mapped_weights(*_file_key(f)) for f in folders)
+    params = dict(model.named_parameters())
+    names = sorted(pt.where)
+    unset = set(params) - set(names)
+    if getattr(model.config, "tie_word_embeddings", False):
+        unset.discard("lm_head.weight")
+    out_dtype = getattr(torch, str(mk.get("out_dtype")), None)
+    if (set(names) != set(it.where) or not set(names) <= set(params) or unset
+            or any(list(params[n].shape) != pt.where[n][4] or params[n].dtype != out_dtype
+                   or list(params[n].shape) != it.where[n][4] for n in names)):
+        return None
+    # mergekit 0.1.5's linear_merge, elementwise: float32 zeros, then addcmul_(tensor, weight)
+    # per model, rounded once to the stored dtype
+    w0, w1 = (torch.tensor([w], dtype=torch.float32) for w in weights)
+    acc, buf = torch.empty(CHUNK), torch.empty(CHUNK)
+    with torch.no_grad():
+        for name in names:
+            a, b = pt.tensor(name).reshape(-1), it.tensor(name).reshape(-1)
+            out = params[name].data.view(-1)
+            for start in range(0, a.numel(), CHUNK):
+                stop = min(start + CHUNK, a.numel())
+                x, y = acc[:stop - start].zero_(), buf[:stop - start]
+                x.addcmul_(y.copy_(a[start:stop]), w0).addcmul_(y.copy_(b[start:stop]), w1)
+                out[start:stop].copy_(x)
+            pt.release(name)
+            it.release(name)
+    return len(names)
 
 
 def merge_into(model: torch.nn.Module, mk: dict[str, Any], device: str = "cpu",
@@ -134,6 +246,9 @@ def merge_into(model: torch.nn.Module, mk: dict[str, Any], device: str = "cpu",
     import time
 
     start = time.perf_counter()
+    written_direct = direct_linear(model, mk, device)
+    if written_direct is not None:
+        return MergeReport(written_direct, time.perf_counter() - start, engine="direct")
     params = dict(model.named_parameters())
     params.update(dict(model.named_buffers()))
     written: set[str] = set()
