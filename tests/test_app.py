@@ -36,6 +36,7 @@ def test_single_run_logs_metrics_params_and_artifacts(tmp_path):
     m = run.data.metrics
     assert 0 <= m["toy_mc/ece"] <= 1 and 0 <= m["toy_gen/acc"] <= 1
     assert m["toy_mc/acc"] == m["toy_mc/acc_lm_eval"]  # raw accuracy == lm-eval's own acc
+    assert run.data.tags["merge_engine"] == "direct"  # the default linear merge's fast path
     assert m["toy_mc/n"] == 40
     p = run.data.params
     assert p["lambda"] == "0.3" and p["method.name"] == "linear" and p["model.name"] == "toy"

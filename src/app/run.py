@@ -275,6 +275,7 @@ def merge_and_evaluate(session: Session, cfg: DictConfig, mk: dict, run,
     run.client.set_tag(run.run_id, "device", session.device)
     report = merge_into(session.model, mk, device=session.device, seed=cfg.seed,
                         trust_remote_code=cfg.model.trust_remote_code)
+    run.client.set_tag(run.run_id, "merge_engine", report.engine)
     if cfg.merge.save_dir:
         saved = save_merged(session.model, session.tokenizer, mk, cfg.merge.save_dir)
         run.client.set_tag(run.run_id, "saved_to", str(saved))
