@@ -8,9 +8,9 @@ which also lives for the whole process.
 One case skips the executor: a two-model linear merge without normalisation (``method=linear``,
 the default) of local safetensors parents on CPU. Its tensors are computed straight from the
 memory-mapped parent files in chunks, with mergekit's arithmetic in mergekit's order (float32
-``w0·PT + w1·IT``, rounded once to the stored dtype), so the result is bit-identical (a test
-checks it against ``mergekit-yaml``), about ten times faster and without holding a parent in
-memory: each parent tensor's pages are dropped from the process once it is merged.
+``w0·PT + w1·IT``, rounded once to the stored dtype), so the result is bit-identical (tests
+check it against the executor and ``mergekit-yaml``), an order of magnitude faster, and no
+parent is held in memory: each parent tensor's pages are dropped from the process once merged.
 """
 
 from __future__ import annotations

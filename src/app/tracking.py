@@ -98,6 +98,9 @@ def create_sqlite_store(db: Path) -> None:
         os.link(side, db)
     except FileExistsError:
         pass
+    except OSError:  # a file system without hard links: rename (last writer wins)
+        if not db.exists():
+            os.replace(side, db)
     finally:
         side.unlink(missing_ok=True)
 
