@@ -1,5 +1,6 @@
 """In-memory merges: λ endpoints give the parents for every method; λ=0.3 equals mergekit-yaml."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -198,19 +199,21 @@ def bf16_pair(tmp_path_factory):
     for name in ("pt", "it"):
         AutoModelForCausalLM.from_pretrained(TOY_DIR / name, dtype=torch.bfloat16).save_pretrained(
             out / name)
-    return out / "pt", out / "it"
+    shutil.copytree(out / "it", out / "ft")  # a third model (mergekit refuses duplicate paths)
+    return out / "pt", out / "it", out / "ft"
 
 
-@pytest.mark.parametrize("lam", [0.3, 0.77])
-def test_direct_linear_path_is_bit_identical_to_mergekits_executor(bf16_pair, lam):
+@pytest.mark.parametrize("weights", [(0.7, 0.3), (0.23, 0.77), (1.0,), (0.5, 0.3, 0.2)])
+def test_direct_linear_path_is_bit_identical_to_mergekits_executor(bf16_pair, weights):
+    """Two parents at λ, one parent alone (the references), three models (extra models)."""
     from app.merge import merged_tensors
 
-    pt, it = bf16_pair
+    folders = bf16_pair[:len(weights)]
     mk = {"merge_method": "linear", "dtype": "float32", "out_dtype": "bfloat16",
           "parameters": {"normalize": False},
-          "models": [{"model": str(pt), "parameters": {"weight": round(1 - lam, 6)}},
-                     {"model": str(it), "parameters": {"weight": lam}}]}
-    model = AutoModelForCausalLM.from_pretrained(pt, dtype=torch.bfloat16)
+          "models": [{"model": str(f), "parameters": {"weight": w}}
+                     for f, w in zip(folders, weights)]}
+    model = AutoModelForCausalLM.from_pretrained(bf16_pair[0], dtype=torch.bfloat16)
     report = merge_into(model, mk)
     assert report.engine == "direct"  # the fast path took it
     params = dict(model.named_parameters())

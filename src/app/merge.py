@@ -5,10 +5,11 @@ pair's dtype); the tensors are copied into one working model that is loaded once
 and reused for every λ. Parents are read lazily from safetensors by mergekit's loader cache,
 which also lives for the whole process.
 
-One case skips the executor: a two-model linear merge without normalisation (``method=linear``,
-the default) of local safetensors parents on CPU. Its tensors are computed straight from the
-memory-mapped parent files in chunks, with mergekit's arithmetic in mergekit's order (float32
-``w0·PT + w1·IT``, rounded once to the stored dtype), so the result is bit-identical (tests
+One case skips the executor: a linear merge without normalisation (``method=linear``, the
+default, and the parents' reference copies) of local safetensors models on CPU. Its tensors are
+computed straight from the memory-mapped files in chunks, with mergekit's arithmetic in
+mergekit's order (float32 ``w0·PT + w1·IT``, rounded once to the stored dtype), so the result
+is bit-identical (tests
 check it against the executor and ``mergekit-yaml``), an order of magnitude faster, and no
 parent is held in memory: each parent tensor's pages are dropped from the process once merged.
 """
@@ -196,12 +197,12 @@ def _file_key(folder: Path) -> tuple[str, tuple]:
 
 
 def direct_linear(model: torch.nn.Module, mk: dict[str, Any], device: str) -> int | None:
-    """Merge a plain two-model linear config straight from the mapped parents; None (nothing
-    touched) where the config is anything else, for mergekit's executor to do."""
+    """Merge a plain linear config straight from the mapped models; None (nothing touched)
+    where the config is anything else, for mergekit's executor to do."""
     entries = mk.get("models") or []
     weights = [(m.get("parameters") or {}).get("weight") for m in entries]
     folders = [Path(str(m.get("model", ""))).expanduser() for m in entries]
-    if (mk.get("merge_method") != "linear" or len(entries) != 2 or device != "cpu"
+    if (mk.get("merge_method") != "linear" or not entries or device != "cpu"
             or (mk.get("parameters") or {}).get("normalize", True) is not False
             or mk.get("dtype") != MATH_DTYPE or set(mk) - {"merge_method", "models", "parameters",
                                                           "dtype", "out_dtype"}
@@ -211,32 +212,33 @@ def direct_linear(model: torch.nn.Module, mk: dict[str, Any], device: str) -> in
             or not all((f / "model.safetensors").is_file()
                        or (f / "model.safetensors.index.json").is_file() for f in folders)):
         return None
-    pt, it = (mapped_weights(*_file_key(f)) for f in folders)
+    models = [mapped_weights(*_file_key(f)) for f in folders]
     params = dict(model.named_parameters())
-    names = sorted(pt.where)
+    names = sorted(models[0].where)
     unset = set(params) - set(names)
     if getattr(model.config, "tie_word_embeddings", False):
         unset.discard("lm_head.weight")
     out_dtype = getattr(torch, str(mk.get("out_dtype")), None)
-    if (set(names) != set(it.where) or not set(names) <= set(params) or unset
-            or any(list(params[n].shape) != pt.where[n][4] or params[n].dtype != out_dtype
-                   or list(params[n].shape) != it.where[n][4] for n in names)):
+    if (any(set(names) != set(m.where) for m in models) or not set(names) <= set(params) or unset
+            or any(params[n].dtype != out_dtype or any(list(params[n].shape) != m.where[n][4]
+                                                       for m in models) for n in names)):
         return None
     # mergekit 0.1.5's linear_merge, elementwise: float32 zeros, then addcmul_(tensor, weight)
     # per model, rounded once to the stored dtype
-    w0, w1 = (torch.tensor([w], dtype=torch.float32) for w in weights)
+    coefficients = [torch.tensor([w], dtype=torch.float32) for w in weights]
     acc, buf = torch.empty(CHUNK), torch.empty(CHUNK)
     with torch.no_grad():
         for name in names:
-            a, b = pt.tensor(name).reshape(-1), it.tensor(name).reshape(-1)
+            sources = [m.tensor(name).reshape(-1) for m in models]
             out = params[name].data.view(-1)
-            for start in range(0, a.numel(), CHUNK):
-                stop = min(start + CHUNK, a.numel())
+            for start in range(0, out.numel(), CHUNK):
+                stop = min(start + CHUNK, out.numel())
                 x, y = acc[:stop - start].zero_(), buf[:stop - start]
-                x.addcmul_(y.copy_(a[start:stop]), w0).addcmul_(y.copy_(b[start:stop]), w1)
+                for source, coefficient in zip(sources, coefficients):
+                    x.addcmul_(y.copy_(source[start:stop]), coefficient)
                 out[start:stop].copy_(x)
-            pt.release(name)
-            it.release(name)
+            for m in models:
+                m.release(name)
     return len(names)
 
 
