@@ -61,9 +61,13 @@ def mass_bin_index(conf: np.ndarray, bins: int) -> np.ndarray:
 BINNINGS = {"width": bin_index, "mass": mass_bin_index}
 
 
-def _bins(conf: np.ndarray, bins: int, binning: str) -> np.ndarray:
+def _check_binning(binning: str) -> None:
     if binning not in BINNINGS:
         raise ValueError(f"binning must be one of {sorted(BINNINGS)}, got {binning!r}")
+
+
+def _bins(conf: np.ndarray, bins: int, binning: str) -> np.ndarray:
+    _check_binning(binning)
     return BINNINGS[binning](conf, bins)
 
 
@@ -140,7 +144,7 @@ def bootstrap_ci(conf, correct, bins: int = 15, n_boot: int = 1000, level: float
     if binning == "width":
         idx = bin_index(conf, bins)[draws]
     else:
-        _bins(conf, bins, binning)  # validates the name
+        _check_binning(binning)
         ranks = np.empty_like(draws)
         order = np.argsort(conf[draws], axis=1, kind="stable")
         np.put_along_axis(ranks, order, np.arange(n)[None, :].repeat(n_boot, 0), axis=1)

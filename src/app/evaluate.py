@@ -53,6 +53,7 @@ class Leaf:
     task: Any
     instances: list  # lm-eval Instances, all documents
     docs: list[tuple[int, int, Any]]  # (doc_id in the requests, the dataset's doc index, doc)
+    requests: dict[int, list]  # doc_id -> its instances in request (choice) order
     gold: dict[int, int] = field(default_factory=dict)  # MC: doc_id -> gold choice index
 
 
@@ -315,22 +316,28 @@ def prepare_leaves(tasks: dict[str, Any], task_cfg: DictConfig, seed: int,
     leaves = []
     for name, task in tasks.items():
         with _seeded_documents(task_cfg.docs_seed):
-            indices = None
-            if task_cfg.limit is not None and task_cfg.subsample_seed is not None:
-                n = len(task.eval_docs)
-                rng = random.Random(f"{task_cfg.subsample_seed}:{name}")
-                indices = sorted(rng.sample(range(n), min(task_cfg.limit, n)))
+            indices = subsample(task_cfg, name, task)
             task.build_all_requests(limit=None if indices else task_cfg.limit, samples=indices)
         by_doc: dict[int, list] = defaultdict(list)
         for inst in task.instances:
             by_doc[inst.doc_id].append(inst)
-        docs = [(d, indices[d] if indices else d, by_doc[d][0].doc) for d in sorted(by_doc)]
-        leaf = Leaf(name, task, list(task.instances), docs)
+        requests = {d: sorted(by_doc[d], key=lambda r: r.idx) for d in sorted(by_doc)}
+        docs = [(d, indices[d] if indices else d, reqs[0].doc) for d, reqs in requests.items()]
+        leaf = Leaf(name, task, list(task.instances), docs, requests)
         _render_once(task, [doc for _, _, doc in docs])
         if calibrated:
             leaf.gold = {d: gold_index(task, doc) for d, _, doc in docs}
         leaves.append(leaf)
     return leaves
+
+
+def subsample(task_cfg: DictConfig, name: str, task) -> list[int] | None:
+    """With ``limit`` and ``subsample_seed``: the leaf's seeded random document indices."""
+    if task_cfg.limit is None or task_cfg.subsample_seed is None:
+        return None
+    n = len(task.eval_docs)
+    rng = random.Random(f"{task_cfg.subsample_seed}:{name}")
+    return sorted(rng.sample(range(n), min(task_cfg.limit, n)))
 
 
 def _render_once(task, docs: list) -> None:
@@ -372,16 +379,11 @@ def score_leaf(leaf: Leaf) -> tuple[dict[str, Any], dict[str, dict[int, Any]]]:
     task = leaf.task
     task._instances = leaf.instances  # apply_filters works on these
     task.apply_filters()
-    by_doc: dict[int, list] = defaultdict(list)
-    for inst in leaf.instances:
-        by_doc[inst.doc_id].append(inst)
-    for reqs in by_doc.values():
-        reqs.sort(key=lambda r: r.idx)
     raw: dict[tuple[str, str], list] = defaultdict(list)
     per_doc: dict[str, dict[int, Any]] = defaultdict(dict)
     for filter_key in leaf.instances[0].filtered_resps:
         for doc_id, _, doc in leaf.docs:
-            reqs = by_doc[doc_id]
+            reqs = leaf.requests[doc_id]
             values = task.process_results(doc, [r.filtered_resps[filter_key] for r in reqs])
             for metric, value in values.items():
                 raw[(metric, filter_key)].append(value)
@@ -414,12 +416,8 @@ def task_result(spec, leaves: list[Leaf], per_leaf: list, task_cfg: DictConfig,
         return _generative_result(spec, leaves, per_leaf, pooled, task_cfg, seed, multi)
     logliks, gold, records = [], [], []
     for leaf in leaves:
-        by_doc: dict[int, list] = defaultdict(list)
-        for inst in leaf.instances:
-            by_doc[inst.doc_id].append(inst)
         for doc_id, true_id, _ in leaf.docs:
-            reqs = sorted(by_doc[doc_id], key=lambda r: r.idx)
-            lls = [float(r.filtered_resps["none"][0]) for r in reqs]
+            lls = [float(r.filtered_resps["none"][0]) for r in leaf.requests[doc_id]]
             logliks.append(lls)
             gold.append(leaf.gold[doc_id])
             records.append({"doc_id": true_id, **({"task": leaf.name} if multi else {}),
@@ -440,13 +438,13 @@ def _generative_result(spec, leaves, per_leaf, pooled, task_cfg, seed, multi) ->
     records, scores = [], []
     for leaf, (agg, per_doc) in zip(leaves, per_leaf):
         key = _metric_key(agg, spec.metric)
-        by_doc = {i.doc_id: i for i in leaf.instances}
         filter_key = key.split(",", 1)[1]
         for doc_id, true_id, _ in leaf.docs:
             score = float(per_doc[key][doc_id])
             scores.append(score)
+            response = leaf.requests[doc_id][0].filtered_resps[filter_key]
             records.append({"doc_id": true_id, **({"task": leaf.name} if multi else {}),
-                            "score": score, "response": by_doc[doc_id].filtered_resps[filter_key]})
+                            "score": score, "response": response})
     metrics["n"] = float(len(scores))
     if task_cfg.bootstrap > 0:
         metrics["acc_ci_low"], metrics["acc_ci_high"] = calibration.bootstrap_mean_ci(
@@ -472,12 +470,9 @@ def stock_evaluate(model, tokenizer, task_cfg: DictConfig, seed: int = 0,
         specs = [spec_dict for _, spec_dict in task_specs(manager, task_cfg)]
         samples = None
         if task_cfg.limit is not None and task_cfg.subsample_seed is not None:
-            samples = {}
-            for leaf_tasks in build_tasks(task_cfg, seed)[1].values():
-                for name, task in leaf_tasks.items():
-                    n = len(task.eval_docs)
-                    rng = random.Random(f"{task_cfg.subsample_seed}:{name}")
-                    samples[name] = sorted(rng.sample(range(n), min(task_cfg.limit, n)))
+            samples = {name: subsample(task_cfg, name, task)
+                       for leaf_tasks in build_tasks(task_cfg, seed)[1].values()
+                       for name, task in leaf_tasks.items()}
         out = simple_evaluate(
             model=lm, tasks=specs, task_manager=manager,
             limit=None if samples else task_cfg.limit, samples=samples,
