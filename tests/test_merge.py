@@ -1,5 +1,6 @@
 """In-memory merges: λ endpoints give the parents for every method; λ=0.3 equals mergekit-yaml."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -166,8 +167,6 @@ def test_tokenizer_policy_aligns_vocabularies(make_cfg, it_with_extra_tokens, po
 
 
 def test_extra_models_join_the_task_vector_sum(make_cfg, model, tmp_path):
-    import shutil
-
     extra = shutil.copytree(TOY_DIR / "it", tmp_path / "specialist")  # a copy of IT, weight 0.5
     state = merge(make_cfg, model, "method=task_arithmetic", "lambda=0.5",
                   f"+model.extra=[{{path:{extra},weight:0.5}}]")
@@ -194,32 +193,88 @@ def test_save_dir_writes_a_complete_model_atomically(make_cfg, model, tmp_path):
 
 @pytest.fixture(scope="module")
 def bf16_pair(tmp_path_factory):
-    """The toy pair stored in bfloat16, as real checkpoints are."""
+    """A bfloat16 pair (as real checkpoints are) whose embedding spans two 2**20-element chunks
+    and whose IT tensors lie at three distances from PT, so slerp takes both its arc and its
+    linear fallback (|cos| > 0.9995); plus a third model for three-model linear merges."""
+    from transformers import AutoConfig
+
     out = tmp_path_factory.mktemp("bf16")
-    for name in ("pt", "it"):
-        AutoModelForCausalLM.from_pretrained(TOY_DIR / name, dtype=torch.bfloat16).save_pretrained(
-            out / name)
-    shutil.copytree(out / "it", out / "ft")  # a third model (mergekit refuses duplicate paths)
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model(model_type="qwen2", hidden_size=128, intermediate_size=256,
+                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                               vocab_size=8300, tie_word_embeddings=False)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    model.save_pretrained(out / "pt")
+    with torch.no_grad():
+        for i, p in enumerate(model.parameters()):
+            noise = torch.randn_like(p, dtype=torch.float32) * [0.01, 0.5, 3.0][i % 3]
+            p.add_((noise * p.float().std() + 1e-3 * noise).to(p.dtype))
+    model.save_pretrained(out / "it")
+    model.save_pretrained(out / "ft")
     return out / "pt", out / "it", out / "ft"
 
 
-@pytest.mark.parametrize("weights", [(0.7, 0.3), (0.23, 0.77), (1.0,), (0.5, 0.3, 0.2)])
-def test_direct_linear_path_is_bit_identical_to_mergekits_executor(bf16_pair, weights):
-    """Two parents at λ, one parent alone (the references), three models (extra models)."""
+def linear(folders, weights):
+    return {"merge_method": "linear", "dtype": "float32", "out_dtype": "bfloat16",
+            "parameters": {"normalize": False},
+            "models": [{"model": str(f), "parameters": {"weight": w}}
+                       for f, w in zip(folders, weights)]}
+
+
+def slerp(folders, t, base=0):
+    return {"merge_method": "slerp", "dtype": "float32", "out_dtype": "bfloat16",
+            "base_model": str(folders[base]), "parameters": {"t": t},
+            "models": [{"model": str(f)} for f in folders[:2]]}
+
+
+DIRECT = {  # two parents at λ, one parent alone (the references), three models (extra models)
+    "linear 0.7/0.3": (linear, (0.7, 0.3)), "linear 0.23/0.77": (linear, (0.23, 0.77)),
+    "linear 1": (linear, (1.0,)), "linear 0.5/0.3/0.2": (linear, (0.5, 0.3, 0.2)),
+    "slerp 0.3": (slerp, 0.3), "slerp 0.77 from IT": (slerp, 0.77, 1),
+    "slerp 0": (slerp, 0.0), "slerp 1": (slerp, 1.0)}
+
+
+@pytest.mark.parametrize("case", DIRECT)
+def test_direct_path_is_bit_identical_to_mergekits_executor(bf16_pair, case):
     from app.merge import merged_tensors
 
-    folders = bf16_pair[:len(weights)]
-    mk = {"merge_method": "linear", "dtype": "float32", "out_dtype": "bfloat16",
-          "parameters": {"normalize": False},
-          "models": [{"model": str(f), "parameters": {"weight": w}}
-                     for f, w in zip(folders, weights)]}
+    build, *args = DIRECT[case]
+    mk = build(bf16_pair, *args)
     model = AutoModelForCausalLM.from_pretrained(bf16_pair[0], dtype=torch.bfloat16)
-    report = merge_into(model, mk)
-    assert report.engine == "direct"  # the fast path took it
-    params = dict(model.named_parameters())
-    expected = dict(merged_tensors(mk))
-    assert set(expected) == set(params)
-    for name, tensor in expected.items():
-        assert torch.equal(params[name], tensor), name
-    normalized = {**mk, "parameters": {"normalize": True}}  # anything else: mergekit's executor
-    assert merge_into(model, normalized).engine == "mergekit"
+    for _ in range(2):  # the second merge reuses slerp's cached cosines
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(float("nan"))
+        report = merge_into(model, mk)
+        assert report.engine == "direct"  # the fast path took it
+        params = dict(model.named_parameters())
+        expected = dict(merged_tensors(mk))
+        assert set(expected) == set(params)
+        for name, tensor in expected.items():
+            assert torch.equal(params[name], tensor), name
+
+
+def test_slerp_pair_takes_both_branches(bf16_pair):
+    from app.merge import CHUNK, _cosine, _file_key, mapped_weights
+
+    pt, it = (mapped_weights(*_file_key(f)) for f in bf16_pair[:2])
+    assert max(pt.where[n][4][0] * pt.where[n][4][-1] for n in pt.where) > CHUNK
+    cosines = [_cosine(pt, it, n, torch.empty(CHUNK), torch.empty(CHUNK)).item()
+               for n in pt.where]
+    assert any(c > 0.9995 for c in cosines) and any(c < 0.99 for c in cosines)
+
+
+@pytest.mark.parametrize("mk", [
+    linear(["a", "b"], (0.5, 0.5)) | {"parameters": {"normalize": True}},
+    slerp(["a", "b"], [0.2, 0.8]),  # a per-layer gradient
+    slerp(["a", "b"], 0.5) | {"tokenizer": {"source": "union"}},
+])
+def test_anything_else_goes_to_mergekits_executor(bf16_pair, mk):
+    from app.merge import direct_merge
+
+    mk = json.loads(json.dumps(mk).replace('"a"', json.dumps(str(bf16_pair[0])))
+                    .replace('"b"', json.dumps(str(bf16_pair[1]))))
+    model = AutoModelForCausalLM.from_pretrained(bf16_pair[0], dtype=torch.bfloat16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert direct_merge(model, mk, "cpu") is None
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # untouched
