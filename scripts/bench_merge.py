@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -127,7 +128,7 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/bench_merge")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--methods", nargs="+", default=["linear", "slerp"])
-    ap.add_argument("--lambdas", nargs="+", type=float, default=[0.25, 0.5, 0.75])
+    ap.add_argument("--lambdas", nargs="+", type=float, default=[0.1, 0.3, 0.5, 0.7, 0.9])
     ap.add_argument("--role", choices=["in_memory", "naive"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.role:  # a measured child process
@@ -165,12 +166,12 @@ def main() -> None:
     print(f"\nshape={args.shape} dtype={args.dtype} model={model_bytes / 1e9:.2f} GB "
           f"copy bandwidth={bw:.1f} GB/s floor per λ={floor_s:.2f}s")
     print("in-memory: the first λ of a process also pays the first write to the freshly loaded "
-          "model's pages; 'next λ' is the mean of the others")
+          "model's pages; 'next λ' is the median of the others")
     print(f"{'method':8} {'engine':9} {'first λ s':>9} {'next λ s':>9} {'naive s/λ':>10} "
           f"{'naive/next':>11} {'next/floor':>11} {'peak RSS':>9}")
     for method in args.methods:
         t = in_mem[method]["per_lambda_s"][method]
-        nxt = sum(t[1:]) / max(len(t) - 1, 1)
+        nxt = statistics.median(t[1:] or t)
         nai = sum(results["naive"]["per_lambda_s"][method]) / len(args.lambdas)
         rss = in_mem[method]["peak_rss_gb"] / (model_bytes / 1e9)
         print(f"{method:8} {in_mem[method]['engine']:9} {t[0]:9.2f} {nxt:9.2f} {nai:10.2f} "

@@ -1,6 +1,7 @@
 """In-memory merges: λ endpoints give the parents for every method; λ=0.3 equals mergekit-yaml."""
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from app.merge import merge_into, mergekit_config
 # λ=0 gives PT and λ=1 gives IT bit for bit (linear, slerp), or up to float32 rounding:
 # nuslerp computes sin(θ)·v/sin(θ); task-vector methods give PT exactly at λ=0 and compute
 # PT + (IT − PT) at λ=1 (sparsifying methods at full density).
-BIT_EXACT = {"linear": [], "slerp": [], "linear_modules": []}
+BIT_EXACT = {"linear": [], "slerp": [], "linear_modules": [], "linear_gradient": []}
 ROUNDED_AT_ZERO = {"nuslerp": []}
 FULL_DENSITY = {
     "task_arithmetic": [], "expo": [],
@@ -113,6 +114,21 @@ def test_per_module_lambdas(make_cfg, model):
         assert torch.equal(state[name], expected), name
 
 
+def test_per_layer_gradient(make_cfg, model):
+    """IT's weight runs from lambda_first at the first layer to lambda_last at the last (the toy
+    has two layers); outside the layers it is the gradient's start."""
+    state = merge(make_cfg, model, "method=linear_gradient", "lambda=0.5",
+                  "method.params.lambda_first=0.25", "method.params.lambda_last=1")
+    last = max(int(n.split(".")[2]) for n in PT if n.startswith("model.layers."))
+    for name in PT:
+        layer = int(name.split(".")[2]) if name.startswith("model.layers.") else 0
+        if layer == last:
+            assert torch.equal(state[name], IT[name]), name
+        else:
+            torch.testing.assert_close(state[name], 0.75 * PT[name] + 0.25 * IT[name],
+                                       rtol=0, atol=2e-7)
+
+
 def test_linear_midpoint_is_the_weighted_average(make_cfg, model):
     state = merge(make_cfg, model, "method=linear", "lambda=0.3")
     for name in PT:
@@ -164,6 +180,44 @@ def test_tokenizer_policy_aligns_vocabularies(make_cfg, it_with_extra_tokens, po
     assert emb.shape[0] == vocab
     ref = PT if parent == "pt" else IT
     assert torch.equal(emb[:640], ref["model.embed_tokens.weight"][:640])
+
+
+def test_union_policy_keeps_every_models_tokens(make_cfg, it_with_extra_tokens, tmp_path):
+    """PT with a token IT lacks, IT with two PT lacks: the merge has all 643, each row of a
+    token only one parent has is that parent's row, and the union tokenizer evaluates."""
+    from transformers import AutoTokenizer
+
+    from app.run import run_job, session_for
+
+    tok = AutoTokenizer.from_pretrained(TOY_DIR / "pt")
+    tok.add_special_tokens({"additional_special_tokens": ["<|pt_only|>"]})
+    pt = AutoModelForCausalLM.from_pretrained(TOY_DIR / "pt", dtype=torch.float32)
+    pt.resize_token_embeddings(len(tok))
+    pt.save_pretrained(tmp_path / "pt_plus")
+    tok.save_pretrained(tmp_path / "pt_plus")
+    it_tok = AutoTokenizer.from_pretrained(it_with_extra_tokens)
+    pt_row = pt.get_input_embeddings().weight[640].detach().clone()
+    it_rows = weights(it_with_extra_tokens)["model.embed_tokens.weight"][640:]
+
+    cfg = make_cfg(f"model.pt={tmp_path / 'pt_plus'}", f"model.it={it_with_extra_tokens}",
+                   "model.tokenizer=union", "lambda=0.5", "task.limit=4", "task.bootstrap=0",
+                   f"tracking.dir={tmp_path}/mlruns")
+    assert mergekit_config(cfg)["tokenizer"] == {"source": "union"}
+    session = session_for(cfg)
+    union = session.tokenizer
+    assert len(union.get_vocab()) == 643
+    assert union.chat_template == it_tok.chat_template
+    ids = {t: union.convert_tokens_to_ids(t) for t in ("<|pt_only|>", "<|tool|>", "<|end_tool|>")}
+    merge_into(session.model, mergekit_config(cfg))
+    emb = session.model.get_input_embeddings().weight
+    assert emb.shape[0] == 643
+    assert torch.equal(emb[ids["<|pt_only|>"]], pt_row)
+    assert torch.equal(emb[ids["<|tool|>"]], it_rows[0])
+    assert torch.equal(emb[ids["<|end_tool|>"]], it_rows[1])
+    shared = PT["model.embed_tokens.weight"][:640] * 0.5 + IT["model.embed_tokens.weight"][:640] * 0.5
+    torch.testing.assert_close(emb[:640], shared, rtol=0, atol=2e-7)
+    metrics = run_job(cfg)  # a whole job: merged, evaluated with the union tokenizer, logged
+    assert metrics and all(math.isfinite(v) for v in metrics.values())
 
 
 def test_extra_models_join_the_task_vector_sum(make_cfg, model, tmp_path):

@@ -41,7 +41,7 @@ class PairConfig:
     pt: str = MISSING
     it: str = MISSING
     dtype: str = "float32"  # storage dtype of the merged model; merge maths is float32
-    tokenizer: str = "it"  # whose tokenizer and vocabulary the merge gets: pt | it
+    tokenizer: str = "it"  # whose vocabulary the merge gets: pt | it | union (every model's)
     trust_remote_code: bool = False  # never on unless a pair config turns it on (it is logged)
     extra: List[ExtraModel] = field(default_factory=list)  # task-vector methods only
 
@@ -242,9 +242,9 @@ def validate(cfg) -> None:
             f"lambda={lam:g} is outside method={cfg.method.name}'s range [{lo:g}, {hi:g}]"
         )
     _check_method_params(cfg.method, lo, hi)
-    if cfg.model.tokenizer not in ("pt", "it"):
+    if cfg.model.tokenizer not in ("pt", "it", "union"):
         raise ConfigError(f"model.tokenizer={cfg.model.tokenizer!r} is not valid; use pt or it "
-                          f"(the merge takes that parent's vocabulary)")
+                          f"(the merge takes that parent's vocabulary) or union (every model's)")
     if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError(
             f"model.dtype={cfg.model.dtype!r} is not valid; use float32, bfloat16 or float16"

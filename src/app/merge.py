@@ -52,19 +52,46 @@ def mergekit_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 def reference_config(cfg: DictConfig, parent: str) -> dict[str, Any]:
-    """A mergekit config that reproduces one parent ('pt' or 'it') bit for bit."""
+    """A mergekit config that reproduces one parent ('pt' or 'it') bit for bit (with
+    ``model.tokenizer=union``: in the union's vocabulary, so every model takes part, weight 0)."""
+    paths = [cfg.model.pt, cfg.model.it, *(e.path for e in cfg.model.extra)]
+    if cfg.model.tokenizer != "union":
+        paths = [cfg.model[parent]]
     mk = {"merge_method": "linear", "parameters": {"normalize": False},
-          "models": [{"model": cfg.model[parent], "parameters": {"weight": 1.0}}]}
+          "models": [{"model": p, "parameters": {"weight": float(p == cfg.model[parent])}}
+                     for p in paths]}
     return _with_pair_settings(mk, cfg)
 
 
 def _with_pair_settings(mk: dict[str, Any], cfg: DictConfig) -> dict[str, Any]:
     mk.setdefault("dtype", MATH_DTYPE)
     mk.setdefault("out_dtype", cfg.model.dtype)
-    if _vocab_size(cfg.model.pt) != _vocab_size(cfg.model.it):
+    if cfg.model.tokenizer == "union":  # every model's tokens; mergekit aligns the embeddings
+        mk.setdefault("tokenizer", {"source": "union"})
+        if any(m["model"] == cfg.model.pt for m in mk["models"]):
+            # mergekit orders the union after the base model, else after an arbitrary one
+            mk.setdefault("base_model", cfg.model.pt)
+    elif _vocab_size(cfg.model.pt) != _vocab_size(cfg.model.it):
         # Different vocabularies: mergekit aligns every model's embeddings to the chosen one.
         mk.setdefault("tokenizer", {"source": cfg.model[cfg.model.tokenizer]})
     return mk
+
+
+def union_tokenizer(cfg: DictConfig):
+    """The vocabulary of a ``model.tokenizer=union`` merge: mergekit's union of every model's
+    tokens (PT's first, then those only IT or an extra model has), built as mergekit's planner
+    builds it; it takes IT's chat template, since PT's tokenizer usually has none."""
+    from mergekit.config import MergeConfiguration
+    from mergekit.tokenizer.build import build_tokenizer
+    from transformers import AutoTokenizer
+
+    config = MergeConfiguration.model_validate(reference_config(cfg, "it"))
+    trust = bool(cfg.model.trust_remote_code)
+    tokenizer = build_tokenizer(config.base_model, config.referenced_models(), "union",
+                                trust_remote_code=trust, add_tokens=[]).tokenizer
+    instruct = AutoTokenizer.from_pretrained(cfg.model.it, trust_remote_code=trust)
+    tokenizer.chat_template = instruct.chat_template or tokenizer.chat_template
+    return tokenizer
 
 
 def _vocab_size(ref: str) -> int | None:

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from app import tracking
 from app.config import ConfigError, clean_lambda, validate
 from app.judge import judge_run
-from app.merge import merge_into, mergekit_config, save_merged
+from app.merge import merge_into, mergekit_config, save_merged, union_tokenizer
 
 LOG = logging.getLogger(__name__)
 _SESSIONS: dict[str, "Session"] = {}
@@ -75,12 +75,16 @@ def session_for(cfg: DictConfig) -> Session:
 
         from app.evaluate import Evaluator
 
-        source = cfg.model[cfg.model.tokenizer]  # the working model starts as this parent
-        tokenizer = AutoTokenizer.from_pretrained(
+        union = cfg.model.tokenizer == "union"
+        source = cfg.model.it if union else cfg.model[cfg.model.tokenizer]  # the working model
+        tokenizer = union_tokenizer(cfg) if union else AutoTokenizer.from_pretrained(
             source, trust_remote_code=cfg.model.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=getattr(torch, cfg.model.dtype),
-            trust_remote_code=cfg.model.trust_remote_code).to(device).eval()
+            trust_remote_code=cfg.model.trust_remote_code)
+        if union:  # the merge fills every row of the union's embeddings
+            model.resize_token_embeddings(len(tokenizer.get_vocab()), mean_resizing=False)
+        model = model.to(device).eval()
         evaluator = Evaluator(model, tokenizer, cfg.task, seed=cfg.seed)
         _SESSIONS.clear()  # one working model per process
         _SESSIONS[key] = Session(model, tokenizer, evaluator, device)
