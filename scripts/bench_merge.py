@@ -64,14 +64,18 @@ def copy_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
 
 
 def mk_config(method: str, lam: float, pt: Path, it: Path, dtype: str) -> dict:
-    if method == "linear":
-        return {"merge_method": "linear", "dtype": "float32", "out_dtype": dtype,
-                "models": [{"model": str(pt), "parameters": {"weight": 1 - lam}},
-                           {"model": str(it), "parameters": {"weight": lam}}],
-                "parameters": {"normalize": False}}
-    return {"merge_method": "slerp", "dtype": "float32", "out_dtype": dtype,
-            "base_model": str(pt), "models": [{"model": str(pt)}, {"model": str(it)}],
-            "parameters": {"t": lam}}
+    """The project's own mergekit config for this method and λ (conf/method/<method>.yaml)."""
+    from hydra import compose, initialize_config_dir
+
+    from app.config import conf_dir, register
+    from app.merge import mergekit_config
+
+    register()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            f"method={method}", f"lambda={lam}", f"model.pt={pt}", f"model.it={it}",
+            f"model.dtype={dtype}"])
+    return mergekit_config(cfg)
 
 
 def peak_rss_gb(children: bool = False) -> float:
@@ -125,9 +129,10 @@ def naive(args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", choices=["qwen2-0.5b", "toy"], default="qwen2-0.5b")
-    ap.add_argument("--work", default="/tmp/bench_merge")
+    ap.add_argument("--work", help="where the pair is built (default /tmp/bench_merge[_toy])")
     ap.add_argument("--dtype", default="bfloat16")
-    ap.add_argument("--methods", nargs="+", default=["linear", "slerp"])
+    ap.add_argument("--methods", nargs="+", default=["linear", "slerp"],
+                    help="any of conf/method/, e.g. ties dare_ties")
     ap.add_argument("--lambdas", nargs="+", type=float, default=[0.1, 0.3, 0.5, 0.7, 0.9])
     ap.add_argument("--role", choices=["in_memory", "naive"], help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -135,6 +140,7 @@ def main() -> None:
         print(json.dumps(globals()[args.role](args)))
         return
 
+    args.work = args.work or "/tmp/bench_merge" + ("_toy" if args.shape == "toy" else "")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     if args.shape == "toy":

@@ -288,10 +288,16 @@ DIRECT = {  # two parents at λ, one parent alone (the references), three models
     "slerp 0": (slerp, 0.0), "slerp 1": (slerp, 1.0)}
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused kernels", "torch"])
 @pytest.mark.parametrize("case", DIRECT)
-def test_direct_path_is_bit_identical_to_mergekits_executor(bf16_pair, case):
+def test_direct_path_is_bit_identical_to_mergekits_executor(bf16_pair, case, fused, monkeypatch):
+    from app import kernels
     from app.merge import merged_tensors
 
+    if fused:
+        assert kernels.usable()  # numba is installed and its kernels match torch on this CPU
+    else:
+        monkeypatch.setattr(kernels, "usable", lambda: False)
     build, *args = DIRECT[case]
     mk = build(bf16_pair, *args)
     model = AutoModelForCausalLM.from_pretrained(bf16_pair[0], dtype=torch.bfloat16)
@@ -306,6 +312,20 @@ def test_direct_path_is_bit_identical_to_mergekits_executor(bf16_pair, case):
         assert set(expected) == set(params)
         for name, tensor in expected.items():
             assert torch.equal(params[name], tensor), name
+
+
+def test_kernels_that_differ_from_torch_are_not_used(monkeypatch):
+    from app import kernels
+
+    real = kernels._linear
+    assert kernels.usable.__wrapped__()
+
+    def off_by_one(sources, weights, out):  # a kernel that rounds differently
+        real(sources, weights, out)
+        out[::7] += 1
+
+    monkeypatch.setattr(kernels, "_linear", off_by_one)
+    assert not kernels.usable.__wrapped__()
 
 
 def test_slerp_pair_takes_both_branches(bf16_pair):

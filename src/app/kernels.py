@@ -1,0 +1,119 @@
+"""Fused one-pass kernels for the direct linear and slerp merges of bfloat16 models (numba).
+
+The torch path in ``app.merge`` makes six passes over every chunk (upcast, multiply-add per
+model, round back); these kernels make one, reading the mapped parents and writing the working
+model's bfloat16 bits directly, with the same float32 operations in the same order: linear is
+``r = fma(x_k, w_k, r)`` from ``r = 0`` (torch's ``addcmul_``), slerp is ``x·a + y·b`` with two
+roundings, and each result is rounded to bfloat16 to nearest-even as torch rounds it.
+
+``usable()`` compiles them (numba caches the machine code on disk) and checks them bit for bit
+against the torch path on a probe, once per process; where numba is missing or any bit differs
+(another CPU's torch kernels may fuse differently), the merge keeps the torch path.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import numpy as np
+import torch
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+LOG = logging.getLogger(__name__)
+
+
+@intrinsic
+def _as_f32(typingctx, bits):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float32))
+    return types.float32(types.uint32), codegen
+
+
+@intrinsic
+def _as_u32(typingctx, value):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.uint32))
+    return types.uint32(types.float32), codegen
+
+
+@intrinsic
+def _fma(typingctx, x, y, z):
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+    return types.float32(types.float32, types.float32, types.float32), codegen
+
+
+@njit(inline="always")
+def _load(bf16, i):
+    return _as_f32(np.uint32(bf16[i]) << np.uint32(16))
+
+
+@njit(inline="always")
+def _store(out, i, value):
+    bits = _as_u32(value)
+    if value != value:  # NaN: keep it a NaN
+        out[i] = np.uint16(0x7FC0)
+    else:
+        out[i] = np.uint16((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
+                           >> np.uint32(16))
+
+
+@njit(parallel=True, cache=True)
+def _linear(sources, weights, out):
+    for i in prange(out.shape[0]):
+        acc = np.float32(0.0)
+        for k in range(len(sources)):
+            acc = _fma(_load(sources[k], i), weights[k], acc)
+        _store(out, i, acc)
+
+
+@njit(parallel=True, cache=True)
+def _slerp(v0, v1, a, b, out):
+    for i in prange(out.shape[0]):
+        _store(out, i, _load(v0, i) * a + _load(v1, i) * b)
+
+
+def bits(t: torch.Tensor) -> np.ndarray:
+    """A bfloat16 tensor's storage as uint16 (a view: writes go to the tensor)."""
+    return t.view(torch.int16).numpy().view(np.uint16)
+
+
+def linear(sources: list[torch.Tensor], weights: list[float], out: torch.Tensor) -> None:
+    _linear(tuple(bits(s) for s in sources), np.array(weights, dtype=np.float32), bits(out))
+
+
+def slerp(v0: torch.Tensor, v1: torch.Tensor, a: float, b: float, out: torch.Tensor) -> None:
+    _slerp(bits(v0), bits(v1), np.float32(a), np.float32(b), bits(out))
+
+
+@functools.cache
+def usable() -> bool:
+    """Whether the kernels run here and equal the torch path bit for bit on a probe."""
+    from app.merge import torch_linear, torch_slerp
+
+    try:
+        g = torch.Generator().manual_seed(0)
+        n = (1 << 20) + 37
+        x, y, z = (torch.randn(n, generator=g).mul_(s).to(torch.bfloat16) for s in (1, 3e-3, 40))
+        x[:64], y[32:96] = -0.0, 0.0  # signed zeros, where an fma and a plain add differ
+        y[200:264] = torch.finfo(torch.bfloat16).tiny / 4  # subnormals
+        cases = [((x, y), [0.3, 0.7]), ((x, y, z), [0.5, 0.3, 0.2]), ((y,), [1.0]),
+                 ((x, z), [0.77, 0.23])]
+        for sources, weights in cases:
+            mine, ref = torch.empty_like(x), torch.empty_like(x)
+            linear(list(sources), weights, mine)
+            torch_linear(list(sources), weights, ref)
+            if not np.array_equal(bits(mine), bits(ref)):
+                raise ArithmeticError(f"linear {weights} differs from torch")
+        for a, b in ((0.7, 0.3), (0.31, 0.6921), (1.0, 0.0)):
+            mine, ref = torch.empty_like(x), torch.empty_like(x)
+            slerp(x, z, a, b, mine)
+            torch_slerp(x, z, torch.tensor([a]), torch.tensor([b]), ref)
+            if not np.array_equal(bits(mine), bits(ref)):
+                raise ArithmeticError(f"slerp {a}, {b} differs from torch")
+    except Exception as e:  # no numba, no compiler for this CPU, or other arithmetic
+        LOG.info("fused merge kernels not used (%s: %s); merging with torch", type(e).__name__, e)
+        return False
+    return True
