@@ -258,11 +258,15 @@ def bf16_pair(tmp_path_factory):
                                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                vocab_size=8300, tie_word_embeddings=False)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.view(-1)[:64] = -0.0  # signed zeros, where sums from +0 differ
     model.save_pretrained(out / "pt")
     with torch.no_grad():
-        for i, p in enumerate(model.parameters()):
-            noise = torch.randn_like(p, dtype=torch.float32) * [0.01, 0.5, 3.0][i % 3]
+        for i, p in enumerate(model.parameters()):  # every 4th tensor: IT equals PT
+            noise = torch.randn_like(p, dtype=torch.float32) * [0.01, 0.5, 3.0, 0][i % 4]
             p.add_((noise * p.float().std() + 1e-3 * noise).to(p.dtype))
+            p.view(-1)[:16] = -0.0
     model.save_pretrained(out / "it")
     model.save_pretrained(out / "ft")
     return out / "pt", out / "it", out / "ft"
@@ -281,11 +285,22 @@ def slerp(folders, t, base=0):
             "models": [{"model": str(f)} for f in folders[:2]]}
 
 
+def task_vector(folders, lam, density=None):
+    method = "task_arithmetic" if density is None else "ties"
+    params = {"weight": lam} | ({} if density is None else {"density": density})
+    return {"merge_method": method, "dtype": "float32", "out_dtype": "bfloat16",
+            "base_model": str(folders[0]), "parameters": {"normalize": False},
+            "models": [{"model": str(folders[1]), "parameters": params}]}
+
+
 DIRECT = {  # two parents at λ, one parent alone (the references), three models (extra models)
     "linear 0.7/0.3": (linear, (0.7, 0.3)), "linear 0.23/0.77": (linear, (0.23, 0.77)),
     "linear 1": (linear, (1.0,)), "linear 0.5/0.3/0.2": (linear, (0.5, 0.3, 0.2)),
     "slerp 0.3": (slerp, 0.3), "slerp 0.77 from IT": (slerp, 0.77, 1),
-    "slerp 0": (slerp, 0.0), "slerp 1": (slerp, 1.0)}
+    "slerp 0": (slerp, 0.0), "slerp 1": (slerp, 1.0),
+    "task_arithmetic 0.3": (task_vector, 0.3), "expo 2.5": (task_vector, 2.5),
+    "ties 0.3": (task_vector, 0.3, 0.5), "ties 0.8 density 0.9": (task_vector, 0.8, 0.9),
+    "ties 1 density 1": (task_vector, 1.0, 1.0), "ties 0": (task_vector, 0.0, 0.5)}
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused kernels", "torch"])
@@ -340,6 +355,8 @@ def test_slerp_pair_takes_both_branches(bf16_pair):
 
 @pytest.mark.parametrize("mk", [
     linear(["a", "b"], (0.5, 0.5)) | {"parameters": {"normalize": True}},
+    task_vector(["a", "b"], 0.5, 0.5) | {"parameters": {"normalize": False, "int8_mask": True}},
+    task_vector(["a", "b"], 0.5) | {"merge_method": "dare_ties"},  # random masks
     slerp(["a", "b"], [0.2, 0.8]),  # a per-layer gradient
     slerp(["a", "b"], 0.5) | {"tokenizer": {"source": "union"}},
 ])

@@ -1,10 +1,11 @@
-"""Fused one-pass kernels for the direct linear and slerp merges of bfloat16 models (numba).
+"""Fused one-pass kernels for the direct merges of bfloat16 models (numba).
 
 The torch path in ``app.merge`` makes six passes over every chunk (upcast, multiply-add per
 model, round back); these kernels make one, reading the mapped parents and writing the working
 model's bfloat16 bits directly, with the same float32 operations in the same order: linear is
 ``r = fma(x_k, w_k, r)`` from ``r = 0`` (torch's ``addcmul_``), slerp is ``x·a + y·b`` with two
-roundings, and each result is rounded to bfloat16 to nearest-even as torch rounds it.
+roundings, task arithmetic and TIES are ``PT + λ·(IT − PT)`` (+0 where TIES trims), and each
+result is rounded to bfloat16 to nearest-even as torch rounds it.
 
 ``usable()`` compiles them (numba caches the machine code on disk) and checks them bit for bit
 against the torch path on a probe, once per process; where numba is missing or any bit differs
@@ -75,6 +76,18 @@ def _slerp(v0, v1, a, b, out):
         _store(out, i, _load(v0, i) * a + _load(v1, i) * b)
 
 
+@njit(parallel=True, cache=True)
+def _task_vector(pt, it, keep, masked, lam, out):
+    for i in prange(out.shape[0]):
+        base = _load(pt, i)
+        delta = (_load(it, i) - base) * lam
+        if masked and not (keep[i >> 3] >> (i & 7)) & 1:
+            delta = np.float32(0.0)
+        if delta == 0:  # mergekit sums the masked task vector from +0
+            delta = np.float32(0.0)
+        _store(out, i, base + delta)
+
+
 def bits(t: torch.Tensor) -> np.ndarray:
     """A bfloat16 tensor's storage as uint16 (a view: writes go to the tensor)."""
     return t.view(torch.int16).numpy().view(np.uint16)
@@ -88,10 +101,17 @@ def slerp(v0: torch.Tensor, v1: torch.Tensor, a: float, b: float, out: torch.Ten
     _slerp(bits(v0), bits(v1), np.float32(a), np.float32(b), bits(out))
 
 
+def task_vector(pt: torch.Tensor, it: torch.Tensor, keep: np.ndarray | None, weight: float,
+                out: torch.Tensor) -> None:
+    masked = keep is not None
+    _task_vector(bits(pt), bits(it), keep if masked else np.zeros(1, np.uint8), masked,
+                 np.float32(weight), bits(out))
+
+
 @functools.cache
 def usable() -> bool:
     """Whether the kernels run here and equal the torch path bit for bit on a probe."""
-    from app.merge import torch_linear, torch_slerp
+    from app.merge import torch_linear, torch_slerp, torch_task_vector
 
     try:
         g = torch.Generator().manual_seed(0)
@@ -113,6 +133,15 @@ def usable() -> bool:
             torch_slerp(x, z, torch.tensor([a]), torch.tensor([b]), ref)
             if not np.array_equal(bits(mine), bits(ref)):
                 raise ArithmeticError(f"slerp {a}, {b} differs from torch")
+        it = x.clone()
+        it[::3] = z[::3]  # equal to PT (a zero task vector) at two thirds of the elements
+        keep = np.packbits(torch.rand(n, generator=g).numpy() < 0.5, bitorder="little")
+        for mask, weight in ((None, 0.3), (keep, 0.7), (keep, 0.0), (None, 2.5)):
+            mine, ref = torch.empty_like(x), torch.empty_like(x)
+            task_vector(x, it, mask, weight, mine)
+            torch_task_vector(x, it, mask, weight, ref)
+            if not np.array_equal(bits(mine), bits(ref)):
+                raise ArithmeticError(f"task vector {weight} differs from torch")
     except Exception as e:  # no numba, no compiler for this CPU, or other arithmetic
         LOG.info("fused merge kernels not used (%s: %s); merging with torch", type(e).__name__, e)
         return False

@@ -5,16 +5,17 @@ pair's dtype); the tensors are copied into one working model that is loaded once
 and reused for every λ. Parents are read lazily from safetensors by mergekit's loader cache,
 which also lives for the whole process.
 
-Two cases skip the executor: a linear merge without normalisation (``method=linear``, the
-default, and the parents' reference copies) and a plain slerp (``method=slerp``), of local
-safetensors models on CPU. Their tensors are computed straight from the memory-mapped files in
-chunks, with mergekit's arithmetic in mergekit's order (float32, rounded once to the stored
-dtype), so the result is bit-identical (tests check it against the executor and
-``mergekit-yaml``), an order of magnitude faster, and no parent is held in memory: each
-parent tensor's pages are dropped from the process once merged. Slerp's norms and cosines do
-not depend on λ; they are computed on the first merge of a pair and kept for the process. For
-bfloat16 models the elementwise arithmetic runs in one fused pass (``app.kernels``) where a
-probe shows it equal to the torch path here.
+Plain merges of local safetensors models on CPU skip the executor: linear without
+normalisation (``method=linear``, the default, and the parents' reference copies), slerp, and
+task arithmetic and TIES with one fine-tuned model (``task_arithmetic``, ``expo``, ``ties``).
+Their tensors are computed straight from the memory-mapped files, with mergekit's arithmetic
+in mergekit's order (float32, rounded once to the stored dtype), so the result is
+bit-identical (tests check it against the executor and ``mergekit-yaml``), an order of
+magnitude faster, and no parent is held in memory: each parent tensor's pages are dropped from
+the process once merged. What does not depend on λ (slerp's norms and cosines, the elements
+TIES keeps) is computed on the first merge of a pair and kept for the process. For bfloat16
+models the elementwise arithmetic runs in one fused pass (``app.kernels``) where a probe shows
+it equal to the torch path here.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -228,17 +230,24 @@ def _file_key(folder: Path) -> tuple[str, tuple]:
 
 def _local_plan(mk: dict[str, Any], device: str, method: str, top: set[str],
                 per_model: set[str]) -> list[Path] | None:
-    """The parents' folders where ``mk`` is a plain ``method`` merge of local safetensors models
-    on CPU, in float32 maths, with only the given parameters; None otherwise."""
+    """The models' folders (the base model's first, where the method takes one) where ``mk`` is
+    a plain ``method`` merge of local safetensors models on CPU, in float32 maths, with exactly
+    the given parameters; None otherwise."""
     entries = mk.get("models") or []
-    folders = [Path(str(m.get("model", ""))).expanduser() for m in entries]
+    paths = [str(m.get("model", "")) for m in entries]
+    base = mk.get("base_model")
+    if base is not None and method != "linear":  # the base first; it may or may not be listed
+        paths = [str(base)] + [p for p in paths if p != str(base)]
+    folders = [Path(p).expanduser() for p in paths]
     if (mk.get("merge_method") != method or not entries or device != "cpu"
             or mk.get("dtype") != MATH_DTYPE
             or set(mk) - {"merge_method", "models", "parameters", "dtype", "out_dtype",
-                          *(["base_model"] if method == "slerp" else [])}
+                          *([] if method == "linear" else ["base_model"])}
             or set(mk.get("parameters") or {}) != top
             or any(set(m) - {"model", "parameters"} for m in entries)
-            or any(set(m.get("parameters") or {}) != per_model for m in entries)
+            or any(set(m.get("parameters") or {}) != per_model for m in entries
+                   if str(m.get("model")) != str(base))
+            or len(set(paths)) != len(paths)
             or not all((f / "model.safetensors").is_file()
                        or (f / "model.safetensors.index.json").is_file() for f in folders)):
         return None
@@ -250,27 +259,36 @@ def _number(value: Any) -> bool:
 
 
 def direct_merge(model: torch.nn.Module, mk: dict[str, Any], device: str) -> int | None:
-    """Merge a plain linear or slerp config straight from the mapped models; None (nothing
-    touched) where the config is anything else, for mergekit's executor to do."""
-    folders = _local_plan(mk, device, "linear", {"normalize"}, {"weight"})
-    if folders is not None:
-        weights = [m["parameters"]["weight"] for m in mk["models"]]
-        if mk["parameters"]["normalize"] is not False or not all(map(_number, weights)):
+    """Merge a plain linear, slerp, task arithmetic or TIES config (one fine-tuned model) straight
+    from the mapped models; None (nothing touched) where the config is anything else, for
+    mergekit's executor to do."""
+    method, params = mk.get("merge_method"), mk.get("parameters") or {}
+    if method == "linear":
+        folders = _local_plan(mk, device, "linear", {"normalize"}, {"weight"})
+        weights = [(m.get("parameters") or {}).get("weight") for m in mk.get("models") or []]
+        if folders is None or params["normalize"] is not False or not all(map(_number, weights)):
             return None
         return _merge_mapped(model, folders, mk, _Linear(weights))
-    folders = _local_plan(mk, device, "slerp", {"t"}, set())
-    if folders is None or len(folders) != 2 or not _number(mk["parameters"]["t"]):
-        return None
-    models = [str(m["model"]) for m in mk["models"]]
-    if mk.get("base_model") not in models or models[0] == models[1]:
-        return None
-    if models.index(mk["base_model"]) == 1:
-        folders.reverse()  # v0 is the base model
-    return _merge_mapped(model, folders, mk, _Slerp(mk["parameters"]["t"]))
+    if method == "slerp":
+        folders = _local_plan(mk, device, "slerp", {"t"}, set())
+        if folders is None or len(folders) != 2 or not _number(params["t"]):
+            return None
+        return _merge_mapped(model, folders, mk, _Slerp(params["t"]))
+    if method in ("task_arithmetic", "ties"):
+        per_model = {"weight"} | ({"density"} if method == "ties" else set())
+        folders = _local_plan(mk, device, method, {"normalize"}, per_model)
+        entry = (mk.get("models") or [{}])[-1].get("parameters") or {}
+        if (folders is None or len(folders) != 2 or params["normalize"] is not False
+                or str(mk["models"][-1]["model"]) == str(mk["base_model"])
+                or not all(_number(entry[k]) for k in per_model)
+                or not 0 < entry.get("density", 1) <= 1):
+            return None
+        return _merge_mapped(model, folders, mk, _TaskVector(entry["weight"], entry.get("density", 1)))
+    return None
 
 
 def _merge_mapped(model: torch.nn.Module, folders: list[Path], mk: dict[str, Any],
-                  rule: "_Linear | _Slerp") -> int | None:
+                  rule: "_Linear | _Slerp | _TaskVector") -> int | None:
     """Apply ``rule`` to every tensor of the mapped parents, into ``model``'s parameters."""
     models = [mapped_weights(*_file_key(f)) for f in folders]
     params = dict(model.named_parameters())
@@ -379,6 +397,59 @@ class _Slerp:
             kernels.slerp(v0, v1, a.item(), b.item(), out)
         else:
             torch_slerp(v0, v1, a.view(1), b.view(1), out)
+
+
+class _TaskVector:
+    """mergekit 0.1.5's task arithmetic and TIES with one fine-tuned model, elementwise:
+    ``PT + λ·(IT − PT)`` in float32, the product taken where TIES keeps the task vector (the
+    top-density magnitudes, as mergekit's own ``magnitude`` picks them: cached per pair and
+    density, they do not depend on λ) and +0 elsewhere, rounded once to the stored dtype."""
+
+    def __init__(self, weight: float, density: float):
+        self.weight, self.density = weight, density
+
+    def __call__(self, models, name, sources, out):
+        pt, it = sources
+        keep = None if self.density >= 1 else _kept(models[0], models[1], name, self.density)
+        if _fused(sources, out):
+            from app import kernels
+
+            kernels.task_vector(pt, it, keep, self.weight, out)
+        else:
+            torch_task_vector(pt, it, keep, self.weight, out)
+
+
+def torch_task_vector(pt: torch.Tensor, it: torch.Tensor, keep: np.ndarray | None,
+                      weight: float, out: torch.Tensor) -> None:
+    """The task-vector step, chunk by chunk (``keep``: packed bits, or None for all)."""
+    lam = torch.tensor([weight], dtype=torch.float32)
+    acc, buf = _buffers()
+    for start, stop in _chunks(out.numel()):
+        x, y = acc[:stop - start], buf[:stop - start]
+        x.copy_(it[start:stop]).sub_(y.copy_(pt[start:stop])).mul_(lam)
+        if keep is not None:
+            bits = np.unpackbits(keep[start // 8:(stop + 7) // 8], count=stop - start,
+                                 bitorder="little")  # chunks start on whole bytes
+            x.masked_fill_(torch.from_numpy(bits) == 0, 0.0)
+        x.masked_fill_(x == 0, 0.0)  # mergekit sums the masked task vector from +0
+        out[start:stop].copy_(y.add_(x))
+
+
+@functools.cache
+def _masks(v0: MappedWeights, v1: MappedWeights, density: float) -> dict[str, np.ndarray]:
+    return {}
+
+
+def _kept(v0: MappedWeights, v1: MappedWeights, name: str, density: float) -> np.ndarray:
+    """Which elements of one tensor's task vector TIES keeps, as packed bits (little order)."""
+    from mergekit.sparsify import magnitude
+
+    cache = _masks(v0, v1, density)
+    if name not in cache:
+        delta = v1.tensor(name).float() - v0.tensor(name).float()
+        kept = magnitude(delta, density=density) != 0  # a kept exact zero adds +0 either way
+        cache[name] = np.packbits(kept.reshape(-1).numpy(), bitorder="little")
+    return cache[name]
 
 
 @functools.cache
