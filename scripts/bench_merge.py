@@ -173,14 +173,14 @@ def main() -> None:
           f"copy bandwidth={bw:.1f} GB/s floor per λ={floor_s:.2f}s")
     print("in-memory: the first λ of a process also pays the first write to the freshly loaded "
           "model's pages; 'next λ' is the median of the others")
-    print(f"{'method':8} {'engine':9} {'first λ s':>9} {'next λ s':>9} {'naive s/λ':>10} "
+    print(f"{'method':15} {'engine':9} {'first λ s':>9} {'next λ s':>9} {'naive s/λ':>10} "
           f"{'naive/next':>11} {'next/floor':>11} {'peak RSS':>9}")
     for method in args.methods:
         t = in_mem[method]["per_lambda_s"][method]
         nxt = statistics.median(t[1:] or t)
         nai = sum(results["naive"]["per_lambda_s"][method]) / len(args.lambdas)
         rss = in_mem[method]["peak_rss_gb"] / (model_bytes / 1e9)
-        print(f"{method:8} {in_mem[method]['engine']:9} {t[0]:9.2f} {nxt:9.2f} {nai:10.2f} "
+        print(f"{method:15} {in_mem[method]['engine']:9} {t[0]:9.2f} {nxt:9.2f} {nai:10.2f} "
               f"{nai / nxt:10.1f}× {nxt / floor_s:10.1f}× {rss:8.2f}×")
     rss = results["naive"]["peak_rss_gb"]
     print(f"peak RSS naive (mergekit-yaml + from_pretrained): {rss:.2f} GB = "
