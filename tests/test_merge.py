@@ -214,7 +214,8 @@ def test_union_policy_keeps_every_models_tokens(make_cfg, it_with_extra_tokens, 
     assert torch.equal(emb[ids["<|pt_only|>"]], pt_row)
     assert torch.equal(emb[ids["<|tool|>"]], it_rows[0])
     assert torch.equal(emb[ids["<|end_tool|>"]], it_rows[1])
-    shared = PT["model.embed_tokens.weight"][:640] * 0.5 + IT["model.embed_tokens.weight"][:640] * 0.5
+    name = "model.embed_tokens.weight"
+    shared = PT[name][:640] * 0.5 + IT[name][:640] * 0.5
     torch.testing.assert_close(emb[:640], shared, rtol=0, atol=2e-7)
     metrics = run_job(cfg)  # a whole job: merged, evaluated with the union tokenizer, logged
     assert metrics and all(math.isfinite(v) for v in metrics.values())
@@ -357,6 +358,8 @@ def test_slerp_pair_takes_both_branches(bf16_pair):
     linear(["a", "b"], (0.5, 0.5)) | {"parameters": {"normalize": True}},
     task_vector(["a", "b"], 0.5, 0.5) | {"parameters": {"normalize": False, "int8_mask": True}},
     task_vector(["a", "b"], 0.5) | {"merge_method": "dare_ties"},  # random masks
+    {k: v for k, v in task_vector(["a", "b"], 0.5).items() if k != "base_model"},  # no base
+    {k: v for k, v in slerp(["a", "b"], 0.5).items() if k != "base_model"},
     slerp(["a", "b"], [0.2, 0.8]),  # a per-layer gradient
     slerp(["a", "b"], 0.5) | {"tokenizer": {"source": "union"}},
 ])

@@ -271,19 +271,22 @@ def direct_merge(model: torch.nn.Module, mk: dict[str, Any], device: str) -> int
         return _merge_mapped(model, folders, mk, _Linear(weights))
     if method == "slerp":
         folders = _local_plan(mk, device, "slerp", {"t"}, set())
-        if folders is None or len(folders) != 2 or not _number(params["t"]):
+        if (folders is None or len(folders) != 2 or mk.get("base_model") is None
+                or not _number(params["t"])):
             return None
         return _merge_mapped(model, folders, mk, _Slerp(params["t"]))
     if method in ("task_arithmetic", "ties"):
         per_model = {"weight"} | ({"density"} if method == "ties" else set())
         folders = _local_plan(mk, device, method, {"normalize"}, per_model)
-        entry = (mk.get("models") or [{}])[-1].get("parameters") or {}
+        last = (mk.get("models") or [{}])[-1]
+        entry = last.get("parameters") or {}
         if (folders is None or len(folders) != 2 or params["normalize"] is not False
-                or str(mk["models"][-1]["model"]) == str(mk["base_model"])
+                or mk.get("base_model") is None or str(last["model"]) == str(mk["base_model"])
                 or not all(_number(entry[k]) for k in per_model)
                 or not 0 < entry.get("density", 1) <= 1):
             return None
-        return _merge_mapped(model, folders, mk, _TaskVector(entry["weight"], entry.get("density", 1)))
+        rule = _TaskVector(entry["weight"], entry.get("density", 1))
+        return _merge_mapped(model, folders, mk, rule)
     return None
 
 
