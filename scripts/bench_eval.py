@@ -38,18 +38,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import torch  # noqa: E402
 
+from app.config import compose  # noqa: E402
+
 LAMBDAS = [round(i / 10, 1) for i in range(11)]
-
-
-def compose(*overrides: str):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from app.config import conf_dir, register
-
-    register()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides))
 
 
 def toy_setup(work: Path):

@@ -65,17 +65,11 @@ def copy_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
 
 def mk_config(method: str, lam: float, pt: Path, it: Path, dtype: str) -> dict:
     """The project's own mergekit config for this method and λ (conf/method/<method>.yaml)."""
-    from hydra import compose, initialize_config_dir
-
-    from app.config import conf_dir, register
+    from app.config import compose
     from app.merge import mergekit_config
 
-    register()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[
-            f"method={method}", f"lambda={lam}", f"model.pt={pt}", f"model.it={it}",
-            f"model.dtype={dtype}"])
-    return mergekit_config(cfg)
+    return mergekit_config(compose(f"method={method}", f"lambda={lam}", f"model.pt={pt}",
+                                   f"model.it={it}", f"model.dtype={dtype}"))
 
 
 def peak_rss_gb(children: bool = False) -> float:

@@ -14,22 +14,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-
-from app.config import conf_dir, register
-
-register()
+from app.config import compose
 
 
 @pytest.fixture
 def make_cfg():
     """Compose the real shipped config with overrides, as `python -m app` would."""
 
-    def _make(*overrides: str):
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            return compose(config_name="config", overrides=list(overrides))
-
-    return _make
+    return compose
 
 
 def free_port() -> int:

@@ -99,8 +99,6 @@ def union_tokenizer(cfg: DictConfig):
 
 
 def _vocab_size(ref: str) -> int | None:
-    import json
-
     try:
         return json.loads((Path(ref).expanduser() / "config.json").read_text()).get("vocab_size")
     except OSError:
@@ -171,7 +169,7 @@ def save_merged(model, tokenizer, mk: dict[str, Any], save_dir: str) -> Path:
 class MergeReport:
     tensors: int
     seconds: float
-    engine: str = "mergekit"  # or "direct": the linear fast path
+    engine: str = "mergekit"  # or "direct": computed from the mapped parents (direct_merge)
 
 
 SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
@@ -296,9 +294,7 @@ def _merge_mapped(model: torch.nn.Module, folders: list[Path], mk: dict[str, Any
     models = [mapped_weights(*_file_key(f)) for f in folders]
     params = dict(model.named_parameters())
     names = sorted(models[0].where)
-    unset = set(params) - set(names)
-    if getattr(model.config, "tie_word_embeddings", False):
-        unset.discard("lm_head.weight")
+    unset = _merged_names(model) - set(names)
     out_dtype = getattr(torch, str(mk.get("out_dtype")), None)
     if (any(set(names) != set(m.where) for m in models) or not set(names) <= set(params) or unset
             or any(params[n].dtype != out_dtype or any(list(params[n].shape) != m.where[n][4]
@@ -347,16 +343,17 @@ def torch_slerp(v0: torch.Tensor, v1: torch.Tensor, a: torch.Tensor, b: torch.Te
         out[start:stop].copy_(x)
 
 
-def _fused(sources: list[torch.Tensor], out: torch.Tensor) -> bool:
-    """Whether the one-pass kernels take this tensor: bfloat16 in and out, and they match."""
+def _fused(sources: list[torch.Tensor], out: torch.Tensor):
+    """The one-pass kernels (``app.kernels``) where they take this tensor, bfloat16 in and out
+    and matching the torch path here; else None."""
     if out.dtype != torch.bfloat16 or any(s.dtype != torch.bfloat16 for s in sources):
-        return False
+        return None
     try:
         from app import kernels
     except ImportError as e:
         LOG.info("fused merge kernels not used (%s); merging with torch", e)
-        return False
-    return kernels.usable()
+        return None
+    return kernels if kernels.usable() else None
 
 
 class _Linear:
@@ -364,9 +361,7 @@ class _Linear:
         self.weights = weights
 
     def __call__(self, models, name, sources, out):
-        if _fused(sources, out):
-            from app import kernels
-
+        if kernels := _fused(sources, out):
             kernels.linear(sources, self.weights, out)
         else:
             torch_linear(sources, self.weights, out)
@@ -387,16 +382,14 @@ class _Slerp:
         v0, v1 = sources
         if not out.numel():
             return
-        dot = _cosine(models[0], models[1], name, *_buffers())
+        dot = _cosine(models[0], models[1], name)
         t = self.t
         linear = dot.abs() > self.THRESHOLD
         theta = torch.acos(torch.where(linear, 0, dot))
         sin_theta = torch.sin(theta)
         a = torch.where(linear, 1 - t, torch.sin((1 - t) * theta) / sin_theta)
         b = torch.where(linear, t, torch.sin(t * theta) / sin_theta)
-        if _fused(sources, out):
-            from app import kernels
-
+        if kernels := _fused(sources, out):
             kernels.slerp(v0, v1, a.item(), b.item(), out)
         else:
             torch_slerp(v0, v1, a.view(1), b.view(1), out)
@@ -414,9 +407,7 @@ class _TaskVector:
     def __call__(self, models, name, sources, out):
         pt, it = sources
         keep = None if self.density >= 1 else _kept(models[0], models[1], name, self.density)
-        if _fused(sources, out):
-            from app import kernels
-
+        if kernels := _fused(sources, out):
             kernels.task_vector(pt, it, keep, self.weight, out)
         else:
             torch_task_vector(pt, it, keep, self.weight, out)
@@ -439,7 +430,8 @@ def torch_task_vector(pt: torch.Tensor, it: torch.Tensor, keep: np.ndarray | Non
 
 
 @functools.cache
-def _masks(v0: MappedWeights, v1: MappedWeights, density: float) -> dict[str, np.ndarray]:
+def _lambda_free(v0: MappedWeights, v1: MappedWeights, what: Any) -> dict[str, Any]:
+    """Per-tensor values of a pair of parents that do not depend on λ, kept for the process."""
     return {}
 
 
@@ -447,7 +439,7 @@ def _kept(v0: MappedWeights, v1: MappedWeights, name: str, density: float) -> np
     """Which elements of one tensor's task vector TIES keeps, as packed bits (little order)."""
     from mergekit.sparsify import magnitude
 
-    cache = _masks(v0, v1, density)
+    cache = _lambda_free(v0, v1, ("kept", density))
     if name not in cache:
         delta = v1.tensor(name).float() - v0.tensor(name).float()
         kept = magnitude(delta, density=density) != 0  # a kept exact zero adds +0 either way
@@ -455,16 +447,11 @@ def _kept(v0: MappedWeights, v1: MappedWeights, name: str, density: float) -> np
     return cache[name]
 
 
-@functools.cache
-def _cosines(v0: MappedWeights, v1: MappedWeights) -> dict[str, torch.Tensor]:
-    return {}
-
-
-def _cosine(v0: MappedWeights, v1: MappedWeights, name: str, x: torch.Tensor,
-            y: torch.Tensor) -> torch.Tensor:
+def _cosine(v0: MappedWeights, v1: MappedWeights, name: str) -> torch.Tensor:
     """The clamped cosine of one tensor in two parents, as mergekit's slerp sums it."""
-    cache = _cosines(v0, v1)
+    cache = _lambda_free(v0, v1, "cosine")
     if name not in cache:
+        x, y = _buffers()
         a, b = v0.tensor(name).reshape(1, -1), v1.tensor(name).reshape(1, -1)
         spans = list(_chunks(a.shape[1]))
 
@@ -481,6 +468,14 @@ def _cosine(v0: MappedWeights, v1: MappedWeights, name: str, x: torch.Tensor,
             dim=1, keepdim=True) for s in spans]
         cache[name] = torch.stack(parts).sum(dim=0).clamp(-1, 1)
     return cache[name]
+
+
+def _merged_names(model: torch.nn.Module) -> set[str]:
+    """The parameters a merge must write: all but a head tied to the embeddings."""
+    names = {n for n, _ in model.named_parameters()}
+    if getattr(model.config, "tie_word_embeddings", False):
+        names.discard("lm_head.weight")
+    return names
 
 
 def merge_into(model: torch.nn.Module, mk: dict[str, Any], device: str = "cpu",
@@ -505,10 +500,7 @@ def merge_into(model: torch.nn.Module, mk: dict[str, Any], device: str = "cpu",
                                    f"model expects {tuple(target.shape)}")
             target.copy_(tensor)
             written.add(name)
-    missing = {n for n, _ in model.named_parameters()} - written
-    tied = getattr(model.config, "tie_word_embeddings", False)
-    if tied:
-        missing.discard("lm_head.weight")
+    missing = _merged_names(model) - written
     if missing:
         raise RuntimeError(f"merge left parameters unset: {sorted(missing)[:5]}")
     return MergeReport(tensors=len(written), seconds=time.perf_counter() - start)
