@@ -1,4 +1,5 @@
-"""``python -m app``: the Hydra entry point, with one-line errors for bad input."""
+"""``python -m app`` and ``python -m app.report``: the entry points, and the only place that
+exits. Bad input becomes one ``error:`` line (exit 2), a job's fault one line (exit 1)."""
 
 from __future__ import annotations
 
@@ -10,20 +11,22 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from app.config import ConfigError, conf_dir, group_options, register, schema_keys, suggest
+from app.config import conf_dir, group_options, register, schema_keys
+from app.errors import Abort, ConfigError, suggest
 
 register()
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def _main(cfg: DictConfig) -> dict[str, float]:
-    from app.run import run_job
-
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from app.pipeline import this_process
+    from app.sweep import job_context
+
     try:
-        return run_job(cfg)
+        return this_process().run_job(cfg, job_context())
     except ConfigError as e:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # one job of a sweep: its sweeper decides (a search records a FAIL trial)
@@ -31,8 +34,13 @@ def _main(cfg: DictConfig) -> dict[str, float]:
 
 
 def main() -> None:
-    from app.run import JobFailed
+    from app.compat import check_versions
+    from app.faults import JobFailed
 
+    try:
+        check_versions()
+    except ConfigError as e:
+        _fail(str(e))
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let errors reach us to be reworded
     signal.signal(signal.SIGTERM, _interrupt)  # like Ctrl-C: close the open runs, then stop
     try:
@@ -43,6 +51,8 @@ def main() -> None:
                  "command again (finished jobs are skipped)") if multirun else ""
         print(f"error: {e}{again}", file=sys.stderr, flush=True)
         sys.exit(1)
+    except Abort as e:  # a bad config found by the sweep's callback
+        _fail(str(e))
     except KeyboardInterrupt:
         print("interrupted: the open runs are marked KILLED; run the same command again to "
               "resume (finished jobs are skipped)", file=sys.stderr, flush=True)
@@ -66,14 +76,16 @@ def _fail(line: str) -> None:
 def user_error(e: BaseException) -> str | None:
     """One line for a configuration mistake, or None if ``e`` is a bug."""
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+    from hydra_plugins.lambda_star_sweeper.lambda_star_sweeper import SweeperConfigError
     from omegaconf.errors import OmegaConfBaseException
 
-    while e.__cause__ is not None and not isinstance(e, ConfigError):
-        if isinstance(e, (ConfigError, OmegaConfBaseException)):
+    mine = (ConfigError, SweeperConfigError)
+    while e.__cause__ is not None and not isinstance(e, mine):
+        if isinstance(e, OmegaConfBaseException):
             break
         e = e.__cause__
     text = str(e)
-    if isinstance(e, ConfigError):
+    if isinstance(e, mine):
         return text
     if m := re.search(r"Could not find '(\w+)/([^']*)'", text):
         group, option = m.groups()
@@ -110,3 +122,13 @@ def _raised_in(e: BaseException, module_path: str) -> bool:
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
     return tb is not None and module_path in tb.tb_frame.f_code.co_filename
+
+
+def report_main(argv: list[str] | None = None) -> None:
+    """``python -m app.report``: the frontier report of a sweep (see ``app.report``)."""
+    from app.report import ReportError, run
+
+    try:
+        run(argv)
+    except ReportError as e:
+        _fail(str(e))

@@ -30,12 +30,16 @@ def pareto_front(points: Sequence[Point]) -> list[Point]:
     return sorted(front, key=lambda p: (p.ece, -p.acc, p.lam))
 
 
+def best(points: Sequence[Point]) -> Point:
+    """The one rule for "best λ": the highest accuracy; ties: the lower ECE, then the smaller
+    λ (the sweep summary, the λ* search summary and the report all use it)."""
+    return min(points, key=lambda p: (-p.acc, p.ece, p.lam))
+
+
 def lambda_star(points: Sequence[Point], ece_limit: float) -> Point | None:
-    """Best accuracy among points with ECE ≤ limit (ties: lower ECE, then smaller λ), or None."""
+    """The best point (``best``) among those with ECE ≤ limit, or None."""
     feasible = [p for p in points if p.ece <= ece_limit]
-    if not feasible:
-        return None
-    return min(feasible, key=lambda p: (-p.acc, p.ece, p.lam))
+    return best(feasible) if feasible else None
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Figures shared by runs and reports (matplotlib, headless)."""
+"""Figures of runs and searches (matplotlib, headless)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,28 @@ def reliability_figure(bins: dict, title: str):
     ax_n.set_xlabel("confidence")
     ax_n.set_ylabel("count")
     ax_n.set_xlim(0, 1)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def trials_figure(trials, sweeper, best, violation):
+    """The objective over λ for every trial, feasible ones filled, λ* starred."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for t in sorted(trials, key=lambda t: t.params["lambda"]):
+        ok = violation(t) <= 0
+        ax.plot(t.params["lambda"], t.value, "o", color="tab:blue" if ok else "tab:red",
+                mfc="tab:blue" if ok else "none")
+        ax.annotate(str(t.number), (t.params["lambda"], t.value), fontsize=7,
+                    textcoords="offset points", xytext=(3, 3))
+    ax.plot(best.params["lambda"], best.value, "*", ms=18, color="gold", mec="black",
+            label=f"λ*={best.params['lambda']:.3g}")
+    ax.plot([], [], "o", color="tab:blue", label="feasible")
+    ax.plot([], [], "o", color="tab:red", mfc="none", label="infeasible")
+    ax.set_xlabel("λ")
+    ax.set_ylabel(sweeper.objective)
+    ax.set_title("λ* search: " + "; ".join(f"{m} {op} {b:g}" for m, op, b in sweeper.constraints))
+    ax.legend(fontsize=8)
     fig.tight_layout()
     plt.close(fig)
     return fig

@@ -1,6 +1,7 @@
 """Judging open-ended generations of a merge: degeneration and diversity.
 
-``judge_run`` is the one call a job makes after evaluation (``judge=none`` makes it a no-op):
+``judge_run`` is the one call a job makes after evaluation (``judge=none`` makes it a no-op).
+Each judge has its own schema (``app.judge.schema``) and class (``app.judge.adapters``):
 
 1. generate ``judge.k`` samples for each prompt of ``judge.prompts`` with the working model
    (its chat template where it has one; top-k 50, top-p 0.9, temperature 0.7, presence and
@@ -40,6 +41,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from app.judge.metrics import degeneration_rates, diversity, lowest
+from app.judge.schema import SCHEMAS
 
 LOG = logging.getLogger(__name__)
 # Settings that do not change a judged job's results (kept out of its fingerprint).
@@ -50,6 +52,8 @@ def fingerprint(judge: DictConfig) -> dict[str, Any]:
     """What about the judge determines a job's judge metrics: its settings and the prompt
     file's content (never an API key: the config holds only the variable's name)."""
     settings = OmegaConf.to_container(judge, resolve=True)
+    if "prompts" not in settings:  # judge=none: nothing to judge
+        return settings
     for key in NOT_IN_FINGERPRINT:
         settings.pop(key, None)
     settings["prompts_sha256"] = hashlib.sha256(
@@ -58,18 +62,19 @@ def fingerprint(judge: DictConfig) -> dict[str, Any]:
     return settings
 
 
-def judge_run(session, cfg: DictConfig, run) -> dict[str, float]:
-    """Generate, judge and log (see the module doc); the metrics as {'judge/<name>': value}."""
+def judge_run(model, tokenizer, cfg: DictConfig, run, context) -> dict[str, float]:
+    """Generate with the working model, judge and log to ``run`` (see the module doc); the
+    metrics as {'judge/<name>': value}. ``context``: an ``adapters.JudgeContext``."""
     j = cfg.judge
     if j.name == "none":
         return {}
     from app.judge import adapters
 
     start = time.perf_counter()
-    secret = os.environ.get(j.api_key_env) or ""
+    secret = os.environ.get(j.get("api_key_env") or "") or ""
     try:
         prompts = adapters.load_prompts(j.prompts, j.limit)
-        samples = adapters.generate(session.model, session.tokenizer, prompts, j, session.device)
+        samples = adapters.generate(model, tokenizer, prompts, j, context.device)
     except Exception as e:  # noqa: BLE001 - a broken judge never costs the evaluation
         _mark_missing(run, f"generation failed: {type(e).__name__}: {e}", secret)
         return {}
@@ -79,7 +84,7 @@ def judge_run(session, cfg: DictConfig, run) -> dict[str, float]:
     metrics["mean_length"] = sum(r["n_tokens"] for r in rows) / len(rows)
     metrics["n_responses"] = len(rows)
     try:
-        metrics.update(_judge(rows, cfg, session.device))
+        metrics.update(_judge(rows, j, context))
     except Exception as e:  # noqa: BLE001
         _mark_missing(run, f"{type(e).__name__}: {e}", secret)
     out = {f"judge/{k}": float(v) for k, v in metrics.items()}
@@ -92,27 +97,23 @@ class JudgeFailed(RuntimeError):
     """The judge gave no usable verdict."""
 
 
-def _judge(rows: list[dict], cfg: DictConfig, device: str) -> dict[str, float]:
+def _judge(rows: list[dict], j: DictConfig, context) -> dict[str, float]:
     """Judge ``rows`` in place (adds reward, lowest_k, verdict, details); the judge metrics."""
     from app.judge import adapters
 
-    j = cfg.judge
+    schema = SCHEMAS[j.name]
     metrics: dict[str, float] = {}
     picked = set(range(len(rows)))
     if j.reward_model:
-        scores = adapters.rewards(j.reward_model, device, [r["prompt"] for r in rows],
-                                  [r["response"] for r in rows])
+        scores = adapters.rewards(context.models, j.reward_model, context.device,
+                                  [r["prompt"] for r in rows], [r["response"] for r in rows])
         picked = set(lowest(scores, j.lowest_k))
         for i, (row, score) in enumerate(zip(rows, scores)):
             row["reward"], row["lowest_k"] = score, i in picked
         metrics["mean_reward"] = sum(scores) / len(scores)
-    if j.name == "heuristic":
-        judge = adapters.HeuristicJudge(j, cfg.model.pt, device)
-        judged = list(range(len(rows)))
-    else:
-        cache = Path(cfg.tracking.dir) / "judge_cache.sqlite" if j.cache else None
-        judge = adapters.HFJudge(j, device) if j.name == "hf" else adapters.OpenAIJudge(j, cache)
-        judged = sorted(picked)  # an LLM judge reads only the lowest-rewarded, as in the study
+    judge = getattr(adapters, schema.adapter)(j, context)
+    # an LLM judge reads only the lowest-rewarded, as in the study; the rules read every one
+    judged = sorted(picked) if schema.llm else list(range(len(rows)))
     verdicts = judge.verdicts([rows[i]["prompt"] for i in judged],
                               [rows[i]["response"] for i in judged])
     for i, v in zip(judged, verdicts):
@@ -122,9 +123,9 @@ def _judge(rows: list[dict], cfg: DictConfig, device: str) -> dict[str, float]:
         first = rows[judged[0]].get("reply", "")
         raise JudgeFailed(f"no judge reply could be parsed (0 of {len(judged)}; the first was "
                           f"{first[:60]!r}; verdict words: {', '.join(j.labels.values())})")
-    if j.name != "heuristic":
+    if schema.llm:
         metrics["unparsed_rate"] = 1 - len(parsed) / len(judged)
-    if not (j.reward_model and j.name != "heuristic"):
+    if not (j.reward_model and schema.llm):
         metrics.update(degeneration_rates(rows[i]["verdict"] for i in judged))
     if j.reward_model:
         low = degeneration_rates(rows[i]["verdict"] for i in sorted(picked))
@@ -143,4 +144,4 @@ def _mark_missing(run, reason: str, secret: str) -> None:
         reason = reason.replace(secret, "***")
     reason = " ".join(reason.split())[:500]
     LOG.warning("judge metrics missing: %s", reason)
-    run.client.set_tag(run.run_id, "judge_missing", reason)
+    run.tag("judge_missing", reason)

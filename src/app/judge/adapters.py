@@ -138,29 +138,55 @@ def generate(model, tokenizer, prompts: Sequence[str], j, device: str) -> list[l
     return out
 
 
-@functools.cache
-def causal_lm(path: str, device: str):
-    """A causal LM and its tokenizer, loaded once per process (the PT model, an hf judge)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+class JudgeModels:
+    """The models and word lists judges load, kept by their owner (a session) across jobs."""
 
-    return (AutoModelForCausalLM.from_pretrained(path).to(device).eval(),
-            AutoTokenizer.from_pretrained(path))
+    def __init__(self):
+        self.loaded: dict[tuple, object] = {}
+
+    def _get(self, key: tuple, load):
+        if key not in self.loaded:
+            self.loaded[key] = load()
+        return self.loaded[key]
+
+    def causal_lm(self, path: str, device: str):
+        """A causal LM and its tokenizer (the PT model, an hf judge)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        return self._get(("causal_lm", path, device), lambda: (
+            AutoModelForCausalLM.from_pretrained(path).to(device).eval(),
+            AutoTokenizer.from_pretrained(path)))
+
+    def reward_model(self, path: str, device: str):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        return self._get(("reward_model", path, device), lambda: (
+            AutoModelForSequenceClassification.from_pretrained(path).to(device).eval(),
+            AutoTokenizer.from_pretrained(path)))
+
+    def lexicon(self, path: str) -> frozenset[str] | None:
+        return self._get(("lexicon", path), lambda: lexicon(path))
+
+    def language_identifier(self, languages: tuple[str, ...]):
+        return self._get(("langid", languages), lambda: _language_identifier(languages))
 
 
-@functools.cache
-def reward_model(path: str, device: str):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+@dataclass
+class JudgeContext:
+    """What a judge may use besides its settings."""
 
-    return (AutoModelForSequenceClassification.from_pretrained(path).to(device).eval(),
-            AutoTokenizer.from_pretrained(path))
+    device: str
+    pt_path: str  # the PT model (the heuristic judge's perplexity and vocabulary)
+    cache_path: Path | None  # where LLM judges cache replies
+    models: JudgeModels
 
 
 @torch.inference_mode()
-def perplexities(path: str, device: str, prompts: Sequence[str], responses: Sequence[str],
+def perplexities(models: JudgeModels, path: str, device: str, prompts: Sequence[str], responses: Sequence[str],
                  template: bool) -> list[float | None]:
     """Per response, exp(mean NLL of its tokens) under the model at ``path``, given the prompt
     (in that model's chat template where it has one); None for an empty response."""
-    model, tok = causal_lm(path, device)
+    model, tok = models.causal_lm(path, device)
     templated = bool(template and getattr(tok, "chat_template", None))
     out: list[float | None] = []
     for prompt, response in zip(prompts, responses):
@@ -177,10 +203,10 @@ def perplexities(path: str, device: str, prompts: Sequence[str], responses: Sequ
 
 
 @torch.inference_mode()
-def rewards(path: str, device: str, prompts: Sequence[str], responses: Sequence[str]
+def rewards(models: JudgeModels, path: str, device: str, prompts: Sequence[str], responses: Sequence[str]
             ) -> list[float]:
     """The reward model's score (its first logit) of each (prompt, response) conversation."""
-    model, tok = reward_model(path, device)
+    model, tok = models.reward_model(path, device)
     out = []
     for prompt, response in zip(prompts, responses):
         text = chat_text(tok, prompt, response)
@@ -190,7 +216,6 @@ def rewards(path: str, device: str, prompts: Sequence[str], responses: Sequence[
     return out
 
 
-@functools.cache
 def lexicon(path: str) -> frozenset[str] | None:
     """The whole words of a tokenizer's vocabulary, lower-cased: tokens that start a word
     (byte-level 'Ġ' or SentencePiece '▁') or a line (capitalised); None when its tokens mark
@@ -205,7 +230,6 @@ def lexicon(path: str) -> frozenset[str] | None:
     return frozenset(w.lower() for w in starts | line_starts)
 
 
-@functools.cache
 def _language_identifier(languages: tuple[str, ...]):
     from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
@@ -217,16 +241,17 @@ def _language_identifier(languages: tuple[str, ...]):
 class HeuristicJudge:
     """Rules over the text (``app.judge.metrics``) and the PT model's perplexity."""
 
-    def __init__(self, j, pt_path: str, device: str):
-        self.j, self.pt_path, self.device = j, pt_path, device
+    def __init__(self, j, context: JudgeContext):
+        self.j, self.context = j, context
 
     def verdicts(self, prompts: Sequence[str], responses: Sequence[str]) -> list[dict]:
-        j = self.j
+        j, c = self.j, self.context
         ppl = [None] * len(responses)
         if j.thresholds.max_perplexity is not None:
-            ppl = perplexities(self.pt_path, self.device, prompts, responses, j.chat_template)
-        language_of = _language_identifier(tuple(j.languages))
-        words = lexicon(self.pt_path) if j.thresholds.max_unknown_word_ratio is not None else None
+            ppl = perplexities(c.models, c.pt_path, c.device, prompts, responses, j.chat_template)
+        language_of = c.models.language_identifier(tuple(j.languages))
+        words = (c.models.lexicon(c.pt_path) if j.thresholds.max_unknown_word_ratio is not None
+                 else None)
         rows = []
         for prompt, response, p in zip(prompts, responses, ppl):
             v = heuristic_verdict(prompt, response, j.thresholds, j.language, language_of, p,
@@ -243,12 +268,12 @@ def judge_message(j, prompt: str, response: str) -> str:
 class HFJudge:
     """A local causal LM reads ``judge_message`` and answers greedily; the verdict is parsed."""
 
-    def __init__(self, j, device: str):
-        self.j, self.device = j, device
+    def __init__(self, j, context: JudgeContext):
+        self.j, self.device, self.models = j, context.device, context.models
 
     @torch.inference_mode()
     def verdicts(self, prompts: Sequence[str], responses: Sequence[str]) -> list[dict]:
-        model, tok = causal_lm(self.j.model, self.device)
+        model, tok = self.models.causal_lm(self.j.model, self.device)
         templated = bool(getattr(tok, "chat_template", None))
         rows = []
         for prompt, response in zip(prompts, responses):
@@ -289,9 +314,9 @@ class OpenAIJudge:
     temperature 0. The key is read from the environment at each run, sent only in the request
     header, never stored; failed requests are retried with exponential backoff."""
 
-    def __init__(self, j, cache_path: Path | None):
+    def __init__(self, j, context: JudgeContext):
         self.j = j
-        self.cache = ReplyCache(cache_path) if cache_path else None
+        self.cache = ReplyCache(context.cache_path) if j.cache and context.cache_path else None
 
     def verdicts(self, prompts: Sequence[str], responses: Sequence[str]) -> list[dict]:
         import openai

@@ -1,1 +1,1 @@
-"""A Hydra sweeper on current Optuna: search λ* that maximises a metric under constraints."""
+"""A standalone Hydra sweeper on Optuna: search λ* that maximises a metric under constraints."""

@@ -4,18 +4,34 @@ Jobs return ``{metric: value}``; the sweeper tells Optuna the objective and reco
 constraint (``"toy_mc/ece <= 0.15"``) with ``Trial.set_constraint``, so the GP and TPE samplers
 model feasibility and ``study.best_trial`` is the best feasible trial. A failed job is a FAIL
 trial and the study goes on (up to ``max_failure_rate``). The study lives in a journal file
-under the tracking folder (or any RDB URL): the same command resumes it, and several processes
-on the same storage share it.
+``<storage_dir>/<study_name>.journal`` (default ``<hydra.sweep.dir>/optuna/lambda_star.journal``)
+or in any RDB URL given as ``storage``: the same command resumes it, and several processes on
+the same storage share it. The plugin is standalone: it needs Hydra and Optuna, nothing else.
+
+    python my_app.py -m hydra/sweeper=lambda_star hydra.sweeper.objective=score \\
+        'hydra.sweeper.constraints=["cost <= 0.5"]' hydra.sweeper.params.x='interval(0,1)'
+
+The hook: after the study's loop, ``hydra.sweeper.callback=my_app.module.function`` is called
+as ``function(study, sweeper)`` and what it returns is what ``sweep()`` returns. It may read
+``sweeper.objective``, ``sweeper.direction``, ``sweeper.constraints`` (parsed
+``(metric, op, bound)`` tuples) and ``sweeper.config`` (the whole Hydra config). An app that
+wants the default summary and its own logging calls ``default_summary(study, sweeper)`` inside
+its callback. Without a callback, ``default_summary`` runs: it prints one line, writes
+``<hydra.sweep.dir>/search_summary.yaml`` and returns the summary dict.
+
+Every bad setting raises ``SweeperConfigError``, one line naming the ``hydra.sweeper.<key>``.
 """
 
-
+import itertools
 import logging
+import numbers
 import os
 import re
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -24,41 +40,52 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
+__all__ = ["LambdaStarSweeper", "LambdaStarSweeperConf", "SweeperConfigError", "best_trial",
+           "constraint_value", "default_summary", "parse_constraint", "violation"]
+
 LOG = logging.getLogger(__name__)
 CONSTRAINT = re.compile(r"^\s*([\w./-]+)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
+SAMPLERS = ("gp", "tpe", "random", "grid")
+DIRECTIONS = ("maximize", "minimize")
+SUMMARY_FILE = "search_summary.yaml"
+
+
+class SweeperConfigError(ValueError):
+    """A bad `hydra.sweeper.*` setting; the message is one line naming the key."""
 
 
 @dataclass
 class LambdaStarSweeperConf:
     _target_: str = "hydra_plugins.lambda_star_sweeper.lambda_star_sweeper.LambdaStarSweeper"
-    objective: str = "toy_mc/acc"  # a metric the job returns
-    direction: str = "maximize"
-    constraints: List[str] = field(default_factory=lambda: ["toy_mc/ece <= 0.15"])
-    params: Dict[str, str] = field(default_factory=lambda: {"lambda": "interval(0, 1)"})
+    objective: str | None = None  # a metric the job returns (required)
+    direction: str = "maximize"  # maximize | minimize
+    constraints: list[str] = field(default_factory=list)  # e.g. "toy_mc/ece <= 0.15"
+    params: dict[str, str] = field(default_factory=dict)  # e.g. lambda: interval(0, 1)
     sampler: str = "gp"  # gp | tpe | random | grid
     grid_points: int = 11  # grid sampler: points per interval
     n_trials: int = 8  # evaluations, not counting the parents (λ at the interval's ends)
     n_startup: int = 3  # GP/TPE: trials before the model is used (the parents included)
     n_jobs: int = 1  # trials handed to the launcher at once
     seed_with_parents: bool = True  # first try λ=lo and λ=hi (PT/IT: reused references)
-    storage: Optional[str] = None  # default: journal file <tracking.dir>/optuna/<study>.journal
-    study_name: Optional[str] = None  # default: lambda_star-<experiment>
+    storage: str | None = None  # an RDB URL; default: journal <storage_dir>/<study>.journal
+    storage_dir: str | None = None  # folder of the journal; default <hydra.sweep.dir>/optuna
+    study_name: str | None = None  # default: lambda_star
+    callback: str | None = None  # dotted path of callback(study, sweeper); default summary
     resume: bool = True
     seed: int = 0
     max_failure_rate: float = 0.5
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="lambda_star",
-                             node=LambdaStarSweeperConf, provider="app")
+                             node=LambdaStarSweeperConf, provider="lambda_star_sweeper")
 
 
 def parse_constraint(text: str) -> tuple[str, str, float]:
+    """``"m <= 0.15"`` → ``("m", "<=", 0.15)``; anything else is a SweeperConfigError."""
     m = CONSTRAINT.match(text)
     if not m:
-        from app.config import ConfigError
-
-        raise ConfigError(f"hydra.sweeper.constraints: {text!r} is not '<metric> <= <number>' "
-                          f"or '<metric> >= <number>'")
+        raise SweeperConfigError(f"hydra.sweeper.constraints: {text!r} is not "
+                                 f"'<metric> <= <number>' or '<metric> >= <number>'")
     return m.group(1), m.group(2), float(m.group(3))
 
 
@@ -67,20 +94,75 @@ def constraint_value(metrics: dict, metric: str, op: str, bound: float) -> float
     return metrics[metric] - bound if op == "<=" else bound - metrics[metric]
 
 
+def violation(trial) -> float:
+    """Sum of the trial's positive constraint values: 0 when feasible."""
+    return sum(max(0.0, c) for c in trial.constraints.values())
+
+
+def best_trial(trials: list, direction: str) -> tuple[Any, str]:
+    """(best completed trial, verdict): best feasible one, else the least violating one."""
+    feasible = [t for t in trials if violation(t) <= 0]
+    if feasible:
+        sign = 1 if direction == "maximize" else -1
+        # ties (accuracy is discrete): the most margin on the constraints, then the first trial
+        best = max(feasible, key=lambda t: (sign * t.value, -sum(t.constraints.values()),
+                                            -t.number))
+        return best, "feasible"
+    if trials:
+        return min(trials, key=lambda t: (violation(t), t.number)), \
+            "NO feasible trial; least violating"
+    raise RuntimeError("no trial completed")
+
+
+def default_summary(study, sweeper: "LambdaStarSweeper") -> dict:
+    """Print the best trial in one line, write <hydra.sweep.dir>/search_summary.yaml, return it."""
+    import yaml
+    from optuna.trial import TrialState
+
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    best, verdict = best_trial(done, sweeper.direction)
+    infeasible = sum(violation(t) > 0 for t in done)
+    failed = sum(t.state == TrialState.FAIL for t in study.trials)
+    summary = {
+        "study": study.study_name, "objective": sweeper.objective,
+        "direction": sweeper.direction,
+        "constraints": [f"{m} {op} {b:g}" for m, op, b in sweeper.constraints],
+        "verdict": verdict, "best_params": best.params, "best_value": best.value,
+        "best_metrics": best.user_attrs.get("metrics", {}), "trials": len(study.trials),
+        "completed": len(done), "infeasible": infeasible, "failed": failed,
+    }
+    shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                      for k, v in best.params.items())
+    print(f"λ* search ({study.study_name}): {verdict} best {shown}: {sweeper.objective}="
+          f"{best.value:.4f} | {len(done)} completed, {infeasible} infeasible, {failed} failed",
+          flush=True)
+    sweep_dir = Path(sweeper.config.hydra.sweep.dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / SUMMARY_FILE).write_text(yaml.safe_dump(summary, sort_keys=False,
+                                                         allow_unicode=True))
+    return summary
+
+
 class LambdaStarSweeper(Sweeper):
-    def __init__(self, objective: str, direction: str, constraints: List[str],
-                 params: Dict[str, str], sampler: str, grid_points: int, n_trials: int,
-                 n_startup: int,
-                 n_jobs: int, seed_with_parents: bool, storage: Optional[str],
-                 study_name: Optional[str], resume: bool, seed: int,
+    """Ask Optuna for points, launch them as Hydra jobs, tell it their metrics; then summarise."""
+
+    def __init__(self, objective: str | None, direction: str, constraints: list[str],
+                 params: dict[str, str], sampler: str, grid_points: int, n_trials: int,
+                 n_startup: int, n_jobs: int, seed_with_parents: bool, storage: str | None,
+                 storage_dir: str | None, study_name: str | None,
+                 callback: str | None, resume: bool, seed: int,
                  max_failure_rate: float) -> None:
+        # Checked in setup(): Hydra's instantiate would wrap a SweeperConfigError raised here.
         self.objective, self.direction = objective, direction
-        self.constraints = [parse_constraint(c) for c in constraints]
+        self.constraint_texts = list(constraints or [])
+        self.constraints: list[tuple[str, str, float]] = []
         self.params = dict(params or {})
         self.sampler_name, self.grid_points = sampler, grid_points
         self.n_trials, self.n_jobs, self.n_startup = n_trials, max(1, n_jobs), n_startup
         self.seed_with_parents = seed_with_parents
-        self.storage, self.study_name, self.resume = storage, study_name, resume
+        self.storage, self.storage_dir, self.resume = storage, storage_dir, resume
+        self.study_name = study_name or "lambda_star"
+        self.callback_path = callback
         self.seed, self.max_failure_rate = seed, max_failure_rate
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
@@ -88,15 +170,37 @@ class LambdaStarSweeper(Sweeper):
         from hydra.core.plugins import Plugins
 
         self.hydra_context, self.config = hydra_context, config
+        if not self.objective:
+            raise SweeperConfigError("hydra.sweeper.objective is not set: give a metric the job "
+                                     "returns, e.g. hydra.sweeper.objective=toy_mc/acc")
+        self.constraints = [parse_constraint(c) for c in self.constraint_texts]
+        if self.direction not in DIRECTIONS:
+            raise SweeperConfigError(f"hydra.sweeper.direction={self.direction!r}; valid: "
+                                     f"{', '.join(DIRECTIONS)}")
+        if self.sampler_name not in SAMPLERS:
+            raise SweeperConfigError(f"hydra.sweeper.sampler={self.sampler_name!r}; valid: "
+                                     f"{', '.join(SAMPLERS)}")
+        self.callback = self._callback()
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
 
+    def _callback(self) -> Callable[[Any, "LambdaStarSweeper"], Any]:
+        """The function named by hydra.sweeper.callback, or default_summary."""
+        if self.callback_path is None:
+            return default_summary
+        from hydra.utils import get_method
+
+        try:
+            return get_method(self.callback_path)
+        except Exception as e:  # Hydra's message ends with the likely reason
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+            raise SweeperConfigError(f"hydra.sweeper.callback={self.callback_path!r}: {reason} "
+                                     "(give a dotted path to a function(study, sweeper))") from None
+
     # -------------------------------------------------------------- search space
-    def _space(self, arguments: List[str]) -> tuple[dict, List[str]]:
+    def _space(self, arguments: list[str]) -> tuple[dict, list[str]]:
         """(Optuna distributions by key, fixed overrides) from config params and the CLI."""
         import optuna.distributions as D
-
-        from app.config import ConfigError
 
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         swept: dict[str, Override] = {}
@@ -113,37 +217,31 @@ class LambdaStarSweeper(Sweeper):
             v = o.value()
             if isinstance(v, IntervalSweep):
                 if not v.start < v.end:
-                    raise ConfigError(f"hydra.sweeper.params.{key}: empty interval "
-                                      f"({v.start:g}, {v.end:g})")
+                    raise SweeperConfigError(f"hydra.sweeper.params.{key}: empty interval "
+                                             f"({v.start:g}, {v.end:g})")
                 space[key] = D.FloatDistribution(float(v.start), float(v.end))
             elif isinstance(v, ChoiceSweep):
                 space[key] = D.CategoricalDistribution([str(x) for x in v.list])
             else:
-                raise ConfigError(f"hydra.sweeper.params.{key}={o.input_line.split('=', 1)[1]}: "
-                                  f"use interval(lo,hi) or choice(a,b,...)")
+                raise SweeperConfigError(f"hydra.sweeper.params.{key}="
+                                         f"{o.input_line.split('=', 1)[1]}: "
+                                         f"use interval(lo,hi) or choice(a,b,...)")
         if not space:
-            raise ConfigError("hydra.sweeper.params is empty: give e.g. "
-                              "hydra.sweeper.params.lambda='interval(0,1)'")
+            raise SweeperConfigError("hydra.sweeper.params is empty: give e.g. "
+                                     "hydra.sweeper.params.lambda='interval(0,1)'")
         return space, fixed
 
-    def _sampler(self, space: dict):
+    def _sampler(self):
         import optuna
-
-        from app.config import ConfigError
 
         # Few random start-up trials: the parents (enqueued first) already span the interval.
         if self.sampler_name == "gp":
             return optuna.samplers.GPSampler(seed=self.seed, n_startup_trials=self.n_startup)
         if self.sampler_name == "tpe":
             return optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=self.n_startup)
-        if self.sampler_name in ("random", "grid"):  # grid: its points are enqueued
-            return optuna.samplers.RandomSampler(seed=self.seed)
-        raise ConfigError(f"hydra.sweeper.sampler={self.sampler_name!r}; valid: gp, tpe, "
-                          f"random, grid")
+        return optuna.samplers.RandomSampler(seed=self.seed)  # grid: its points are enqueued
 
     def _grid(self, space: dict) -> list[dict]:
-        import itertools
-
         import numpy as np
 
         axes = {k: (list(d.choices) if hasattr(d, "choices") else
@@ -151,36 +249,34 @@ class LambdaStarSweeper(Sweeper):
                 for k, d in space.items()}
         return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
 
-    def _study(self, space: dict):
+    def _study(self):
         import optuna
 
-        from app import tracking
-
-        name = self.study_name or f"lambda_star-{tracking.experiment_name(self.config)}"
         storage = self.storage
         if storage is None:
-            folder = Path(self.config.tracking.dir) / "optuna"
+            folder = Path(self.storage_dir if self.storage_dir is not None
+                          else Path(self.config.hydra.sweep.dir) / "optuna")
             folder.mkdir(parents=True, exist_ok=True)
-            backend = optuna.storages.journal.JournalFileBackend(str(folder / f"{name}.journal"))
+            backend = optuna.storages.journal.JournalFileBackend(
+                str(folder / f"{self.study_name}.journal"))
             storage = optuna.storages.JournalStorage(backend)
         if not self.resume:
             try:
-                optuna.delete_study(study_name=name, storage=storage)
+                optuna.delete_study(study_name=self.study_name, storage=storage)
             except KeyError:
                 pass
-        study = optuna.create_study(study_name=name, storage=storage,
-                                    sampler=self._sampler(space), direction=self.direction,
-                                    load_if_exists=True)
-        return study
+        return optuna.create_study(study_name=self.study_name, storage=storage,
+                                   sampler=self._sampler(), direction=self.direction,
+                                   load_if_exists=True)
 
     # -------------------------------------------------------------- the loop
-    def sweep(self, arguments: List[str]) -> Any:
+    def sweep(self, arguments: list[str]) -> Any:
         import optuna
         from optuna.trial import TrialState
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         space, fixed = self._space(arguments)
-        study = self._study(space)
+        study = self._study()
         lam = space.get("lambda")
         ends = []
         if self.seed_with_parents and lam is not None and not hasattr(lam, "choices"):
@@ -199,7 +295,8 @@ class LambdaStarSweeper(Sweeper):
             target = len(grid) + len([e for e in ends if {"lambda": e} not in grid])
         job_idx = 0
         while True:
-            finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
+            finished = [t for t in study.trials if t.state.is_finished()
+                        and t.state != TrialState.PRUNED]
             remaining = target - len(finished)
             if remaining <= 0:
                 break
@@ -215,9 +312,7 @@ class LambdaStarSweeper(Sweeper):
             if failed > self.max_failure_rate * max(len(study.trials), 1) and failed >= 2:
                 raise RuntimeError(f"{failed} of {len(study.trials)} trials failed (more than "
                                    f"max_failure_rate={self.max_failure_rate}); stopping")
-        from app.search import summarize_study
-
-        return summarize_study(study, self)
+        return self.callback(study, self)
 
     def _tell(self, study, trial, result) -> None:
         from optuna.trial import TrialState
@@ -233,8 +328,8 @@ class LambdaStarSweeper(Sweeper):
             trial.set_user_attr("failure", f"{type(e).__name__}: {e}"[:500])
             study.tell(trial, state=TrialState.FAIL)
             return
-        trial.set_user_attr("metrics", {k: v for k, v in metrics.items()
-                                        if not k.startswith("time/")})
+        trial.set_user_attr("metrics", {k: float(v) for k, v in metrics.items()
+                                        if isinstance(v, numbers.Real) and not isinstance(v, bool)})
         study.tell(trial, value)
 
 

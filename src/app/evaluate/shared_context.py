@@ -19,6 +19,8 @@ from collections import defaultdict
 import torch
 import torch.nn.functional as F
 
+from app import compat
+
 
 class SharedContextScorer:
     """Log-likelihoods of prepared HFLM requests, grouped by identical context tokens."""
@@ -40,8 +42,8 @@ class SharedContextScorer:
         """(log-likelihood, is_greedy) per request, in the requests' order."""
         out: list = [None] * len(self.requests)
         if self.fallback:
-            done = self.lm._loglikelihood_tokens([self.requests[i] for i in self.fallback],
-                                                 disable_tqdm=True)
+            done = compat.loglikelihood_tokens(self.lm,
+                                               [self.requests[i] for i in self.fallback])
             for i, answer in zip(self.fallback, done):
                 out[i] = answer
         model, device = self.lm.model, self.lm.device

@@ -1,6 +1,6 @@
 """Fused one-pass kernels for the direct merges of bfloat16 models (numba).
 
-The torch path in ``app.merge`` makes six passes over every chunk (upcast, multiply-add per
+The torch path (``app.merge.torch_ops``) makes six passes over every chunk (upcast, multiply-add per
 model, round back); these kernels make one, reading the mapped parents and writing the working
 model's bfloat16 bits directly, with the same float32 operations in the same order: linear is
 ``r = fma(x_k, w_k, r)`` from ``r = 0`` (torch's ``addcmul_``), slerp is ``x·a + y·b`` with two
@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from numba import njit, prange, types
 from numba.extending import intrinsic
+
+from app.merge.torch_ops import new_buffers, torch_linear, torch_slerp, torch_task_vector
 
 LOG = logging.getLogger(__name__)
 
@@ -110,10 +112,10 @@ def task_vector(pt: torch.Tensor, it: torch.Tensor, keep: np.ndarray | None, wei
 
 @functools.cache
 def usable() -> bool:
-    """Whether the kernels run here and equal the torch path bit for bit on a probe."""
-    from app.merge import torch_linear, torch_slerp, torch_task_vector
-
+    """Whether the kernels run here and equal the torch path bit for bit on a probe (a fact
+    about this machine and its torch build, so it is probed once per process)."""
     try:
+        buffers = new_buffers()
         g = torch.Generator().manual_seed(0)
         n = (1 << 20) + 37
         x, y, z = (torch.randn(n, generator=g).mul_(s).to(torch.bfloat16) for s in (1, 3e-3, 40))
@@ -124,13 +126,13 @@ def usable() -> bool:
         for sources, weights in cases:
             mine, ref = torch.empty_like(x), torch.empty_like(x)
             linear(list(sources), weights, mine)
-            torch_linear(list(sources), weights, ref)
+            torch_linear(list(sources), weights, ref, buffers)
             if not np.array_equal(bits(mine), bits(ref)):
                 raise ArithmeticError(f"linear {weights} differs from torch")
         for a, b in ((0.7, 0.3), (0.31, 0.6921), (1.0, 0.0)):
             mine, ref = torch.empty_like(x), torch.empty_like(x)
             slerp(x, z, a, b, mine)
-            torch_slerp(x, z, torch.tensor([a]), torch.tensor([b]), ref)
+            torch_slerp(x, z, torch.tensor([a]), torch.tensor([b]), ref, buffers)
             if not np.array_equal(bits(mine), bits(ref)):
                 raise ArithmeticError(f"slerp {a}, {b} differs from torch")
         it = x.clone()
@@ -139,7 +141,7 @@ def usable() -> bool:
         for mask, weight in ((None, 0.3), (keep, 0.7), (keep, 0.0), (None, 2.5)):
             mine, ref = torch.empty_like(x), torch.empty_like(x)
             task_vector(x, it, mask, weight, mine)
-            torch_task_vector(x, it, mask, weight, ref)
+            torch_task_vector(x, it, mask, weight, ref, buffers)
             if not np.array_equal(bits(mine), bits(ref)):
                 raise ArithmeticError(f"task vector {weight} differs from torch")
     except Exception as e:  # no numba, no compiler for this CPU, or other arithmetic

@@ -17,7 +17,6 @@ import argparse
 import base64
 import csv
 import json
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,47 +69,35 @@ def _point(row: Row, task: str) -> Point:
                           f"{e.args[0]}; re-run it or pass --tasks") from None
 
 
-def load_sweep(client, experiment: str | None, parent: str | None) -> Sweep:
+def load_sweep(reader, experiment: str | None, parent: str | None) -> Sweep:
     """The sweep's FINISHED children and the matching parent references."""
     if parent:
-        run = client.get_run(parent)
-        exp = client.get_experiment(run.info.experiment_id)
+        exp_name, run = reader.get(parent)
     else:
-        exps = ([client.get_experiment_by_name(experiment)] if experiment
-                else client.search_experiments())
-        if experiment and exps[0] is None:
-            names = [e.name for e in client.search_experiments()]
+        if experiment and experiment not in reader.experiment_names():
+            names = reader.experiment_names()
             raise ReportError(f"--experiment {experiment!r} does not exist; found: "
                               f"{', '.join(names) or 'none'}")
-        sweeps = client.search_runs([e.experiment_id for e in exps], "tags.role = 'sweep'",
-                                    max_results=1, order_by=["attributes.start_time DESC"])
-        if not sweeps:
+        found = reader.latest_sweep(experiment)
+        if found is None:
             raise ReportError("no sweep found: run `python -m app -m method=... lambda=...` first")
-        run = sweeps[0]
-        exp = client.get_experiment(run.info.experiment_id)
-    children = client.search_runs(
-        [exp.experiment_id],
-        f"tags.mlflow.parentRunId = '{run.info.run_id}' and attributes.status = 'FINISHED'",
-        max_results=5000)
+        exp_name, run = found
+    tracker = reader.tracker(exp_name)
+    children = tracker.children(run.run_id)
     if not children:
-        raise ReportError(f"sweep run {run.info.run_id} has no finished jobs")
-    merges = [Row(c.data.tags["method"], float(c.data.params["lambda"]), c.info.run_id,
-                  dict(c.data.metrics), c.data.tags.get("reused_from", c.info.run_id))
-              for c in children]
-    tasks_tag = children[0].data.tags.get("tasks")
+        raise ReportError(f"sweep run {run.run_id} has no finished jobs")
+    merges = [Row(c.tags["method"], float(c.params["lambda"]), c.run_id, dict(c.metrics),
+                  c.tags.get("reused_from", c.run_id)) for c in children]
+    tasks_tag = children[0].tags.get("tasks")
     parents = {}
     for name, lam in (("PT", "0"), ("IT", "1")):
-        refs = client.search_runs(
-            [exp.experiment_id],
-            f"tags.role = 'reference' and tags.lambda = '{lam}' and tags.tasks = '{tasks_tag}' "
-            f"and attributes.status = 'FINISHED'",
-            max_results=1, order_by=["attributes.start_time DESC"])
+        refs = [r for r in tracker.references(tasks_tag, lam)]
         if not refs:
             raise ReportError(f"no {name} reference run for tasks {tasks_tag} in experiment "
-                              f"{exp.name}; re-run the sweep to evaluate the parents")
-        parents[name] = Row(name, float(lam), refs[0].info.run_id, dict(refs[0].data.metrics),
-                            refs[0].info.run_id)
-    return Sweep(exp.name, run.info.run_id, parents, merges)
+                              f"{exp_name}; re-run the sweep to evaluate the parents")
+        parents[name] = Row(name, float(lam), refs[0].run_id, dict(refs[0].metrics),
+                            refs[0].run_id)
+    return Sweep(exp_name, run.run_id, parents, merges)
 
 
 # ---------------------------------------------------------------- figures
@@ -165,7 +152,7 @@ def curves_figure(sweep: Sweep, task: str):
     return fig
 
 
-def reliability_grid(sweep: Sweep, task: str, client, method: str):
+def reliability_grid(sweep: Sweep, task: str, reader, method: str):
     import matplotlib.pyplot as plt
 
     rows = _rows_with_parents(sweep, method)
@@ -174,7 +161,7 @@ def reliability_grid(sweep: Sweep, task: str, client, method: str):
     fig, axes = plt.subplots(nrows, cols, figsize=(2.2 * cols, 2.2 * nrows), squeeze=False)
     with tempfile.TemporaryDirectory() as tmp:
         for ax, row in zip(axes.flat, rows):
-            path = client.download_artifacts(row.artifact_run, f"reliability/{task}.json", tmp)
+            path = reader.download(row.artifact_run, f"reliability/{task}.json", tmp)
             bins = json.loads(Path(path).read_text())
             edges = bins["edges"]
             acc = [a if a == a else 0 for a in bins["accuracy"]]
@@ -262,7 +249,7 @@ def analysis(sweep: Sweep, task: str, ece_limit: float) -> str:
 
 # ---------------------------------------------------------------- output
 
-def write_report(sweep: Sweep, client, out: Path, ece_limit: float,
+def write_report(sweep: Sweep, reader, out: Path, ece_limit: float,
                  tasks: list[str] | None = None) -> Path:
     calibrated, generative = sweep.tasks()
     if tasks:
@@ -281,7 +268,7 @@ def write_report(sweep: Sweep, client, out: Path, ece_limit: float,
         for name, fig in ((f"frontier_{task}.png", frontier_figure(sweep, task, ece_limit)),
                           (f"curves_{task}.png", curves_figure(sweep, task)),
                           (f"reliability_{task}.png",
-                           reliability_grid(sweep, task, client, sweep.methods()[0]))):
+                           reliability_grid(sweep, task, reader, sweep.methods()[0]))):
             fig.savefig(out / name, dpi=110)
             figures.append(name)
     header, rows = table_rows(sweep, calibrated, generative)
@@ -291,7 +278,7 @@ def write_report(sweep: Sweep, client, out: Path, ece_limit: float,
     summary = "\n".join(analysis(sweep, t, ece_limit) for t in calibrated)
     (out / "summary.md").write_text(summary)
     (out / "report.html").write_text(_html(sweep, out, figures, header, rows, summary))
-    client.log_artifacts(sweep.parent_id, str(out), "report")
+    reader.tracker(sweep.experiment).run(sweep.parent_id).log_artifacts(str(out), "report")
     return out
 
 
@@ -319,7 +306,10 @@ pre{{background:#f6f6f6;padding:1em;white-space:pre-wrap}}</style></head><body>
 """
 
 
-def main(argv: list[str] | None = None) -> None:
+def run(argv: list[str] | None = None) -> Path:
+    """Parse the command line, write the report, print where it is; ReportError for bad input."""
+    from app.tracking import open_reader
+
     ap = argparse.ArgumentParser(prog="python -m app.report", description=__doc__.splitlines()[0])
     ap.add_argument("--experiment", help="experiment name (default: the latest sweep's)")
     ap.add_argument("--parent", help="a sweep's parent run id (default: the latest sweep)")
@@ -329,30 +319,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tracking-dir", default="mlruns", help="local store folder (default mlruns)")
     ap.add_argument("--tracking-uri", help="an MLflow tracking URI instead of --tracking-dir")
     args = ap.parse_args(argv)
-    import mlflow
-
-    uri = args.tracking_uri or f"sqlite:///{Path(args.tracking_dir).resolve() / 'mlflow.db'}"
     if not args.tracking_uri and not (Path(args.tracking_dir) / "mlflow.db").exists():
-        _fail(f"no MLflow store at {args.tracking_dir}/mlflow.db: run `python -m app -m ...` "
-              f"first or pass --tracking-dir/--tracking-uri")
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    try:
-        sweep = load_sweep(client, args.experiment, args.parent)
-        out = Path(args.out or f"reports/{sweep.experiment}")
-        tasks = args.tasks.split(",") if args.tasks else None
-        write_report(sweep, client, out, args.ece_limit, tasks)
-    except ReportError as e:
-        _fail(str(e))
+        raise ReportError(f"no MLflow store at {args.tracking_dir}/mlflow.db: run "
+                          f"`python -m app -m ...` first or pass --tracking-dir/--tracking-uri")
+    reader = open_reader(args.tracking_uri, args.tracking_dir)
+    sweep = load_sweep(reader, args.experiment, args.parent)
+    out = Path(args.out or f"reports/{sweep.experiment}")
+    tasks = args.tasks.split(",") if args.tasks else None
+    write_report(sweep, reader, out, args.ece_limit, tasks)
     print(f"report for sweep {sweep.parent_id} ({len(sweep.merges)} merges) in {out}/:")
     for p in sorted(out.iterdir()):
         print(f"  {p.name}")
     print((out / "summary.md").read_text())
-
-
-def _fail(line: str) -> None:
-    print(f"error: {line}", file=sys.stderr)
-    sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()
+    return out

@@ -1,0 +1,84 @@
+"""Every use of lm-eval's and mergekit's private APIs, in one place, behind a version guard.
+
+The evaluator re-scores lm-eval's own request objects for every merge and the merge runs
+mergekit's planner in memory; both need internals that a release may change. They are used
+only through the functions here, and ``check_versions`` names the supported releases when
+others are installed (before any model is loaded).
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from app.errors import ConfigError
+
+SUPPORTED = {"lm-eval": "0.4.13", "mergekit": "0.1.5"}
+
+
+def check_versions(installed: dict[str, str | None] | None = None) -> None:
+    """ConfigError when an installed lm-eval or mergekit is not the release supported here."""
+    if installed is None:
+        installed = {}
+        for name in SUPPORTED:
+            try:
+                installed[name] = version(name)
+            except PackageNotFoundError:
+                installed[name] = None
+    wrong = {k: v for k, v in installed.items() if v != SUPPORTED[k]}
+    if wrong:
+        found = ", ".join(f"{k} {v or 'missing'}" for k, v in wrong.items())
+        pins = " ".join(f"{k}=={v}" for k, v in SUPPORTED.items())
+        raise ConfigError(f"installed {found}; this project uses private APIs of {pins} "
+                          f"(app/compat.py): run `pip install {pins}`")
+
+
+# ------------------------------------------------------------------------- lm-eval
+
+def loglikelihood_tokens(lm, requests: list) -> list[tuple[float, bool]]:
+    """HFLM's scoring of prepared ``(request, context tokens, continuation tokens)``."""
+    return lm._loglikelihood_tokens(requests, disable_tqdm=True)
+
+
+def encode_pair(lm, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """HFLM's split of a request into context and continuation tokens."""
+    return lm._encode_pair(context, continuation)
+
+
+def set_instances(task, instances: list) -> None:
+    """Point a task's ``apply_filters`` at these request instances."""
+    task._instances = instances
+
+
+def task_aggregations(task, raw: dict) -> dict[str, Any]:
+    """lm-eval's aggregation of per-document metric values ``{(metric, filter): [values]}``."""
+    from lm_eval.evaluator_utils import _compute_task_aggregations
+
+    return _compute_task_aggregations(task, raw, bootstrap_iters=0)[0]
+
+
+def index_kinds():
+    """lm-eval's task-index kinds (``Kind.TAG``, ``Kind.GROUP``, ...)."""
+    from lm_eval.tasks._index import Kind
+
+    return Kind
+
+
+# ------------------------------------------------------------------------- mergekit
+
+def planned_tensors(config, arch_info, options, trust_remote_code: bool) -> list:
+    """mergekit's ``ReturnTensor`` task for every output tensor of a merge configuration.
+
+    ``MergePlanner.plan_in_memory()`` fails in mergekit 0.1.5 (pydantic cannot validate the
+    generic Task field of ReturnTensor); this is its body with validation skipped.
+    """
+    from mergekit.io.tasks import ReturnTensor
+    from mergekit.merge import _model_out_config
+    from mergekit.plan import MergePlanner
+
+    planner = MergePlanner(config, arch_info, options=options,
+                           out_model_config=_model_out_config(config, arch_info, trust_remote_code))
+    planner._plan()
+    return [ReturnTensor.model_construct(weight_info=w, tensor_task=t,
+                                         dtype=w.force_dtype or config.out_dtype)
+            for w, t in planner._tensors]

@@ -1,0 +1,68 @@
+"""Evaluation engines: what runs the working model for lm-eval's requests.
+
+An engine scores log-likelihood requests and generates for ``generate_until`` requests, for
+whatever weights the working model holds now. The evaluator builds the requests once and
+hands them to its engine for every merge; ``HFEngine`` (lm-eval's ``HFLM`` over the working
+model) is the one shipped.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from app import compat
+
+
+class Engine(Protocol):
+    def prepare(self, loglikelihood: list) -> None:
+        """Take the log-likelihood requests scored on every call (tokenised once here)."""
+
+    def loglikelihood(self) -> list[tuple[float, bool]]:
+        """(log-likelihood, is_greedy) per prepared request, in their order."""
+
+    def generate_until(self, instances: list) -> list[str]:
+        """One generation per ``generate_until`` instance."""
+
+
+class HFEngine:
+    """lm-eval's HFLM over the (in-place updated) working model; float32 log-softmax."""
+
+    def __init__(self, model, tokenizer, batch_size: int, scoring: str = "lm_eval"):
+        from lm_eval.models.huggingface import HFLM
+
+        self.lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
+                       softmax_dtype="float32")
+        self.scoring = scoring
+        self.requests: list = []
+        self.scorer = None
+
+    def prepare(self, loglikelihood: list) -> None:
+        self.requests = tokenize_loglikelihood(self.lm, loglikelihood)
+        if self.scoring == "shared_context":
+            from app.evaluate.shared_context import SharedContextScorer
+
+            self.scorer = SharedContextScorer(self.lm, self.requests)
+
+    def loglikelihood(self) -> list[tuple[float, bool]]:
+        if self.scorer is not None:
+            return self.scorer.loglikelihood()
+        return compat.loglikelihood_tokens(self.lm, self.requests)
+
+    def generate_until(self, instances: list) -> list[str]:
+        return self.lm.generate_until(instances, disable_tqdm=True)
+
+
+def tokenize_loglikelihood(lm, instances: list) -> list:
+    """HFLM's ``(request, context tokens, continuation tokens)`` for each request, as its
+    ``loglikelihood`` builds them (an empty context is scored after the prefix token)."""
+    out = []
+    for inst in instances:
+        context, continuation = inst.args
+        if context == "":
+            cont = lm.tok_encode(continuation, add_special_tokens=False)
+            ctx_enc, cont_enc = (([lm.prefix_token_id], cont) if lm.prefix_token_id != cont[0]
+                                 else (cont[:1], cont[1:]))
+        else:
+            ctx_enc, cont_enc = compat.encode_pair(lm, context, continuation)
+        out.append(((context, continuation), ctx_enc, cont_enc))
+    return out

@@ -1,0 +1,107 @@
+"""Scoring one merge's responses with lm-eval's filters and metrics, and calibration on top.
+
+Each document is scored by the task's own ``process_results`` and aggregated by lm-eval
+(``weight_by_size`` across the leaves of a group); a calibrated (multiple-choice) task adds
+ECE and friends from the per-choice log-likelihoods (``app.calibration``).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig
+
+from app import calibration, compat
+from app.errors import ConfigError, suggest
+from app.evaluate.tasks import Leaf
+
+
+@dataclass
+@dataclass
+class TaskResult:
+    """One configured task's metrics and per-sample records for one merge."""
+
+    metrics: dict[str, float]
+    records: list[dict[str, Any]] = field(default_factory=list)
+    bins: dict[str, list[float]] | None = None  # reliability diagram data (MC tasks)
+
+
+def score_leaf(leaf: Leaf) -> tuple[dict[str, Any], dict[str, dict[int, Any]]]:
+    """lm-eval's aggregated metrics ``{"<metric>,<filter>": value}`` and per-document values
+    ``{"<metric>,<filter>": {doc_id: value}}`` for the responses now on the instances."""
+    task = leaf.task
+    compat.set_instances(task, leaf.instances)  # apply_filters works on these
+    task.apply_filters()
+    raw: dict[tuple[str, str], list] = defaultdict(list)
+    per_doc: dict[str, dict[int, Any]] = defaultdict(dict)
+    for filter_key in leaf.instances[0].filtered_resps:
+        for doc_id, _, doc in leaf.docs:
+            reqs = leaf.requests[doc_id]
+            values = task.process_results(doc, [r.filtered_resps[filter_key] for r in reqs])
+            for metric, value in values.items():
+                raw[(metric, filter_key)].append(value)
+                per_doc[f"{metric},{filter_key}"][doc_id] = value
+    agg = compat.task_aggregations(task, raw)
+    return {k: v for k, v in agg.items() if "_stderr," not in k}, per_doc
+
+
+def _metric_key(agg: dict[str, Any], metric: str) -> str | None:
+    return next((k for k in agg if k.split(",")[0] == metric), None)
+
+
+def task_result(spec, leaves: list[Leaf], per_leaf: list, task_cfg: DictConfig,
+                seed: int) -> TaskResult:
+    """Pool the leaves of one configured task into its metrics and per-sample records."""
+    sizes = [len(leaf.docs) for leaf in leaves]
+    pooled: dict[str, float] = {}
+    for metric in [spec.metric, *spec.extra_metrics]:
+        values = []
+        for leaf, (agg, _) in zip(leaves, per_leaf):
+            key = _metric_key(agg, metric)
+            if key is None:
+                reported = sorted({k.split(",")[0] for k in agg})
+                raise ConfigError(f"task.tasks[{spec.name}].metric={metric!r}: lm-eval reported "
+                                  f"{reported} for {leaf.name}{suggest(metric, reported)}")
+            values.append(float(agg[key]))
+        pooled[metric] = sum(v * n for v, n in zip(values, sizes)) / sum(sizes)
+    multi = len(leaves) > 1
+    if not spec.calibration:
+        return _generative_result(spec, leaves, per_leaf, pooled, task_cfg, seed, multi)
+    logliks, gold, records = [], [], []
+    for leaf in leaves:
+        for doc_id, true_id, _ in leaf.docs:
+            lls = [float(r.filtered_resps["none"][0]) for r in leaf.requests[doc_id]]
+            logliks.append(lls)
+            gold.append(leaf.gold[doc_id])
+            records.append({"doc_id": true_id, **({"task": leaf.name} if multi else {}),
+                            "logliks": lls, "gold": leaf.gold[doc_id]})
+    cal = calibration.calibration_metrics(logliks, gold, task_cfg.ece_bins, task_cfg.bootstrap,
+                                          seed, task_cfg.ece_binning)
+    cal["acc_lm_eval"] = pooled.pop(spec.metric)
+    cal.update(pooled)
+    conf, correct = calibration.top_label(logliks, gold)
+    for rec, c, k in zip(records, conf, correct):
+        rec["confidence"], rec["correct"] = float(c), bool(k)
+    rel = calibration.reliability(conf, correct, task_cfg.ece_bins, task_cfg.ece_binning)
+    return TaskResult(cal, records, {k: [float(x) for x in v] for k, v in rel.items()})
+
+
+def _generative_result(spec, leaves, per_leaf, pooled, task_cfg, seed, multi) -> TaskResult:
+    metrics = {"acc": pooled.pop(spec.metric), **pooled}
+    records, scores = [], []
+    for leaf, (agg, per_doc) in zip(leaves, per_leaf):
+        key = _metric_key(agg, spec.metric)
+        filter_key = key.split(",", 1)[1]
+        for doc_id, true_id, _ in leaf.docs:
+            score = float(per_doc[key][doc_id])
+            scores.append(score)
+            response = leaf.requests[doc_id][0].filtered_resps[filter_key]
+            records.append({"doc_id": true_id, **({"task": leaf.name} if multi else {}),
+                            "score": score, "response": response})
+    metrics["n"] = float(len(scores))
+    if task_cfg.bootstrap > 0:
+        metrics["acc_ci_low"], metrics["acc_ci_high"] = calibration.bootstrap_mean_ci(
+            scores, task_cfg.bootstrap, seed=seed)
+    return TaskResult(metrics, records)

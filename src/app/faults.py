@@ -1,0 +1,67 @@
+"""Faults a user can act on, turned into one line: the run is FAILED with it as its reason."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import math
+
+
+class JobFailed(RuntimeError):
+    """A job that could not finish, for a reason the user can act on (its run is FAILED with
+    this line as ``failure_reason``)."""
+
+
+class NonFinite(ValueError):
+    """The merged model's outputs are NaN or infinite."""
+
+
+@contextlib.contextmanager
+def faults_explained(device: str, batch_size: int):
+    """Turn faults the user can act on into one-line JobFailed errors; bugs pass unchanged."""
+    try:
+        yield
+    except JobFailed:
+        raise
+    except Exception as e:
+        line = explain_fault(e, device, batch_size)
+        if line is None:
+            raise
+        raise JobFailed(line) from e
+
+
+def explain_fault(e: BaseException, device: str, batch_size: int) -> str | None:
+    """One line saying what went wrong and what to do, or None for an unexpected error."""
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    if isinstance(e, MemoryError) or "out of memory" in text.lower() \
+            or "can't allocate memory" in text:
+        with contextlib.suppress(Exception):
+            import torch
+
+            torch.cuda.empty_cache()
+        return (f"out of memory on {device} ({text}); lower task.batch_size (now "
+                f"{batch_size}), use model.dtype=bfloat16, or a device with more memory")
+    full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    if full or "No space left on device" in text or "Disk quota exceeded" in text:
+        where = getattr(e, "filename", None) or "a file"
+        return (f"no space left writing {where} ({getattr(e, 'strerror', None) or text}); free "
+                f"space, or point merge.save_dir / tracking.dir at another disk")
+    if type(e).__name__ == "SafetensorError" or "HeaderTooLarge" in text \
+            or "MetadataIncompleteBuffer" in text:
+        return f"a weight file cannot be read ({text}); check the files of model.pt and model.it"
+    if isinstance(e, NonFinite):
+        return str(e)
+    return None
+
+
+def check_finite(results: dict) -> None:
+    """NonFinite if any task's log-likelihoods or metrics are NaN or infinite."""
+    for task, res in results.items():
+        bad = [r["doc_id"] for r in res.records
+               if not all(math.isfinite(x) for x in r.get("logliks", ()))]
+        bad_metrics = sorted(k for k, v in res.metrics.items() if not math.isfinite(v))
+        if bad or bad_metrics:
+            what = (f"NaN/inf log-likelihoods on {len(bad)} {task} documents" if bad
+                    else f"non-finite {task} metrics {bad_metrics}")
+            raise NonFinite(f"the merged model gives {what}; check the parents' weights, and "
+                            f"prefer model.dtype=float32 or bfloat16 to float16")

@@ -1,0 +1,309 @@
+"""Direct merges: merged tensors computed straight from the memory-mapped parents, no executor.
+
+For plain linear, slerp, and task arithmetic / TIES with one fine-tuned model on CPU (which
+method has which path is declared in ``app.merge.methods``), every tensor is computed with
+mergekit's arithmetic in mergekit's order (float32, rounded once to the stored dtype), so the
+result is bit-identical to mergekit's executor and ``mergekit-yaml`` (tests check it), an
+order of magnitude faster, and no parent is held in memory: each parent tensor's pages are
+dropped from the process once merged. What does not depend on λ (slerp's norms and cosines,
+the elements TIES keeps) is computed on the first merge of a pair and kept by the
+``DirectMerger`` that owns the mapped files. For bfloat16 models the elementwise arithmetic
+runs in one fused pass (``app.merge.kernels``) where a probe shows it equal to the torch path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mmap
+import struct
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from app.merge.torch_ops import (Buffers, chunks, new_buffers, torch_linear, torch_slerp,
+                                 torch_task_vector)
+
+LOG = logging.getLogger(__name__)
+MATH_DTYPE = "float32"
+SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+Rule = Callable[["DirectMerger", list, str, list, torch.Tensor], None]
+
+
+class MappedWeights:
+    """A local model's safetensors files, memory-mapped: tensors are views of the mapping, and
+    ``release`` drops a tensor's pages from the process (the OS page cache keeps them)."""
+
+    def __init__(self, folder: Path):
+        index = folder / "model.safetensors.index.json"
+        files = (sorted(set(json.loads(index.read_text())["weight_map"].values()))
+                 if index.exists() else ["model.safetensors"])
+        self.where: dict[str, tuple[mmap.mmap, int, int, torch.dtype, list[int]]] = {}
+        for name in files:
+            with open(folder / name, "rb") as fh:
+                size = struct.unpack("<Q", fh.read(8))[0]
+                header = json.loads(fh.read(size))
+                mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            for key, info in header.items():
+                if key == "__metadata__":
+                    continue
+                if info["dtype"] not in SAFETENSORS_DTYPES:
+                    raise ValueError(f"{folder / name}: {key} has dtype {info['dtype']}")
+                begin, end = info["data_offsets"]
+                self.where[key] = (mapped, 8 + size + begin, 8 + size + end,
+                                   SAFETENSORS_DTYPES[info["dtype"]], info["shape"])
+
+    def tensor(self, name: str) -> torch.Tensor:
+        mapped, begin, end, dtype, shape = self.where[name]
+        with warnings.catch_warnings():  # read-only mapping: nothing writes to these views
+            warnings.simplefilter("ignore", UserWarning)
+            flat = torch.frombuffer(mapped, dtype=dtype, count=(end - begin) // dtype.itemsize,
+                                    offset=begin)
+        return flat.view(shape)
+
+    def release(self, name: str) -> None:
+        mapped, begin, end, _, _ = self.where[name]
+        start = begin - begin % mmap.PAGESIZE
+        if end > start and hasattr(mmap, "MADV_DONTNEED"):
+            mapped.madvise(mmap.MADV_DONTNEED, start, end - start)
+
+
+def file_key(folder: Path) -> tuple[str, tuple]:
+    """A folder and its weight files' (name, size, mtime): a rewritten file is mapped anew."""
+    folder = folder.resolve()
+    files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.safetensors.index.json"))
+    return str(folder), tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+
+
+def merged_names(model: torch.nn.Module) -> set[str]:
+    """The parameters a merge must write: all but a head tied to the embeddings."""
+    names = {n for n, _ in model.named_parameters()}
+    if getattr(model.config, "tie_word_embeddings", False):
+        names.discard("lm_head.weight")
+    return names
+
+
+class DirectMerger:
+    """Direct merges into a working model; owns the mapped parents, the λ-free values computed
+    from them and the float32 work buffers (one per working model, dropped with it)."""
+
+    def __init__(self):
+        self.mapped: dict[tuple, MappedWeights] = {}
+        self.lambda_free: dict[tuple, dict[str, Any]] = {}
+        self.buffers: Buffers = new_buffers()
+
+    def weights(self, folder: Path) -> MappedWeights:
+        key = file_key(folder)
+        if key not in self.mapped:
+            self.mapped[key] = MappedWeights(Path(key[0]))
+        return self.mapped[key]
+
+    def cache(self, v0: MappedWeights, v1: MappedWeights, what: Any) -> dict[str, Any]:
+        """Per-tensor values of a pair of parents that do not depend on λ."""
+        return self.lambda_free.setdefault((id(v0), id(v1), what), {})
+
+    def merge(self, model: torch.nn.Module, mk: dict[str, Any], device: str,
+              plan: str) -> int | None:
+        """Merge ``mk`` with the direct path ``plan`` (a name in ``PLANS``); None (nothing
+        touched) where the config is not one that path takes, for mergekit's executor."""
+        planned = PLANS[plan](mk, device)
+        if planned is None:
+            return None
+        folders, rule = planned
+        models = [self.weights(f) for f in folders]
+        params = dict(model.named_parameters())
+        names = sorted(models[0].where)
+        out_dtype = getattr(torch, str(mk.get("out_dtype")), None)
+        if (any(set(names) != set(m.where) for m in models) or not set(names) <= set(params)
+                or merged_names(model) - set(names)
+                or any(params[n].dtype != out_dtype
+                       or any(list(params[n].shape) != m.where[n][4] for m in models)
+                       for n in names)):
+            return None
+        with torch.no_grad():
+            for name in names:
+                sources = [m.tensor(name).reshape(-1) for m in models]
+                rule(self, models, name, sources, params[name].data.view(-1))
+                for m in models:
+                    m.release(name)
+        return len(names)
+
+
+# --------------------------------------------------------------------------- plans
+
+def _local_plan(mk: dict[str, Any], device: str, method: str, top: set[str],
+                per_model: set[str]) -> list[Path] | None:
+    """The models' folders (the base model's first, where the method takes one) where ``mk`` is
+    a plain ``method`` merge of local safetensors models on CPU, in float32 maths, with exactly
+    the given parameters; None otherwise."""
+    entries = mk.get("models") or []
+    paths = [str(m.get("model", "")) for m in entries]
+    base = mk.get("base_model")
+    if base is not None and method != "linear":  # the base first; it may or may not be listed
+        paths = [str(base)] + [p for p in paths if p != str(base)]
+    folders = [Path(p).expanduser() for p in paths]
+    if (mk.get("merge_method") != method or not entries or device != "cpu"
+            or mk.get("dtype") != MATH_DTYPE
+            or set(mk) - {"merge_method", "models", "parameters", "dtype", "out_dtype",
+                          *([] if method == "linear" else ["base_model"])}
+            or set(mk.get("parameters") or {}) != top
+            or any(set(m) - {"model", "parameters"} for m in entries)
+            or any(set(m.get("parameters") or {}) != per_model for m in entries
+                   if str(m.get("model")) != str(base))
+            or len(set(paths)) != len(paths)
+            or not all((f / "model.safetensors").is_file()
+                       or (f / "model.safetensors.index.json").is_file() for f in folders)):
+        return None
+    return folders
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def plan_linear(mk: dict[str, Any], device: str) -> tuple[list[Path], Rule] | None:
+    folders = _local_plan(mk, device, "linear", {"normalize"}, {"weight"})
+    weights = [(m.get("parameters") or {}).get("weight") for m in mk.get("models") or []]
+    if folders is None or mk["parameters"]["normalize"] is not False \
+            or not all(map(_number, weights)):
+        return None
+    return folders, _Linear(weights)
+
+
+def plan_slerp(mk: dict[str, Any], device: str) -> tuple[list[Path], Rule] | None:
+    folders = _local_plan(mk, device, "slerp", {"t"}, set())
+    if (folders is None or len(folders) != 2 or mk.get("base_model") is None
+            or not _number(mk["parameters"]["t"])):
+        return None
+    return folders, _Slerp(mk["parameters"]["t"])
+
+
+def plan_task_vector(mk: dict[str, Any], device: str) -> tuple[list[Path], Rule] | None:
+    """Task arithmetic or TIES with one fine-tuned model."""
+    method = mk.get("merge_method")
+    per_model = {"weight"} | ({"density"} if method == "ties" else set())
+    folders = _local_plan(mk, device, str(method), {"normalize"}, per_model)
+    last = (mk.get("models") or [{}])[-1]
+    entry = last.get("parameters") or {}
+    if (folders is None or len(folders) != 2 or mk["parameters"]["normalize"] is not False
+            or mk.get("base_model") is None or str(last["model"]) == str(mk["base_model"])
+            or not all(_number(entry[k]) for k in per_model)
+            or not 0 < entry.get("density", 1) <= 1):
+        return None
+    return folders, _TaskVector(entry["weight"], entry.get("density", 1))
+
+
+PLANS = {"linear": plan_linear, "slerp": plan_slerp, "task_vector": plan_task_vector}
+
+
+# --------------------------------------------------------------------------- rules
+
+def _fused(sources: list[torch.Tensor], out: torch.Tensor):
+    """The one-pass kernels (``app.merge.kernels``) where they take this tensor, bfloat16 in
+    and out and matching the torch path here; else None."""
+    if out.dtype != torch.bfloat16 or any(s.dtype != torch.bfloat16 for s in sources):
+        return None
+    try:
+        from app.merge import kernels
+    except ImportError as e:
+        LOG.info("fused merge kernels not used (%s); merging with torch", e)
+        return None
+    return kernels if kernels.usable() else None
+
+
+class _Linear:
+    def __init__(self, weights: list[float]):
+        self.weights = weights
+
+    def __call__(self, merger, models, name, sources, out):
+        if kernels := _fused(sources, out):
+            kernels.linear(sources, self.weights, out)
+        else:
+            torch_linear(sources, self.weights, out, merger.buffers)
+
+
+class _Slerp:
+    """mergekit 0.1.5's slerp of one tensor, op for op: the norms and the cosine of the two
+    parents are summed over the same 2**20-element chunks (and cached: they do not depend on
+    λ), the two coefficients follow from them (linear where |cos| > 0.9995), and the merge is
+    ``a·v0 + b·v1`` in float32, rounded once to the stored dtype."""
+
+    THRESHOLD, EPS = 0.9995, 1e-8
+
+    def __init__(self, t: float):
+        self.t = torch.tensor([t], dtype=torch.float32).reshape(-1, 1)
+
+    def __call__(self, merger, models, name, sources, out):
+        v0, v1 = sources
+        if not out.numel():
+            return
+        dot = cosine(merger, models[0], models[1], name)
+        t = self.t
+        linear = dot.abs() > self.THRESHOLD
+        theta = torch.acos(torch.where(linear, 0, dot))
+        sin_theta = torch.sin(theta)
+        a = torch.where(linear, 1 - t, torch.sin((1 - t) * theta) / sin_theta)
+        b = torch.where(linear, t, torch.sin(t * theta) / sin_theta)
+        if kernels := _fused(sources, out):
+            kernels.slerp(v0, v1, a.item(), b.item(), out)
+        else:
+            torch_slerp(v0, v1, a.view(1), b.view(1), out, merger.buffers)
+
+
+class _TaskVector:
+    """mergekit 0.1.5's task arithmetic and TIES with one fine-tuned model, elementwise:
+    ``PT + λ·(IT − PT)`` in float32, the product taken where TIES keeps the task vector (the
+    top-density magnitudes, as mergekit's own ``magnitude`` picks them: cached per pair and
+    density, they do not depend on λ) and +0 elsewhere, rounded once to the stored dtype."""
+
+    def __init__(self, weight: float, density: float):
+        self.weight, self.density = weight, density
+
+    def __call__(self, merger, models, name, sources, out):
+        pt, it = sources
+        keep = (None if self.density >= 1
+                else kept(merger, models[0], models[1], name, self.density))
+        if kernels := _fused(sources, out):
+            kernels.task_vector(pt, it, keep, self.weight, out)
+        else:
+            torch_task_vector(pt, it, keep, self.weight, out, merger.buffers)
+
+
+def kept(merger: DirectMerger, v0: MappedWeights, v1: MappedWeights, name: str,
+         density: float) -> np.ndarray:
+    """Which elements of one tensor's task vector TIES keeps, as packed bits (little order)."""
+    from mergekit.sparsify import magnitude
+
+    cache = merger.cache(v0, v1, ("kept", density))
+    if name not in cache:
+        delta = v1.tensor(name).float() - v0.tensor(name).float()
+        keep = magnitude(delta, density=density) != 0  # a kept exact zero adds +0 either way
+        cache[name] = np.packbits(keep.reshape(-1).numpy(), bitorder="little")
+    return cache[name]
+
+
+def cosine(merger: DirectMerger, v0: MappedWeights, v1: MappedWeights,
+           name: str) -> torch.Tensor:
+    """The clamped cosine of one tensor in two parents, as mergekit's slerp sums it."""
+    cache = merger.cache(v0, v1, "cosine")
+    if name not in cache:
+        x, y = merger.buffers
+        a, b = v0.tensor(name).reshape(1, -1), v1.tensor(name).reshape(1, -1)
+        spans = list(chunks(a.shape[1]))
+
+        def chunk(source, buffer, start, stop):
+            return buffer[:stop - start].view(1, -1).copy_(source[:, start:stop])
+
+        norms = []
+        for source, buffer in ((a, x), (b, y)):
+            parts = [torch.linalg.vector_norm(chunk(source, buffer, *s), dim=1, keepdim=True)
+                     for s in spans]
+            norm = torch.linalg.vector_norm(torch.stack(parts), dim=0)
+            norms.append(torch.where(norm > _Slerp.EPS, norm, 1))
+        parts = [(chunk(a, x, *s) / norms[0] * (chunk(b, y, *s) / norms[1])).sum(
+            dim=1, keepdim=True) for s in spans]
+        cache[name] = torch.stack(parts).sum(dim=0).clamp(-1, 1)
+    return cache[name]

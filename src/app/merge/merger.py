@@ -1,0 +1,85 @@
+"""The working model's merges: direct path where one applies, else mergekit's executor; saving."""
+
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from app.merge.direct import DirectMerger, merged_names
+from app.merge.mergekit_adapter import merged_tensors
+from app.merge.methods import METHODS
+
+@dataclass
+class MergeReport:
+    tensors: int
+    seconds: float
+    engine: str = "mergekit"  # or "direct": computed from the mapped parents
+
+
+class Merger:
+    """Writes merges into a working model; owns what its direct paths keep across λ."""
+
+    def __init__(self, device: str = "cpu", seed: int | None = None,
+                 trust_remote_code: bool = False):
+        self.device, self.seed, self.trust_remote_code = device, seed, trust_remote_code
+        self.direct = DirectMerger()
+
+    def merge_into(self, model: torch.nn.Module, mk: dict[str, Any]) -> MergeReport:
+        """Overwrite every parameter of ``model`` with the merge described by ``mk``."""
+        start = time.perf_counter()
+        method = METHODS.get(str(mk.get("merge_method")))
+        if method is not None and method.direct is not None:
+            written = self.direct.merge(model, mk, self.device, method.direct)
+            if written is not None:
+                return MergeReport(written, time.perf_counter() - start, engine="direct")
+        params = dict(model.named_parameters())
+        params.update(dict(model.named_buffers()))
+        written_names: set[str] = set()
+        with torch.no_grad():
+            for name, tensor in merged_tensors(mk, self.device, self.seed,
+                                               self.trust_remote_code):
+                target = params.get(name)
+                if target is None:
+                    raise RuntimeError(f"merged tensor {name!r} has no parameter in the "
+                                       f"working model")
+                if target.shape != tensor.shape:
+                    raise RuntimeError(f"merged tensor {name!r} has shape "
+                                       f"{tuple(tensor.shape)}, model expects {tuple(target.shape)}")
+                target.copy_(tensor)
+                written_names.add(name)
+        missing = merged_names(model) - written_names
+        if missing:
+            raise RuntimeError(f"merge left parameters unset: {sorted(missing)[:5]}")
+        return MergeReport(len(written_names), time.perf_counter() - start)
+
+
+def save_merged(model, tokenizer, mk: dict[str, Any], save_dir: str) -> Path:
+    """Write the merged model atomically: into a sibling temp folder, renamed when complete."""
+    import yaml
+
+    final = Path(save_dir).expanduser().resolve()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "mergekit_config.yml").write_text(yaml.safe_dump(mk, sort_keys=False))
+        if final.exists():  # replace a previous save only once the new one is complete
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final

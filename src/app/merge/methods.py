@@ -1,0 +1,127 @@
+"""The merge-method registry: one entry per mergekit ``merge_method``, and the method schema.
+
+A method config (``conf/method/*.yaml``, schema ``MethodConfig``) is a mergekit template plus
+λ's range and the λ values where it is a parent bit for bit; adding one needs no Python. What
+is true of a mergekit method whatever the config is declared here once: its knobs
+(``method.params``) and their ranges, whether it is a task-vector method (a base model plus
+fine-tunes, so ``model.extra`` applies), and its direct path in ``app.merge.direct`` (if any).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING
+
+from app.errors import ConfigError, clean_lambda, suggest
+
+
+@dataclass
+class MethodConfig:
+    """A merge method: a mergekit configuration template over ${lambda} and ${model.*}."""
+
+    name: str = MISSING
+    lambda_range: List[float] = field(default_factory=lambda: [0.0, 1.0])
+    params: Dict[str, Any] = field(default_factory=dict)  # the method's own knobs (density, …)
+    # λ values at which this method reproduces a parent bit for bit (0 → PT, 1 → IT): there a
+    # job reuses the parent's reference evaluation instead of evaluating again.
+    reference_endpoints: List[float] = field(default_factory=list)
+    mergekit: Any = MISSING
+
+
+@dataclass(frozen=True)
+class Range:
+    """An interval of valid values; ``closed`` says which ends belong to it."""
+
+    low: float
+    high: float
+    closed: str = "[]"  # "[]", "(]", "[)" or "()"
+
+    def __contains__(self, x: float) -> bool:
+        above = x >= self.low if self.closed[0] == "[" else x > self.low
+        below = x <= self.high if self.closed[1] == "]" else x < self.high
+        return above and below
+
+    def __str__(self) -> str:
+        return f"{self.closed[0]}{self.low:g}, {self.high:g}{self.closed[1]}"
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    """What a mergekit merge method takes."""
+
+    params: Dict[str, Range] = field(default_factory=dict)  # method.params knobs besides λ
+    task_vector: bool = False  # a base model plus fine-tunes: model.extra applies
+    direct: str | None = None  # its direct path: a key of app.merge.direct.PLANS
+
+
+DENSITY = Range(0.0, 1.0, "(]")
+METHODS: dict[str, MergeMethod] = {
+    "linear": MergeMethod(direct="linear"),
+    "slerp": MergeMethod(direct="slerp"),
+    "nuslerp": MergeMethod(),
+    "task_arithmetic": MergeMethod(task_vector=True, direct="task_vector"),
+    "ties": MergeMethod({"density": DENSITY}, task_vector=True, direct="task_vector"),
+    "dare_ties": MergeMethod({"density": DENSITY}, task_vector=True),
+    "dare_linear": MergeMethod({"density": DENSITY}, task_vector=True),
+    "della": MergeMethod({"density": DENSITY, "epsilon": Range(0.0, 1.0)}, task_vector=True),
+    "della_linear": MergeMethod({"density": DENSITY, "epsilon": Range(0.0, 1.0)},
+                                task_vector=True),
+    "breadcrumbs": MergeMethod({"density": DENSITY, "gamma": Range(0.0, 1.0, "[)")},
+                               task_vector=True),
+    "breadcrumbs_ties": MergeMethod({"density": DENSITY, "gamma": Range(0.0, 1.0, "[)")},
+                                    task_vector=True),
+}
+
+
+def method_of(method_cfg) -> MergeMethod:
+    """The registry entry of a method config's mergekit ``merge_method``."""
+    name = str(method_cfg.mergekit.merge_method)
+    if name not in METHODS:
+        raise ConfigError(f"method={method_cfg.name}: mergekit merge_method {name!r} is not "
+                          f"supported{suggest(name, list(METHODS))}; valid: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def validate(cfg) -> None:
+    """λ inside the method's range, its knobs inside theirs, model.extra only with a base."""
+    method = cfg.method
+    entry = method_of(method)
+    lo, hi = method.lambda_range
+    lam = clean_lambda(cfg["lambda"])
+    if not lo <= lam <= hi:
+        raise ConfigError(f"lambda={lam:g} is outside method={method.name}'s range "
+                          f"[{lo:g}, {hi:g}]")
+    for key, value in method.params.items():
+        if key.startswith("lambda_"):  # per-layer λ (linear_gradient): λ's own range
+            v = clean_lambda(value)
+            if not lo <= v <= hi:
+                raise ConfigError(f"method.params.{key}={v:g} is outside method={method.name}'s "
+                                  f"range [{lo:g}, {hi:g}]")
+        elif key in entry.params and float(value) not in entry.params[key]:
+            raise ConfigError(f"method.params.{key}={value} must be in {entry.params[key]}")
+    if "epsilon" in method.params:
+        eps, dens = float(method.params.epsilon), float(method.params.get("density", 1.0))
+        if not 0.0 <= dens - eps and dens + eps <= 1.0:
+            raise ConfigError(f"method.params.epsilon={method.params.epsilon} must be ≥ 0 with "
+                              f"density ± epsilon inside [0, 1] (density={dens:g})")
+    if cfg.model.extra and not entry.task_vector:
+        raise ConfigError(f"model.extra needs a task-vector method (task_arithmetic, ties, "
+                          f"dare_ties, ...); method={method.name} has no base model")
+
+
+def reference_for(cfg, lam: float) -> str | None:
+    """'pt' or 'it' when this job's merge is that parent bit for bit, else None."""
+    same_lambda = all(clean_lambda(v) == lam for k, v in cfg.method.params.items()
+                      if k.startswith("lambda_"))
+    if lam not in cfg.method.reference_endpoints or not same_lambda or cfg.model.extra:
+        return None
+    return {0.0: "pt", 1.0: "it"}.get(lam)
+
+
+@dataclass
+class MergeSettings:
+    """What to do with a merged model besides evaluating it (the ``merge`` key)."""
+
+    save_dir: Optional[str] = None  # write it there (safetensors, tokenizer, mergekit YAML)

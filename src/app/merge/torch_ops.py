@@ -1,0 +1,64 @@
+"""mergekit's elementwise merge arithmetic in torch, chunk by chunk (the reference the fused
+kernels are checked against, and the path where they do not apply).
+
+Every function reads float32 copies of ``CHUNK`` elements at a time into two caller-owned
+work buffers, computes in mergekit 0.1.5's order and rounds once into ``out``'s dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+CHUNK = 1 << 20  # elements per float32 work buffer (4 MB: stays in cache)
+Buffers = tuple[torch.Tensor, torch.Tensor]
+
+
+def new_buffers() -> Buffers:
+    return torch.empty(CHUNK), torch.empty(CHUNK)
+
+
+def chunks(n: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, n, CHUNK):
+        yield start, min(start + CHUNK, n)
+
+
+def torch_linear(sources: list[torch.Tensor], weights: list[float], out: torch.Tensor,
+                 buffers: Buffers) -> None:
+    """mergekit's linear_merge: float32 zeros, then addcmul_(tensor, weight) per model."""
+    coefficients = [torch.tensor([w], dtype=torch.float32) for w in weights]
+    acc, buf = buffers
+    for start, stop in chunks(out.numel()):
+        x, y = acc[:stop - start].zero_(), buf[:stop - start]
+        for source, coefficient in zip(sources, coefficients):
+            x.addcmul_(y.copy_(source[start:stop]), coefficient)
+        out[start:stop].copy_(x)
+
+
+def torch_slerp(v0: torch.Tensor, v1: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                out: torch.Tensor, buffers: Buffers) -> None:
+    """mergekit's last slerp step: ``a·v0 + b·v1`` in float32 (two roundings)."""
+    acc, buf = buffers
+    for start, stop in chunks(out.numel()):
+        x, y = acc[:stop - start], buf[:stop - start]
+        x.copy_(v0[start:stop]).mul_(a)
+        x.add_(y.copy_(v1[start:stop]).mul_(b))
+        out[start:stop].copy_(x)
+
+
+def torch_task_vector(pt: torch.Tensor, it: torch.Tensor, keep: np.ndarray | None,
+                      weight: float, out: torch.Tensor, buffers: Buffers) -> None:
+    """``PT + λ·(IT − PT)``, +0 where ``keep`` (packed bits, or None for all) is unset."""
+    lam = torch.tensor([weight], dtype=torch.float32)
+    acc, buf = buffers
+    for start, stop in chunks(out.numel()):
+        x, y = acc[:stop - start], buf[:stop - start]
+        x.copy_(it[start:stop]).sub_(y.copy_(pt[start:stop])).mul_(lam)
+        if keep is not None:
+            bits = np.unpackbits(keep[start // 8:(stop + 7) // 8], count=stop - start,
+                                 bitorder="little")  # chunks start on whole bytes
+            x.masked_fill_(torch.from_numpy(bits) == 0, 0.0)
+        x.masked_fill_(x == 0, 0.0)  # mergekit sums the masked task vector from +0
+        out[start:stop].copy_(y.add_(x))

@@ -1,0 +1,220 @@
+"""The metric registry: every metric a job can return, declared once.
+
+Each entry names a metric (``{task}`` stands for a configured task), says what it means, which
+way is better, what produces it and when. The search's checks (``job_metric_names``), the
+one-line job summary, the sweep summary, the README's metric table (a test checks it equals
+``markdown_table()``) and the metrics version in every fingerprint derive from here; a test
+runs real jobs and checks that what they return is what ``predict`` says.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+from app import calibration
+from app.judge.metrics import TYPES as DEGENERATION_TYPES
+from app.judge.schema import SCHEMAS as JUDGES
+
+Spec = object  # a task.tasks entry (TaskSpec) or None for job-level metrics
+
+
+def _always(cfg, spec) -> bool:
+    return True
+
+
+def _bootstrap(cfg, spec) -> bool:
+    return cfg.task.bootstrap > 0
+
+
+def _judged(cfg, spec) -> bool:
+    return cfg.judge.name != "none"
+
+
+def _llm(cfg, spec) -> bool:
+    return _judged(cfg, spec) and JUDGES[cfg.judge.name].llm
+
+
+def _rated(cfg, spec) -> bool:  # degeneration rates over every judged response
+    return _judged(cfg, spec) and not (_llm(cfg, spec) and cfg.judge.reward_model)
+
+
+def _rewarded(cfg, spec) -> bool:
+    return _judged(cfg, spec) and bool(cfg.judge.reward_model)
+
+
+def _any_calibrated(cfg, spec) -> bool:
+    return any(s.calibration for s in cfg.task.tasks)
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str  # "{task}/ece", "mean/acc", "judge/degeneration_rate"
+    meaning: str
+    better: str  # "higher", "lower" or "" (a count, a time or a bound)
+    producer: str  # "calibrated task", "generative task", "every task", "job", "judge"
+    when: Callable = _always  # (cfg, task spec) -> whether a job of cfg returns it
+    optional: str = ""  # why a job may leave it out ("" = always there when ``when`` holds)
+    summary: bool = False  # shown in the one-line job summary
+
+    def names(self, cfg) -> list[str]:
+        """The concrete names a job of ``cfg`` returns for this entry."""
+        if "{task}" not in self.name:
+            return [self.name] if self.when(cfg, None) else []
+        kinds = {"calibrated task": [True], "generative task": [False], "every task": [True, False]}
+        return [self.name.format(task=s.name) for s in cfg.task.tasks
+                if s.calibration in kinds[self.producer] and self.when(cfg, s)]
+
+
+CI = "95% percentile-bootstrap interval (`task.bootstrap` resamples, seeded)"
+JUDGE_MISSING = "left out when the judge fails (the run is tagged `judge_missing`)"
+REGISTRY: tuple[Metric, ...] = (
+    Metric("{task}/acc", "the task's accuracy metric (`task.tasks[].metric`: raw `acc` for "
+           "multiple choice, `exact_match` for generation)", "higher", "every task",
+           summary=True),
+    Metric("{task}/n", "documents scored", "", "every task"),
+    Metric("{task}/ece", "expected calibration error (`task.ece_bins` bins, `task.ece_binning`)",
+           "lower", "calibrated task", summary=True),
+    Metric("{task}/mce", "maximum calibration error over the bins", "lower", "calibrated task"),
+    Metric("{task}/brier", "multiclass Brier score", "lower", "calibrated task"),
+    Metric("{task}/brier_top", "top-label Brier score (squared gap of the predicted choice)",
+           "lower", "calibrated task"),
+    Metric("{task}/nll", "negative log-likelihood of the gold choice", "lower",
+           "calibrated task"),
+    Metric("{task}/mean_conf", "mean top-label confidence", "", "calibrated task"),
+    Metric("{task}/acc_lm_eval", "lm-eval's own accuracy, next to ours (a test checks they are "
+           "equal)", "higher", "calibrated task"),
+    Metric("{task}/acc_ci_low", f"accuracy: low end of its {CI}", "", "every task",
+           _bootstrap),
+    Metric("{task}/acc_ci_high", "accuracy: high end of the interval", "", "every task",
+           _bootstrap),
+    Metric("{task}/ece_ci_low", "ECE: low end of its 95% interval", "", "calibrated task",
+           _bootstrap),
+    Metric("{task}/ece_ci_high", "ECE: high end of the interval", "", "calibrated task",
+           _bootstrap),
+    Metric("{task}/<extra>", "each of `task.tasks[].extra_metrics`, as lm-eval reports it",
+           "", "every task"),
+    Metric("mean/acc", "unweighted mean of `<task>/acc` over the tasks", "higher", "job"),
+    Metric("mean/ece", "unweighted mean of `<task>/ece` over the calibrated tasks", "lower",
+           "job", _any_calibrated),
+    Metric("time/merge_s", "wall time of the merge", "", "job",
+           optional="not for a job that reuses a parent's reference"),
+    Metric("time/eval_s", "wall time of the evaluation", "", "job",
+           optional="not for a job that reuses a parent's reference"),
+    Metric("time/total_s", "wall time of the whole job", "", "job"),
+    Metric("time/startup_s", "interpreter start and imports before the process's first job",
+           "", "job", optional="only the first evaluated job of a process"),
+    Metric("time/load_s", "loading the working model and building the tasks", "", "job",
+           optional="only the first evaluated job of a process"),
+    Metric("time/judge_s", "wall time of generating and judging", "", "judge", _judged,
+           optional="left out when generation fails"),
+    Metric("judge/distinct_1", "distinct words / all words in a prompt's k samples (mean)",
+           "higher", "judge", _judged, optional="left out when generation fails"),
+    Metric("judge/distinct_2", "the same for word bigrams", "higher", "judge", _judged,
+           optional="left out when generation fails"),
+    Metric("judge/distinct_responses", "distinct responses among a prompt's k samples (1..k, "
+           "mean)", "higher", "judge", _judged, optional="left out when generation fails",
+           summary=True),
+    Metric("judge/mean_length", "generated tokens per response", "", "judge", _judged,
+           optional="left out when generation fails"),
+    Metric("judge/n_responses", "responses generated (prompts × k)", "", "judge", _judged,
+           optional="left out when generation fails"),
+    Metric("judge/degeneration_rate", "share of judged responses with any degeneration",
+           "lower", "judge", _rated, optional=JUDGE_MISSING, summary=True),
+    *(Metric(f"judge/{t}_rate", f"share of judged responses with {t.replace('_', '-')}",
+             "lower", "judge", _rated, optional=JUDGE_MISSING) for t in DEGENERATION_TYPES),
+    Metric("judge/unparsed_rate", "share of LLM judge replies naming no verdict (left out of "
+           "the rates)", "lower", "judge", _llm, optional=JUDGE_MISSING),
+    Metric("judge/mean_reward", "the reward model's mean score (`judge.reward_model`)",
+           "higher", "judge", _rewarded, optional=JUDGE_MISSING),
+    Metric("judge/lowest_k/degeneration_rate", "degeneration among the `judge.lowest_k` "
+           "lowest-rewarded responses", "lower", "judge", _rewarded, optional=JUDGE_MISSING),
+    *(Metric(f"judge/lowest_k/{t}_rate", f"{t.replace('_', '-')} among the lowest-rewarded",
+             "lower", "judge", _rewarded, optional=JUDGE_MISSING) for t in DEGENERATION_TYPES),
+)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    required: frozenset[str]  # every such job returns these
+    optional: frozenset[str]  # and may return these
+
+    @property
+    def all(self) -> list[str]:
+        return sorted(self.required | self.optional)
+
+
+def predict(cfg) -> Prediction:
+    """The metric names a job of ``cfg`` returns."""
+    required, optional = set(), set()
+    for metric in REGISTRY:
+        if metric.name == "{task}/<extra>":
+            names = [f"{s.name}/{m}" for s in cfg.task.tasks for m in s.extra_metrics]
+        else:
+            names = metric.names(cfg)
+        (optional if metric.optional else required).update(names)
+    return Prediction(frozenset(required), frozenset(optional - required))
+
+
+def job_metric_names(cfg) -> list[str]:
+    """Every metric a job of this config may return (what a search may name)."""
+    return predict(cfg).all
+
+
+def summary_line(label: str, lam: float, metrics: dict[str, float]) -> str:
+    """``<method> λ=…  <task>/acc=…  <task>/ece=…  (…s)``: the registry's summary metrics."""
+    shown = [m for m in REGISTRY if m.summary]
+    parts = [f"{label} λ={lam:g}"]
+    for key in sorted(metrics):
+        task, _, rest = key.partition("/")
+        if any(m.name == key or (m.name.startswith("{task}/") and m.name[7:] == rest
+                                 and task not in ("mean", "time", "judge")) for m in shown):
+            parts.append(f"{key}={metrics[key]:.4f}")
+    if "time/total_s" in metrics:
+        parts.append(f"({metrics['time/total_s']:.1f}s)")
+    return "  ".join(parts)
+
+
+def headline(metrics: dict[str, float]) -> tuple[float, float]:
+    """(accuracy, ECE) by which λ values are ranked: ``mean/acc`` and ``mean/ece`` (ECE 0 where
+    no task is calibrated)."""
+    return metrics["mean/acc"], metrics.get("mean/ece", 0.0)
+
+
+def markdown_table() -> str:
+    """The README's metric table."""
+    rows = ["| metric | meaning | better | when |", "|---|---|---|---|"]
+    for m in REGISTRY:
+        when = {"calibrated task": "each calibrated task", "generative task":
+                "each generative task", "every task": "each task", "job": "every job",
+                "judge": "with a judge"}[m.producer]
+        if m.when is _bootstrap:
+            when += ", `task.bootstrap` > 0"
+        elif m.when not in (_always, _judged):
+            when += {"_any_calibrated": ", a calibrated task", "_llm": " (`hf`, `openai`)",
+                     "_rated": " (not an LLM judge with a reward model)",
+                     "_rewarded": " and a reward model"}[m.when.__name__]
+        if m.optional:
+            when += f"; {m.optional}"
+        rows.append(f"| `{m.name.replace('{task}', '<task>')}` | {m.meaning} | {m.better} | "
+                    f"{when} |")
+    return "\n".join(rows) + "\n"
+
+
+def _definitions() -> str:
+    """The registry's names and directions and the calibration maths without comments or
+    docstrings: what the metrics' values depend on."""
+    tree = ast.parse(inspect.getsource(calibration))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    names = [(m.name, m.better, m.producer) for m in REGISTRY]
+    return repr(names) + ast.dump(tree)
+
+
+METRICS_VERSION = hashlib.sha256(_definitions().encode()).hexdigest()[:12]

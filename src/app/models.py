@@ -1,0 +1,131 @@
+"""The model pair: its schema, the checks made before anything is loaded, and the working model.
+
+A pair is a pre-trained (PT) and an instruction-tuned (IT) model, local folders or hub ids;
+λ=0 gives PT, λ=1 gives IT. Every merge is written into one working model, loaded once per
+process from the parent whose vocabulary the merge takes (``model.tokenizer``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List
+
+from omegaconf import MISSING
+
+from app.errors import ConfigError
+
+DTYPES = ("float32", "bfloat16", "float16")
+TOKENIZERS = ("pt", "it", "union")
+ARCH_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size",
+             "num_attention_heads", "num_key_value_heads")
+
+
+@dataclass
+class ExtraModel:
+    """A further fine-tune of the same base, merged with its own weight (MergeBench setting)."""
+
+    path: str = MISSING
+    weight: float = MISSING
+
+
+@dataclass
+class PairConfig:
+    """A PT/IT model pair: λ=0 gives ``pt``, λ=1 gives ``it`` (local folders or hub ids)."""
+
+    name: str = MISSING
+    pt: str = MISSING
+    it: str = MISSING
+    dtype: str = "float32"  # storage dtype of the merged model; merge maths is float32
+    tokenizer: str = "it"  # whose vocabulary the merge gets: pt | it | union (every model's)
+    trust_remote_code: bool = False  # never on unless a pair config turns it on (it is logged)
+    extra: List[ExtraModel] = field(default_factory=list)  # task-vector methods only
+
+
+def validate(model) -> None:
+    """Settings, model folders and weight headers (milliseconds, whatever the size)."""
+    if model.tokenizer not in TOKENIZERS:
+        raise ConfigError(f"model.tokenizer={model.tokenizer!r} is not valid; use pt or it "
+                          f"(the merge takes that parent's vocabulary) or union (every model's)")
+    if model.dtype not in DTYPES:
+        raise ConfigError(f"model.dtype={model.dtype!r} is not valid; use float32, bfloat16 or "
+                          f"float16")
+    refs = {"model.pt": model.pt, "model.it": model.it}
+    refs.update({f"model.extra[{i}].path": e.path for i, e in enumerate(model.extra)})
+    shapes = {key: _check_model_ref(key, ref) for key, ref in refs.items()}
+    base = shapes["model.pt"]
+    for key, shape in shapes.items():
+        if base is None or shape is None:
+            continue  # hub ids: mergekit checks once it has the config
+        diff = {k: (base.get(k), shape.get(k)) for k in ARCH_KEYS if base.get(k) != shape.get(k)}
+        if diff:
+            k, (a, b) = next(iter(diff.items()))
+            raise ConfigError(f"{key} does not match model.pt's architecture: {k} is {b} there, "
+                              f"{a} in model.pt; no merge method or tokenizer policy can fix that")
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a safetensors file cannot be complete (header unreadable, data past its end), or
+    None. Reads the header only: milliseconds, whatever the model's size."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if size < 8 or n <= 0 or 8 + n > size:
+                return f"truncated ({size} bytes; its header alone needs {8 + n})"
+            header = json.loads(fh.read(n))
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    except ValueError:
+        return "corrupt (its header is not valid JSON)"
+    try:
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"),
+                  default=0)
+    except (KeyError, TypeError, IndexError, AttributeError):
+        return "corrupt (its header lists no valid tensor offsets)"
+    if 8 + n + end > size:
+        return f"truncated ({size} bytes of {8 + n + end})"
+    return None
+
+
+def _check_model_ref(key: str, ref: str) -> dict | None:
+    """The model's config.json (local folder) or None (hub id); ConfigError if neither."""
+    path = Path(ref).expanduser()
+    looks_local = ref.startswith(("/", ".", "~")) or path.exists()
+    if looks_local:
+        try:
+            config = json.loads((path / "config.json").read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{key}={ref!r}: no model there (expected a folder with "
+                              f"config.json)") from None
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{key}={ref!r}: config.json is unreadable ({e})") from None
+        for weights in sorted(path.glob("*.safetensors")):
+            if problem := safetensors_problem(weights):
+                raise ConfigError(f"{key}={ref!r}: {weights.name} is {problem}; copy or "
+                                  f"download the model again")
+        return config
+    if ref.count("/") != 1:
+        raise ConfigError(f"{key}={ref!r} is neither a local model folder nor a hub id (org/name)")
+    return None
+
+
+def load_working_model(cfg, device: str):
+    """(model, tokenizer): the parent whose vocabulary the merge takes, on ``device``, in the
+    pair's dtype (with ``model.tokenizer=union``: IT resized to mergekit's union vocabulary)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from app.merge.mergekit_adapter import union_tokenizer
+
+    pair = cfg.model
+    union = pair.tokenizer == "union"
+    source = pair.it if union else pair[pair.tokenizer]
+    tokenizer = union_tokenizer(cfg) if union else AutoTokenizer.from_pretrained(
+        source, trust_remote_code=pair.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, pair.dtype),
+                                                 trust_remote_code=pair.trust_remote_code)
+    if union:  # the merge fills every row of the union's embeddings
+        model.resize_token_embeddings(len(tokenizer.get_vocab()), mean_resizing=False)
+    return model.to(device).eval(), tokenizer

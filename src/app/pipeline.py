@@ -1,0 +1,355 @@
+"""One job, top to bottom: merge (pair, method, λ) in memory → evaluate → judge → log.
+
+A ``Pipeline`` lives as long as its process and keeps one ``Session``: the working model,
+tokenizer, evaluation engine, tasks and merger, built for the first job and reused by every
+later job with the same pair, tasks and device, so a λ step only rewrites tensors and
+re-scores the same requests. ``run_job`` skips a job whose fingerprint already has a FINISHED
+run, and copies a parent's reference evaluation where the merge is that parent bit for bit.
+Nothing here knows Hydra or MLflow: the caller passes a ``JobContext`` and the pipeline logs
+through a ``Tracker``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from app import tracking
+from app.config import experiment_name, validate
+from app.errors import ConfigError, clean_lambda
+from app.faults import JobFailed, check_finite, faults_explained
+from app.merge.methods import reference_for
+from app.metrics import METRICS_VERSION, summary_line
+
+PACKAGES = {"mergekit": "mergekit", "lm_eval": "lm-eval", "torch": "torch",
+            "transformers": "transformers", "mlflow": "mlflow", "hydra": "hydra-core",
+            "optuna": "optuna"}
+
+
+@dataclass
+class JobContext:
+    """Where a job runs: its sweep's parent run, the overrides that made it, its number."""
+
+    parent: str | None = None
+    overrides: str = ""
+    job_num: int = 0
+    evaluate_references: bool = False  # evaluate PT and IT first (a cluster's first task)
+
+
+@dataclass
+class Session:
+    """What a process loads once: the working model, its tokenizer, the evaluator, the merger."""
+
+    model: Any
+    tokenizer: Any
+    evaluator: Any
+    merger: Any
+    judge: Any  # app.judge.adapters.JudgeContext
+    device: str
+    overhead: dict[str, float] = field(default_factory=dict)  # logged by the next evaluated job
+
+
+def pick_device(device: str, cuda_count: int, job_num: int) -> str:
+    """``auto``: CPU without CUDA, the GPU with one, GPU ``job_num % count`` with several (so
+    parallel jobs of a local launcher spread one per GPU); any other value is kept."""
+    if device != "auto":
+        return device
+    if cuda_count == 0:
+        return "cpu"
+    return "cuda" if cuda_count == 1 else f"cuda:{job_num % cuda_count}"
+
+
+class Pipeline:
+    """Runs jobs in this process, reusing its session across them."""
+
+    def __init__(self, open_tracker: Callable = tracking.open_tracker):
+        self.open_tracker = open_tracker
+        self.session: Session | None = None
+        self.session_key: str | None = None
+        self.devices: dict[str, str] = {}  # a worker keeps its first job's device
+
+    # ------------------------------------------------------------------ the job
+    def run_job(self, cfg: DictConfig, ctx: JobContext = JobContext()) -> dict[str, float]:
+        """Run one (pair, method, λ) job; return its metrics as {'<task>/<metric>': value}."""
+        from app.merge.mergekit_adapter import mergekit_config
+
+        start = time.perf_counter()
+        validate(cfg)
+        lam = clean_lambda(cfg["lambda"])
+        mk = mergekit_config(cfg)
+        tracker = self.open_tracker(cfg.tracking, experiment_name(cfg))
+        if ctx.evaluate_references:
+            self.evaluate_references(cfg, tracker)
+        fingerprint = job_fingerprint(cfg, mk)
+        done = None if cfg.force else tracker.find(fingerprint)
+        if done is not None:
+            shown = {k: v for k, v in done.metrics.items() if not k.startswith("time/")}
+            print(summary_line(cfg.method.name, lam, shown) + f"  [done: run {done.run_id}]",
+                  flush=True)
+            return dict(done.metrics)
+        session, fault = None, None
+        try:  # loads models and tasks: config errors surface before any run exists
+            session = self.session_for(cfg, ctx.job_num)
+        except ConfigError:
+            raise
+        except Exception as e:  # a fault (unreadable weights, out of memory): recorded in a run
+            fault = e
+        parent = reference_for(cfg, lam)
+        reference = None
+        if parent and not cfg.force and not cfg.merge.save_dir:
+            reference = tracker.find(reference_fingerprint(cfg, parent))
+        device = session.device if session else cfg.device
+        try:
+            with (tracking.tracked(tracker, f"{cfg.method.name} λ={lam:g}",
+                                   job_tags(cfg, lam, fingerprint, "job", ctx), ctx.parent) as run,
+                  faults_explained(device, cfg.task.batch_size)):
+                log_config(run, cfg, lam, mk)
+                if fault is not None:
+                    raise fault
+                if reference is not None:
+                    metrics = {k: v for k, v in reference.metrics.items()
+                               if not k.startswith("time/")}
+                    run.tag("reused_from", reference.run_id)
+                    metrics["time/total_s"] = time.perf_counter() - start
+                    run.log_metrics(metrics)
+                else:
+                    metrics = self.step(session, cfg, mk, run, start)
+        except JobFailed as e:
+            print(f"{cfg.method.name} λ={lam:g}  FAILED: {e}", flush=True)
+            raise
+        print(summary_line(cfg.method.name, lam, metrics), flush=True)
+        return metrics
+
+    def step(self, session: Session, cfg: DictConfig, mk: dict, run,
+             start: float) -> dict[str, float]:
+        """Merge into the working model, evaluate, judge, log metrics and artifacts to ``run``."""
+        from app.judge import judge_run
+        from app.merge.merger import save_merged
+        from app.plots import reliability_figure
+
+        run.tag("device", session.device)
+        report = session.merger.merge_into(session.model, mk)
+        run.tag("merge_engine", report.engine)
+        if cfg.merge.save_dir:
+            saved = save_merged(session.model, session.tokenizer, mk, cfg.merge.save_dir)
+            run.tag("saved_to", str(saved))
+        t_eval = time.perf_counter()
+        results, lm_eval_out = session.evaluator.evaluate()
+        check_finite(results)
+        metrics: dict[str, float] = {}
+        for task, res in results.items():
+            metrics.update({f"{task}/{k}": v for k, v in res.metrics.items()})
+            if res.records:
+                run.log_jsonl(res.records, f"samples/{task}.jsonl")
+            if res.bins:
+                run.log_json(res.bins, f"reliability/{task}.json")
+                run.log_figure(reliability_figure(res.bins, f"{task}  λ={cfg['lambda']:g}"),
+                               f"reliability/{task}.png")
+        metrics.update(aggregate(results))
+        metrics["time/merge_s"] = report.seconds
+        metrics["time/eval_s"] = time.perf_counter() - t_eval
+        metrics.update(session.overhead)
+        session.overhead = {}
+        metrics.update(judge_run(session.model, session.tokenizer, cfg, run, session.judge))
+        metrics["time/total_s"] = time.perf_counter() - start
+        run.log_metrics(metrics)
+        run.log_json(lm_eval_out, "lm_eval_results.json")
+        return metrics
+
+    def evaluate_references(self, cfg: DictConfig, tracker) -> None:
+        """Evaluate PT (λ=0) and IT (λ=1) once per (pair, tasks, settings), as references."""
+        from app.merge.mergekit_adapter import reference_config
+
+        validate(cfg)
+        for parent, lam in (("pt", 0.0), ("it", 1.0)):
+            fingerprint = reference_fingerprint(cfg, parent)
+            if tracker.find(fingerprint) is not None:
+                continue
+            session = self.session_for(cfg)
+            mk = reference_config(cfg, parent)
+            name = f"reference {parent.upper()} (λ={lam:g})"
+            with (tracking.tracked(tracker, name, job_tags(cfg, lam, fingerprint, "reference"))
+                  as run, faults_explained(session.device, cfg.task.batch_size)):
+                log_config(run, cfg, lam, mk)
+                metrics = self.step(session, cfg, mk, run, time.perf_counter())
+            print(summary_line(f"reference {parent.upper()}", lam, metrics), flush=True)
+
+    # ------------------------------------------------------------------ the session
+    def device_for(self, device: str, job_num: int = 0) -> str:
+        """The device this process uses for ``device`` (fixed at its first job: a worker that
+        runs several jobs keeps its GPU and its loaded models)."""
+        if device not in self.devices:
+            import torch
+
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            self.devices[device] = pick_device(device, count, job_num)
+        return self.devices[device]
+
+    def session_for(self, cfg: DictConfig, job_num: int = 0) -> Session:
+        """This process's Session for the pair, tasks and device (built on first use)."""
+        device = self.device_for(cfg.device, job_num)
+        key = json.dumps([OmegaConf.to_container(cfg.model, resolve=True),
+                          OmegaConf.to_container(cfg.task, resolve=True), device, cfg.seed])
+        if key != self.session_key:
+            self.session = None  # one working model per process
+            self.session = build_session(cfg, device)
+            self.session_key = key
+        return self.session
+
+
+_THIS_PROCESS: list[Pipeline] = []
+
+
+def this_process() -> Pipeline:
+    """The pipeline every job and callback of this process shares: Hydra calls the task
+    function once per job, so what the first job loads must outlive the call."""
+    if not _THIS_PROCESS:
+        _THIS_PROCESS.append(Pipeline())
+    return _THIS_PROCESS[0]
+
+
+def build_session(cfg: DictConfig, device: str) -> Session:
+    """Load the working model, build the tasks and the engine; note what that cost."""
+    from pathlib import Path
+
+    from app.evaluate.engine import HFEngine
+    from app.evaluate.evaluator import Evaluator
+    from app.judge.adapters import JudgeContext, JudgeModels
+    from app.merge.merger import Merger
+    from app.models import load_working_model
+
+    t0 = time.perf_counter()
+    model, tokenizer = load_working_model(cfg, device)
+    engine = HFEngine(model, tokenizer, cfg.task.batch_size, cfg.task.scoring)
+    evaluator = Evaluator(engine, cfg.task, seed=cfg.seed)
+    merger = Merger(device, cfg.seed, cfg.model.trust_remote_code)
+    judge = JudgeContext(device, cfg.model.pt, Path(cfg.tracking.dir) / "judge_cache.sqlite",
+                         JudgeModels())
+    # What this process paid before its first merge, logged by the job that evaluates next:
+    # interpreter start and imports up to here, then loading the model and building tasks.
+    overhead = {"time/startup_s": t0 - _process_start(),
+                "time/load_s": time.perf_counter() - t0}
+    return Session(model, tokenizer, evaluator, merger, judge, device, overhead)
+
+
+def _process_start() -> float:
+    """This process's start on the perf_counter clock (Linux; 0 overhead if unknown)."""
+    try:
+        ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
+        uptime = float(open("/proc/uptime").read().split()[0])
+        return time.perf_counter() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter()
+
+
+# ---------------------------------------------------------------------- fingerprints
+
+def _eval_key(cfg: DictConfig) -> dict:
+    task = OmegaConf.to_container(cfg.task, resolve=True)
+    task.pop("batch_size", None)  # does not change results
+    key = {"task": task, "seed": cfg.seed, "tokenizer": cfg.model.tokenizer,
+           "metrics": METRICS_VERSION}
+    if cfg.judge.name != "none":  # judge=none leaves fingerprints as they were
+        from app.judge import fingerprint as judge_fingerprint
+
+        key["judge"] = judge_fingerprint(cfg.judge)
+    return key
+
+
+def job_fingerprint(cfg: DictConfig, mk: dict) -> str:
+    """Hash of everything that determines a job's result: the merge (pair, method, parameters,
+    λ, dtype), the seed, the tasks and their settings, the metric definitions' version."""
+    return digest({"merge": mk, **_eval_key(cfg)})
+
+
+def reference_fingerprint(cfg: DictConfig, parent: str) -> str:
+    """Hash of a parent's reference evaluation (shared by every method's sweep)."""
+    return digest({"reference": cfg.model[parent], "dtype": cfg.model.dtype, **_eval_key(cfg)})
+
+
+def digest(payload: Any) -> str:
+    """A stable short hash of a JSON-able payload."""
+    import hashlib
+
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------- what a run records
+
+def job_tags(cfg: DictConfig, lam: float, fingerprint: str, role: str,
+             ctx: JobContext = JobContext()) -> dict[str, str]:
+    return {"role": role, "method": "reference" if role == "reference" else cfg.method.name,
+            "pair": cfg.model.name, "lambda": f"{lam:g}",
+            "tasks": ",".join(t.name for t in cfg.task.tasks), "seed": str(cfg.seed),
+            "overrides": ctx.overrides or "(defaults)", "fingerprint": fingerprint,
+            **process_tags()}
+
+
+def log_config(run, cfg: DictConfig, lam: float, mk: dict) -> None:
+    """The resolved config as params and config.yaml, package versions, mergekit.yaml."""
+    import yaml
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["lambda"] = lam
+    params = {k: v for k, v in flatten(resolved).items() if not k.startswith("method.mergekit")}
+    params.update(package_versions())
+    run.log_params(params)
+    run.log_text(OmegaConf.to_yaml(OmegaConf.create(resolved)), "config.yaml")
+    run.log_text(yaml.safe_dump(mk, sort_keys=False), "mergekit.yaml")
+
+
+def process_tags() -> dict[str, str]:
+    import socket
+
+    return {"host": socket.gethostname(), "pid": str(os.getpid()), "git_commit": git_commit()}
+
+
+def git_commit() -> str:
+    import subprocess
+    from pathlib import Path
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg, dist in PACKAGES.items():
+        try:
+            out[f"version.{pkg}"] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, str]:
+    """Nested dicts/lists → {'a.b.0.c': 'value'} for params."""
+    out: dict[str, str] = {}
+    items = d.items() if isinstance(d, dict) else enumerate(d) if isinstance(d, list) else None
+    if items is None:
+        return {prefix: str(d)}
+    for k, v in items:
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def aggregate(results: dict) -> dict[str, float]:
+    """Unweighted means across tasks: mean/acc (all tasks), mean/ece (calibrated tasks)."""
+    accs = [r.metrics["acc"] for r in results.values()]
+    eces = [r.metrics["ece"] for r in results.values() if "ece" in r.metrics]
+    out = {"mean/acc": sum(accs) / len(accs)}
+    if eces:
+        out["mean/ece"] = sum(eces) / len(eces)
+    return out

@@ -1,0 +1,3 @@
+from app.cli import report_main
+
+report_main()

@@ -1,0 +1,213 @@
+"""What a multirun does once: check the search, open the store, evaluate the parents, hold the
+sweep's parent run, and summarise the sweep (best λ per method) and the λ* search.
+
+``SweepCallback`` is the Hydra callback of every multirun (``conf/config.yaml``);
+``summarize_study`` is the λ* sweeper's callback (``conf/search/lambda_star.yaml``). Best λ
+follows one rule everywhere, the frontier's (``app.frontier.best``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from app import tracking
+from app.config import experiment_name
+from app.errors import Abort, ConfigError, suggest
+from app.frontier import Point, best
+from app.metrics import headline, job_metric_names
+from app.pipeline import JobContext, digest, process_tags, this_process
+
+PARENT_FILE = "mlflow_parent_run_id"
+
+
+class SweepCallback(Callback):
+    """One parent run per multirun, created (with the references) before any job starts."""
+
+    def __init__(self):
+        self.run_id, self.tracker = None, None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.hydra.launcher.get("preview"):  # only shows what it would submit
+            return
+        job_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+        try:
+            if "objective" in config.hydra.sweeper:  # a λ* search: check its metric names
+                check_search(config)
+            tracker = tracking.open_tracker(job_cfg.tracking, experiment_name(job_cfg))
+            if not on_cluster(config):  # there the first array task evaluates them
+                this_process().evaluate_references(job_cfg, tracker)
+        except ConfigError as e:  # Hydra only warns when a callback raises an Exception
+            raise Abort(str(e)) from e
+        overrides = sorted(config.hydra.overrides.task)
+        key = digest([experiment_name(job_cfg), overrides])
+        found = tracker.find_tagged("sweep_key", key)
+        if found:  # the same sweep command again: continue under the same parent
+            run_id = found.run_id
+            tracker.reopen(run_id)
+            for k, v in process_tags().items():
+                tracker.run(run_id).tag(k, v)
+        else:
+            run_id = tracker.start(f"sweep {' '.join(overrides)}",
+                                   {"role": "sweep", "sweep_key": key,
+                                    "overrides": " ".join(overrides)[:5000],
+                                    **process_tags()}).run_id
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / PARENT_FILE).write_text(run_id)
+        self.run_id, self.tracker = run_id, tracker
+        # Whatever ends this process (an exception in a job included), the parent is closed.
+        atexit.register(tracker.close, run_id, "FAILED",
+                        "the sweep process ended before the sweep finished")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.run_id is None:
+            return
+        log_sweep_summary(self.tracker, self.run_id)
+        self.tracker.close(self.run_id)
+
+
+def on_cluster(config: DictConfig) -> bool:
+    """Whether the sweep's jobs run on SLURM (the submitting node may have no GPU)."""
+    return "Slurm" in str(config.hydra.launcher.get("_target_", ""))
+
+
+def job_context() -> JobContext:
+    """This job's place in Hydra's run: its sweep's parent run, overrides, number, and whether
+    it evaluates the references (the first array task on a cluster)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return JobContext()
+    hc = HydraConfig.get()
+    parent = None
+    if hc.mode == RunMode.MULTIRUN:
+        path = Path(hc.sweep.dir) / PARENT_FILE
+        parent = path.read_text().strip() if path.exists() else None
+    return JobContext(parent=parent, overrides=" ".join(hc.overrides.task),
+                      job_num=int(hc.job.get("num", 0) or 0),
+                      evaluate_references=os.environ.get("SLURM_ARRAY_TASK_ID") == "0")
+
+
+def check_search(cfg: DictConfig) -> None:
+    """Objective and constraints must name metrics the job returns (checked before any job)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra_plugins.lambda_star_sweeper.lambda_star_sweeper import parse_constraint
+
+    sweeper = cfg.hydra.sweeper
+    valid = job_metric_names(cfg)
+    named = [("hydra.sweeper.objective", sweeper.objective)]
+    named += [("hydra.sweeper.constraints", parse_constraint(c)[0]) for c in sweeper.constraints]
+    for key, metric in named:
+        if metric not in valid:
+            raise ConfigError(f"{key}: the job returns no metric {metric!r}"
+                              f"{suggest(str(metric), valid)}; valid: {', '.join(valid)}")
+    cli = OverridesParser.create().parse_overrides(list(cfg.hydra.overrides.task))
+    if not sweeper.params and not any(o.is_sweep_override() for o in cli):
+        raise ConfigError("hydra.sweeper.params is empty: give e.g. "
+                          "hydra.sweeper.params.lambda='interval(0,1)'")
+
+
+def log_sweep_summary(tracker, parent_id: str) -> dict[str, float]:
+    """Best λ per method (the frontier's rule on ``mean/acc`` and ``mean/ece``) as params and
+    metrics on the parent; returns {method: best λ}."""
+    by_method: dict[str, list[tuple[Point, Any]]] = {}
+    for run in tracker.children(parent_id):
+        if "mean/acc" not in run.metrics:
+            continue
+        acc, ece = headline(run.metrics)
+        method = run.tags.get("method", "?")
+        by_method.setdefault(method, []).append(
+            (Point(float(run.params.get("lambda", "nan")), acc, ece, method), run))
+    params, metrics, chosen = {}, {}, {}
+    for method, points in by_method.items():
+        star = best([p for p, _ in points])
+        run = next(r for p, r in points if p is star)
+        chosen[method] = star.lam
+        params[f"best/{method}/lambda"] = run.params.get("lambda")
+        metrics.update({f"best/{method}/{k}": v for k, v in run.metrics.items()
+                        if not k.startswith("time/")})
+    handle = tracker.run(parent_id)
+    try:
+        handle.log_params(params)
+    except Exception:  # a param logged by an earlier run of the sweep: params are immutable
+        for k, v in params.items():
+            handle.tag(k, str(v))
+    handle.log_metrics(metrics)
+    return chosen
+
+
+def summarize_study(study, sweeper) -> dict:
+    """The λ* sweeper's callback: print λ*, write lambda_star.yaml next to the sweep's outputs,
+    log it to the sweep's parent run."""
+    import yaml
+    from hydra_plugins.lambda_star_sweeper.lambda_star_sweeper import violation
+    from optuna.trial import TrialState
+
+    from app.plots import trials_figure
+
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    feasible = [t for t in done if violation(t) <= 0]
+    failed = sum(t.state == TrialState.FAIL for t in study.trials)
+    if feasible:
+        sign = 1 if sweeper.direction == "maximize" else -1
+        # the frontier's rule: best objective; ties: most margin on the constraints (lower
+        # ECE under "ece <= ε"), then the smaller λ (the earlier trial without a λ)
+        points = {t.number: Point(t.params.get("lambda", t.number), sign * t.value,
+                                  sum(t.constraints.values())) for t in feasible}
+        star = best(list(points.values()))
+        chosen = next(t for t in feasible if points[t.number] is star)
+        verdict = "feasible"
+    elif done:
+        chosen = min(done, key=violation)
+        verdict = "NO feasible trial; least violating"
+    else:
+        raise RuntimeError("no trial completed")
+    constraints = [f"{m} {op} {b:g}" for m, op, b in sweeper.constraints]
+    metrics = {k: v for k, v in chosen.user_attrs.get("metrics", {}).items()
+               if not k.startswith("time/")}
+    summary = {
+        "study": study.study_name, "objective": sweeper.objective, "direction": sweeper.direction,
+        "constraints": constraints, "verdict": verdict, "best_params": chosen.params,
+        "best_value": chosen.value, "best_metrics": metrics, "trials": len(study.trials),
+        "completed": len(done), "infeasible": len(done) - len(feasible), "failed": failed,
+    }
+    shown_params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                             for k, v in chosen.params.items())
+    shown = ", ".join(f"{m.split()[0]}={metrics.get(m.split()[0], float('nan')):.4f}"
+                      for m in constraints)
+    low, high = (metrics.get(f"{sweeper.objective}_ci_{e}") for e in ("low", "high"))
+    interval = f" [95% CI {low:.4f}, {high:.4f}]" if low is not None and high is not None else ""
+    print(f"λ* search ({study.study_name}): {verdict} best {shown_params}: {sweeper.objective}="
+          f"{chosen.value:.4f}{interval}, {shown} | {len(done)} completed, "
+          f"{len(done) - len(feasible)} infeasible, {failed} failed", flush=True)
+    sweep_dir = Path(sweeper.config.hydra.sweep.dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / "lambda_star.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
+    parent_file = sweep_dir / PARENT_FILE
+    if parent_file.exists():
+        job_cfg = sweeper.config
+        tracker = tracking.open_tracker(job_cfg.tracking, experiment_name(job_cfg))
+        handle = tracker.run(parent_file.read_text().strip())
+        params = {f"best/{k}": v for k, v in chosen.params.items()}
+        params |= {"search/verdict": verdict, "search/constraints": "; ".join(constraints)}
+        try:
+            handle.log_params(params)
+        except Exception:  # a resumed study moved λ*: params are immutable, tags are not
+            for k, v in params.items():
+                handle.tag(k, str(v))
+        handle.log_metrics({f"best/{k}": v for k, v in metrics.items() if math.isfinite(v)}
+                           | {"search/infeasible": summary["infeasible"], "search/failed": failed,
+                              "search/completed": len(done)})
+        handle.log_text(yaml.safe_dump(summary, sort_keys=False), "lambda_star.yaml")
+        if "lambda" in chosen.params:
+            handle.log_figure(trials_figure(done, sweeper, chosen, violation),
+                              "search/trials.png")
+    return summary
