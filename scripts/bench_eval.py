@@ -87,20 +87,22 @@ def timed(fn):
 
 
 def run_setup(name: str, pt, it, tokenizer, task_cfg, shared: bool) -> dict:
-    from omegaconf import OmegaConf
-
-    from app.evaluate import Evaluator, stock_evaluate, task_manager
+    from app.evaluate.engine import HFEngine
+    from app.evaluate.evaluator import Evaluator
+    from app.evaluate.stock import stock_evaluate
+    from app.evaluate.tasks import task_manager
 
     model = pt
     pt_state = {k: v.clone() for k, v in pt.state_dict().items()}
     it_state = {k: v.clone() for k, v in it.state_dict().items()}
     with _chdir(task_cfg.include_path):
         manager = task_manager(task_cfg.include_path, [s.name for s in task_cfg.tasks])
-    evaluator, build_wall, build_cpu = timed(lambda: Evaluator(model, tokenizer, task_cfg))
+    evaluator, build_wall, build_cpu = timed(lambda: Evaluator(
+        HFEngine(model, tokenizer, task_cfg.batch_size), task_cfg))
     totals = {"stock": [0.0, 0.0], "reused": [build_wall, build_cpu]}
     if shared:
-        shared_cfg = OmegaConf.merge(task_cfg, {"scoring": "shared_context"})
-        shared_ev, w, c = timed(lambda: Evaluator(model, tokenizer, shared_cfg))
+        shared_ev, w, c = timed(lambda: Evaluator(
+            HFEngine(model, tokenizer, task_cfg.batch_size, "shared_context"), task_cfg))
         totals["shared"] = [w, c]
     max_gap = 0.0
     for i, lam in enumerate(LAMBDAS):

@@ -66,7 +66,7 @@ def copy_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
 def mk_config(method: str, lam: float, pt: Path, it: Path, dtype: str) -> dict:
     """The project's own mergekit config for this method and λ (conf/method/<method>.yaml)."""
     from app.config import compose
-    from app.merge import mergekit_config
+    from app.merge.mergekit_adapter import mergekit_config
 
     return mergekit_config(compose(f"method={method}", f"lambda={lam}", f"model.pt={pt}",
                                    f"model.it={it}", f"model.dtype={dtype}"))
@@ -81,17 +81,18 @@ def in_memory(args) -> dict:
     """Child process: load the working model once, merge every (method, λ) into it."""
     from transformers import AutoModelForCausalLM
 
-    from app.merge import merge_into
+    from app.merge.merger import Merger
 
     pt, it = Path(args.work) / "pt", Path(args.work) / "it"
     t = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(pt, dtype=getattr(torch, args.dtype))
     load_s = time.perf_counter() - t
     times, engines = {}, set()
+    merger = Merger()  # one per working model: keeps the mapped parents and λ-free values
     for method in args.methods:
         times[method] = []
         for lam in args.lambdas:
-            report = merge_into(model, mk_config(method, lam, pt, it, args.dtype))
+            report = merger.merge_into(model, mk_config(method, lam, pt, it, args.dtype))
             times[method].append(report.seconds)
             engines.add(report.engine)
     return {"load_s": load_s, "per_lambda_s": times, "peak_rss_gb": peak_rss_gb(),

@@ -75,9 +75,14 @@ def _fail(line: str) -> None:
 
 def user_error(e: BaseException) -> str | None:
     """One line for a configuration mistake, or None if ``e`` is a bug."""
-    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-    from hydra_plugins.lambda_star_sweeper.lambda_star_sweeper import SweeperConfigError
+    from hydra.errors import (
+        ConfigCompositionException,
+        MissingConfigException,
+        OverrideParseException,
+    )
     from omegaconf.errors import OmegaConfBaseException
+
+    from hydra_plugins.lambda_star_sweeper.lambda_star_sweeper import SweeperConfigError
 
     mine = (ConfigError, SweeperConfigError)
     while e.__cause__ is not None and not isinstance(e, mine):

@@ -1,4 +1,4 @@
-"""What every component shares: the one-line user errors, name suggestions and λ's canonical form."""
+"""What every component shares: one-line user errors, name suggestions, λ's canonical form."""
 
 from __future__ import annotations
 

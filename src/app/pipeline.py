@@ -15,6 +15,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
@@ -24,11 +25,8 @@ from app.config import experiment_name, validate
 from app.errors import ConfigError, clean_lambda
 from app.faults import JobFailed, check_finite, faults_explained
 from app.merge.methods import reference_for
-from app.metrics import METRICS_VERSION, summary_line
-
-PACKAGES = {"mergekit": "mergekit", "lm_eval": "lm-eval", "torch": "torch",
-            "transformers": "transformers", "mlflow": "mlflow", "hydra": "hydra-core",
-            "optuna": "optuna"}
+from app.metrics import summary_line
+from app.provenance import job_fingerprint, job_tags, log_config, reference_fingerprint
 
 
 @dataclass
@@ -49,7 +47,7 @@ class Session:
     tokenizer: Any
     evaluator: Any
     merger: Any
-    judge: Any  # app.judge.adapters.JudgeContext
+    judge_models: Any  # app.judge.adapters.JudgeModels: what judges load, kept across jobs
     device: str
     overhead: dict[str, float] = field(default_factory=dict)  # logged by the next evaluated job
 
@@ -105,8 +103,9 @@ class Pipeline:
             reference = tracker.find(reference_fingerprint(cfg, parent))
         device = session.device if session else cfg.device
         try:
-            with (tracking.tracked(tracker, f"{cfg.method.name} λ={lam:g}",
-                                   job_tags(cfg, lam, fingerprint, "job", ctx), ctx.parent) as run,
+            tags = job_tags(cfg, lam, fingerprint, "job", ctx.overrides)
+            with (tracking.tracked(tracker, f"{cfg.method.name} λ={lam:g}", tags,
+                                   ctx.parent) as run,
                   faults_explained(device, cfg.task.batch_size)):
                 log_config(run, cfg, lam, mk)
                 if fault is not None:
@@ -129,6 +128,7 @@ class Pipeline:
              start: float) -> dict[str, float]:
         """Merge into the working model, evaluate, judge, log metrics and artifacts to ``run``."""
         from app.judge import judge_run
+        from app.judge.adapters import JudgeContext
         from app.merge.merger import save_merged
         from app.plots import reliability_figure
 
@@ -155,7 +155,9 @@ class Pipeline:
         metrics["time/eval_s"] = time.perf_counter() - t_eval
         metrics.update(session.overhead)
         session.overhead = {}
-        metrics.update(judge_run(session.model, session.tokenizer, cfg, run, session.judge))
+        judge = JudgeContext(session.device, cfg.model.pt,
+                             Path(cfg.tracking.dir) / "judge_cache.sqlite", session.judge_models)
+        metrics.update(judge_run(session.model, session.tokenizer, cfg, run, judge))
         metrics["time/total_s"] = time.perf_counter() - start
         run.log_metrics(metrics)
         run.log_json(lm_eval_out, "lm_eval_results.json")
@@ -215,11 +217,9 @@ def this_process() -> Pipeline:
 
 def build_session(cfg: DictConfig, device: str) -> Session:
     """Load the working model, build the tasks and the engine; note what that cost."""
-    from pathlib import Path
-
     from app.evaluate.engine import HFEngine
     from app.evaluate.evaluator import Evaluator
-    from app.judge.adapters import JudgeContext, JudgeModels
+    from app.judge.adapters import JudgeModels
     from app.merge.merger import Merger
     from app.models import load_working_model
 
@@ -228,13 +228,11 @@ def build_session(cfg: DictConfig, device: str) -> Session:
     engine = HFEngine(model, tokenizer, cfg.task.batch_size, cfg.task.scoring)
     evaluator = Evaluator(engine, cfg.task, seed=cfg.seed)
     merger = Merger(device, cfg.seed, cfg.model.trust_remote_code)
-    judge = JudgeContext(device, cfg.model.pt, Path(cfg.tracking.dir) / "judge_cache.sqlite",
-                         JudgeModels())
     # What this process paid before its first merge, logged by the job that evaluates next:
     # interpreter start and imports up to here, then loading the model and building tasks.
     overhead = {"time/startup_s": t0 - _process_start(),
                 "time/load_s": time.perf_counter() - t0}
-    return Session(model, tokenizer, evaluator, merger, judge, device, overhead)
+    return Session(model, tokenizer, evaluator, merger, JudgeModels(), device, overhead)
 
 
 def _process_start() -> float:
@@ -245,104 +243,6 @@ def _process_start() -> float:
         return time.perf_counter() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError):
         return time.perf_counter()
-
-
-# ---------------------------------------------------------------------- fingerprints
-
-def _eval_key(cfg: DictConfig) -> dict:
-    task = OmegaConf.to_container(cfg.task, resolve=True)
-    task.pop("batch_size", None)  # does not change results
-    key = {"task": task, "seed": cfg.seed, "tokenizer": cfg.model.tokenizer,
-           "metrics": METRICS_VERSION}
-    if cfg.judge.name != "none":  # judge=none leaves fingerprints as they were
-        from app.judge import fingerprint as judge_fingerprint
-
-        key["judge"] = judge_fingerprint(cfg.judge)
-    return key
-
-
-def job_fingerprint(cfg: DictConfig, mk: dict) -> str:
-    """Hash of everything that determines a job's result: the merge (pair, method, parameters,
-    λ, dtype), the seed, the tasks and their settings, the metric definitions' version."""
-    return digest({"merge": mk, **_eval_key(cfg)})
-
-
-def reference_fingerprint(cfg: DictConfig, parent: str) -> str:
-    """Hash of a parent's reference evaluation (shared by every method's sweep)."""
-    return digest({"reference": cfg.model[parent], "dtype": cfg.model.dtype, **_eval_key(cfg)})
-
-
-def digest(payload: Any) -> str:
-    """A stable short hash of a JSON-able payload."""
-    import hashlib
-
-    blob = json.dumps(payload, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-# ---------------------------------------------------------------------- what a run records
-
-def job_tags(cfg: DictConfig, lam: float, fingerprint: str, role: str,
-             ctx: JobContext = JobContext()) -> dict[str, str]:
-    return {"role": role, "method": "reference" if role == "reference" else cfg.method.name,
-            "pair": cfg.model.name, "lambda": f"{lam:g}",
-            "tasks": ",".join(t.name for t in cfg.task.tasks), "seed": str(cfg.seed),
-            "overrides": ctx.overrides or "(defaults)", "fingerprint": fingerprint,
-            **process_tags()}
-
-
-def log_config(run, cfg: DictConfig, lam: float, mk: dict) -> None:
-    """The resolved config as params and config.yaml, package versions, mergekit.yaml."""
-    import yaml
-
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved["lambda"] = lam
-    params = {k: v for k, v in flatten(resolved).items() if not k.startswith("method.mergekit")}
-    params.update(package_versions())
-    run.log_params(params)
-    run.log_text(OmegaConf.to_yaml(OmegaConf.create(resolved)), "config.yaml")
-    run.log_text(yaml.safe_dump(mk, sort_keys=False), "mergekit.yaml")
-
-
-def process_tags() -> dict[str, str]:
-    import socket
-
-    return {"host": socket.gethostname(), "pid": str(os.getpid()), "git_commit": git_commit()}
-
-
-def git_commit() -> str:
-    import subprocess
-    from pathlib import Path
-
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg, dist in PACKAGES.items():
-        try:
-            out[f"version.{pkg}"] = version(dist)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
-def flatten(d: Any, prefix: str = "") -> dict[str, str]:
-    """Nested dicts/lists → {'a.b.0.c': 'value'} for params."""
-    out: dict[str, str] = {}
-    items = d.items() if isinstance(d, dict) else enumerate(d) if isinstance(d, list) else None
-    if items is None:
-        return {prefix: str(d)}
-    for k, v in items:
-        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
 
 
 def aggregate(results: dict) -> dict[str, float]:

@@ -22,7 +22,8 @@ from app.config import experiment_name
 from app.errors import Abort, ConfigError, suggest
 from app.frontier import Point, best
 from app.metrics import headline, job_metric_names
-from app.pipeline import JobContext, digest, process_tags, this_process
+from app.pipeline import JobContext, this_process
+from app.provenance import digest, process_tags
 
 PARENT_FILE = "mlflow_parent_run_id"
 
@@ -99,6 +100,7 @@ def job_context() -> JobContext:
 def check_search(cfg: DictConfig) -> None:
     """Objective and constraints must name metrics the job returns (checked before any job)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+
     from hydra_plugins.lambda_star_sweeper.lambda_star_sweeper import parse_constraint
 
     sweeper = cfg.hydra.sweeper
@@ -148,10 +150,10 @@ def summarize_study(study, sweeper) -> dict:
     """The λ* sweeper's callback: print λ*, write lambda_star.yaml next to the sweep's outputs,
     log it to the sweep's parent run."""
     import yaml
-    from hydra_plugins.lambda_star_sweeper.lambda_star_sweeper import violation
     from optuna.trial import TrialState
 
     from app.plots import trials_figure
+    from hydra_plugins.lambda_star_sweeper.lambda_star_sweeper import violation
 
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     feasible = [t for t in done if violation(t) <= 0]

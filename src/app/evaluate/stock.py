@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from app.evaluate.tasks import (GROUP_PREFIX, in_include_path, build_tasks, subsample,
-                                task_manager, task_specs)
+from app.evaluate.tasks import (
+    GROUP_PREFIX,
+    build_tasks,
+    in_include_path,
+    subsample,
+    task_manager,
+    task_specs,
+)
 
 
 def stock_evaluate(model, tokenizer, task_cfg: DictConfig, seed: int = 0,

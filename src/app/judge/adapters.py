@@ -5,7 +5,6 @@ response, ``{"verdict": {type: bool} | None, ...details}`` (None: the reply was 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -101,8 +100,13 @@ def _ids(value) -> list[int]:
 def generate(model, tokenizer, prompts: Sequence[str], j, device: str) -> list[list[Sample]]:
     """``j.k`` samples per prompt: penalties, then temperature, top-k and top-p (the order of
     OpenAI-compatible servers), seeded with ``j.seed`` without touching the global RNG."""
-    from transformers import (GenerationConfig, LogitsProcessorList, TemperatureLogitsWarper,
-                              TopKLogitsWarper, TopPLogitsWarper)
+    from transformers import (
+        GenerationConfig,
+        LogitsProcessorList,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
 
     eos = _ids(model.generation_config.eos_token_id) or _ids(tokenizer.eos_token_id)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
@@ -182,8 +186,8 @@ class JudgeContext:
 
 
 @torch.inference_mode()
-def perplexities(models: JudgeModels, path: str, device: str, prompts: Sequence[str], responses: Sequence[str],
-                 template: bool) -> list[float | None]:
+def perplexities(models: JudgeModels, path: str, device: str, prompts: Sequence[str],
+                 responses: Sequence[str], template: bool) -> list[float | None]:
     """Per response, exp(mean NLL of its tokens) under the model at ``path``, given the prompt
     (in that model's chat template where it has one); None for an empty response."""
     model, tok = models.causal_lm(path, device)
@@ -203,8 +207,8 @@ def perplexities(models: JudgeModels, path: str, device: str, prompts: Sequence[
 
 
 @torch.inference_mode()
-def rewards(models: JudgeModels, path: str, device: str, prompts: Sequence[str], responses: Sequence[str]
-            ) -> list[float]:
+def rewards(models: JudgeModels, path: str, device: str, prompts: Sequence[str],
+            responses: Sequence[str]) -> list[float]:
     """The reward model's score (its first logit) of each (prompt, response) conversation."""
     model, tok = models.reward_model(path, device)
     out = []

@@ -24,8 +24,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from app.merge.torch_ops import (Buffers, chunks, new_buffers, torch_linear, torch_slerp,
-                                 torch_task_vector)
+from app.merge.torch_ops import (
+    Buffers,
+    chunks,
+    new_buffers,
+    torch_linear,
+    torch_slerp,
+    torch_task_vector,
+)
 
 LOG = logging.getLogger(__name__)
 MATH_DTYPE = "float32"

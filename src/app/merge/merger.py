@@ -17,6 +17,7 @@ from app.merge.direct import DirectMerger, merged_names
 from app.merge.mergekit_adapter import merged_tensors
 from app.merge.methods import METHODS
 
+
 @dataclass
 class MergeReport:
     tensors: int
@@ -51,8 +52,8 @@ class Merger:
                     raise RuntimeError(f"merged tensor {name!r} has no parameter in the "
                                        f"working model")
                 if target.shape != tensor.shape:
-                    raise RuntimeError(f"merged tensor {name!r} has shape "
-                                       f"{tuple(tensor.shape)}, model expects {tuple(target.shape)}")
+                    raise RuntimeError(f"merged tensor {name!r} has shape {tuple(tensor.shape)}"
+                                       f", model expects {tuple(target.shape)}")
                 target.copy_(tensor)
                 written_names.add(name)
         missing = merged_names(model) - written_names
@@ -83,3 +84,9 @@ def save_merged(model, tokenizer, mk: dict[str, Any], save_dir: str) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def merge_into(model: torch.nn.Module, mk: dict[str, Any], device: str = "cpu",
+               seed: int | None = None, trust_remote_code: bool = False) -> MergeReport:
+    """One merge with a fresh ``Merger`` (nothing kept for a next λ)."""
+    return Merger(device, seed, trust_remote_code).merge_into(model, mk)

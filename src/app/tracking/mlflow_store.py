@@ -21,7 +21,7 @@ from typing import Any
 import mlflow
 from mlflow.entities import Metric, Param
 
-from app.tracking import RunRecord
+from app.tracking.interface import RunRecord
 
 
 def tracking_uri(tracking) -> str:

@@ -3,7 +3,7 @@
 import optuna
 import yaml
 
-from test_app import run_app, runs
+from helpers import run_app, runs
 
 SEARCH = ["-m", "search=lambda_star", "task.limit=60"]
 

@@ -15,7 +15,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from app.calibration import calibration_metrics
 from app.config import TOY_DIR, ConfigError, group_options
-from app.evaluate import Evaluator, build_tasks, prepare_leaves, stock_evaluate, task_manager
+from app.evaluate.engine import HFEngine
+from app.evaluate.evaluator import Evaluator
+from app.evaluate.stock import stock_evaluate
+from app.evaluate.tasks import build_tasks, prepare_leaves, task_manager
 
 MC = ["leaderboard_mmlu_pro", "leaderboard_gpqa_main", "leaderboard_gpqa_diamond",
       "leaderboard_bbh"]
@@ -33,7 +36,7 @@ def toy():
 
 def test_presets_name_leaderboard_tasks_with_shots_metric_and_calibration(make_cfg):
     assert {*PRESETS, "leaderboard", "standin_leaderboard"} <= set(group_options("task"))
-    assert make_cfg().task.name == "toy"  # the toy tasks stay the default
+    assert [t.name for t in make_cfg().task.tasks] == ["toy_mc", "toy_gen"]  # the default
     suite = make_cfg("task=leaderboard").task
     shots = {t.name: t.num_fewshot for t in suite.tasks}
     assert shots == {"leaderboard_mmlu_pro": 5, "leaderboard_gpqa_main": 0,
@@ -114,7 +117,7 @@ def test_reused_requests_give_stock_simple_evaluate_metrics_for_every_merge(toy,
     for overrides in (["task.limit=40"],  # toy tasks: multiple choice and generation
                       ["task=mmlu_pro", "task.data_dir=${standins:}", "task.limit=6"]):
         cfg = make_cfg(*overrides).task
-        evaluator = Evaluator(model, tok, cfg)
+        evaluator = Evaluator(HFEngine(model, tok, cfg.batch_size, cfg.scoring), cfg)
         for lam in (0.0, 0.7):  # the weights change in place between evaluations
             with torch.no_grad():
                 for (name, p), q in zip(model.named_parameters(), it.parameters()):
@@ -184,11 +187,12 @@ def test_shared_context_scoring_gives_lm_evals_loglikelihoods(toy, make_cfg):
                              (qwen, ["task=mmlu_pro", "task.data_dir=${standins:}",
                                      "task.limit=4"])):
         cfg = make_cfg(*overrides).task
-        plain = Evaluator(model, tok, cfg)
-        shared = Evaluator(model, tok, OmegaConf.merge(cfg, {"scoring": "shared_context"}))
+        plain = Evaluator(HFEngine(model, tok, cfg.batch_size, cfg.scoring), cfg)
+        shared = Evaluator(HFEngine(model, tok, cfg.batch_size, "shared_context"), cfg)
         (res_a, _), (res_b, _) = plain.evaluate(), shared.evaluate()
-        contexts = {tuple(c) for _, c, _ in plain._ll_tokens}
-        assert len(shared.scorer.groups) == len(contexts) and not shared.scorer.fallback
+        contexts = {tuple(c) for _, c, _ in plain.engine.requests}
+        scorer = shared.engine.scorer
+        assert len(scorer.groups) == len(contexts) and not scorer.fallback
         pairs = [(a.resps[0], b.resps[0]) for a, b in zip(plain._ll, shared._ll)]
         assert max(abs(a[0] - b[0]) for a, b in pairs) < 1e-4
         assert [a[1] for a, _ in pairs] == [b[1] for _, b in pairs]  # greedy flags

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from test_app import run_app, runs
-from test_ui import CHROMIUM, CHROMIUM_ARGS
+from helpers import run_app, runs
+from helpers import CHROMIUM, CHROMIUM_ARGS
 
 
 def report(tmp_path, *args, check=True):

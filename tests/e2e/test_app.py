@@ -7,24 +7,7 @@ import sys
 import mlflow
 import pytest
 
-LIMIT = "task.limit=40"
-
-
-def run_app(tmp_path, *args, check=True, env=None):
-    cmd = [sys.executable, "-m", "app", *args, f"tracking.dir={tmp_path}/mlruns",
-           f"hydra.run.dir={tmp_path}/outputs", f"hydra.sweep.dir={tmp_path}/multirun"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}")
-    return proc
-
-
-def runs(tmp_path):
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    exps = client.search_experiments()
-    return client, [r for e in exps for r in client.search_runs([e.experiment_id])]
-
+from helpers import LIMIT, run_app, runs
 
 def test_single_run_logs_metrics_params_and_artifacts(tmp_path):
     proc = run_app(tmp_path, LIMIT, "lambda=0.3")

@@ -16,8 +16,8 @@ import mlflow
 import pytest
 
 from app.config import TOY_DIR, ConfigError, validate
-from conftest import free_port
-from test_app import run_app
+from helpers import free_port
+from helpers import run_app
 from app.judge import adapters
 from app.judge.metrics import (diversity, distinct_n, heuristic_verdict, loop_repeats, lowest,
                                parse_verdict, partition, repeated_ngram_ratio)
@@ -65,7 +65,8 @@ def test_nonsense_by_broken_words_and_by_pt_perplexity(thresholds):
     assert not heuristic_verdict(prompt, clean, thresholds, "en", lexicon=words)["nonsense"]
     assert heuristic_verdict(prompt, broken, thresholds, "en", lexicon=words)["nonsense"]
     gibberish = "xq zzk vbbq jjw qwrtzp"
-    ppl = adapters.perplexities(PT, "cpu", [prompt] * 2, [clean, gibberish], template=True)
+    ppl = adapters.perplexities(adapters.JudgeModels(), PT, "cpu", [prompt] * 2,
+                                [clean, gibberish], template=True)
     assert ppl[0] < 50 < 1000 < ppl[1]
     strict = {**thresholds, "max_perplexity": 300.0}
     assert not heuristic_verdict(prompt, clean, strict, "en", perplexity=ppl[0])["nonsense"]
@@ -97,8 +98,8 @@ def test_verdict_parsing(make_cfg, reply, expect):
 
 
 def test_fingerprints_leave_judge_none_unchanged_and_never_hold_the_key(make_cfg, monkeypatch):
-    from app.merge import mergekit_config
-    from app.run import _eval_key, job_fingerprint
+    from app.merge.mergekit_adapter import mergekit_config
+    from app.provenance import _eval_key, job_fingerprint
 
     cfg = make_cfg()
     assert "judge" not in _eval_key(cfg)  # judge=none: fingerprints as before judges existed
@@ -137,9 +138,9 @@ def runs(tmp_path):
 
 def run_in_process(make_cfg, tmp_path, *overrides):
     """One job in this process (the working model is loaded once for all of them)."""
-    from app.run import run_job
+    from app.pipeline import this_process
 
-    metrics = run_job(make_cfg(*FAST, f"tracking.dir={tmp_path}/mlruns", "force=true", *overrides))
+    metrics = this_process().run_job(make_cfg(*FAST, f"tracking.dir={tmp_path}/mlruns", "force=true", *overrides))
     newest = max(runs(tmp_path), key=lambda r: r.info.start_time)
     return metrics, newest
 

@@ -5,7 +5,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
 from app.config import ConfigError, clean_lambda, group_options, validate
-from app.merge import mergekit_config
+from app.merge.mergekit_adapter import mergekit_config
 
 GROUPS = ["model", "method", "task", "judge", "tracking"]
 
@@ -13,7 +13,8 @@ GROUPS = ["model", "method", "task", "judge", "tracking"]
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in group_options(g)])
 def test_every_shipped_option_composes(make_cfg, group, option):
     cfg = make_cfg(f"{group}={option}")
-    assert cfg[group].name if group != "tracking" else cfg.tracking.dir
+    assert {"task": lambda: cfg.task.tasks, "tracking": lambda: cfg.tracking.dir}.get(
+        group, lambda: cfg[group].name)()
     if group == "method":
         mk = mergekit_config(cfg)
         assert mk["merge_method"] and mk["out_dtype"] == cfg.model.dtype
@@ -21,7 +22,8 @@ def test_every_shipped_option_composes(make_cfg, group, option):
 
 def test_defaults_are_the_toy_pair(make_cfg):
     cfg = make_cfg()
-    assert cfg.model.name == "toy" and cfg.task.name == "toy" and cfg["lambda"] == 0.5
+    assert cfg.model.name == "toy" and cfg["lambda"] == 0.5
+    assert [t.name for t in cfg.task.tasks] == ["toy_mc", "toy_gen"]
     validate(cfg)
 
 

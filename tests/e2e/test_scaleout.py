@@ -3,10 +3,10 @@
 
 import pytest
 
-from app.run import pick_device
-from conftest import mlflow_server
+from app.pipeline import pick_device
+from helpers import mlflow_server
 from hydra_plugins.chunked_submitit.chunked_submitit import gpu_for, plan_chunks
-from test_app import run_app, runs
+from helpers import run_app, runs
 
 GRID = ["-m", "task.limit=10", "method=linear", "lambda=0.2,0.8"]
 METRICS = ("toy_mc/acc", "toy_mc/ece", "toy_mc/brier", "toy_gen/acc")

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from app.cli import user_error
 from app.config import TOY_DIR, validate
-from app.run import JobFailed, explain_fault, faults_explained
-from test_app import run_app, runs
-from test_tracking import child_runs, finished_jobs
+from app.faults import JobFailed, explain_fault, faults_explained
+from helpers import run_app, runs
+from helpers import child_runs, finished_jobs
 
 FAST = "task.limit=10"
 
@@ -99,9 +99,9 @@ def test_out_of_memory_becomes_one_actionable_line(make_cfg):
                              "can't allocate memory: you tried to allocate 8589934592 bytes")):
         with pytest.raises(JobFailed, match=r"^out of memory on cuda:0 .*lower task.batch_size "
                                             r"\(now 64\)"):
-            with faults_explained(cfg):
+            with faults_explained(cfg.device, cfg.task.batch_size):
                 raise err
-    assert explain_fault(KeyError("a bug"), cfg) is None  # bugs keep their traceback
+    assert explain_fault(KeyError("a bug"), cfg.device, cfg.task.batch_size) is None  # bugs keep their traceback
 
 
 def test_sigterm_closes_the_open_run_and_a_rerun_finishes(tmp_path):
@@ -125,7 +125,7 @@ def test_sigterm_closes_the_open_run_and_a_rerun_finishes(tmp_path):
 KILL_IN_MIGRATION = """
 import os, signal, sys
 import alembic.op
-from app import tracking
+from app.tracking import mlflow_store as tracking
 calls = []
 def create_table(*args, **kwargs):
     calls.append(1)
@@ -206,7 +206,7 @@ def test_malformed_overrides_are_one_line_errors_never_crashes(make_cfg, key, va
 
 
 def test_artifact_names_cannot_escape_the_run():
-    from app.tracking import artifact_name
+    from app.tracking.mlflow_store import artifact_name
 
     assert artifact_name("samples/toy_mc.jsonl") == "samples/toy_mc.jsonl"
     assert artifact_name("../../etc/passwd") == "etc/passwd"

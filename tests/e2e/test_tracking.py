@@ -1,29 +1,8 @@
 """MLflow tracking: resume by fingerprint, concurrent writers (SIGKILL recovery: test_faults)."""
 
-import sqlite3
-
-from test_app import LIMIT, run_app, runs
+from helpers import LIMIT, child_runs, run_app, runs
 
 GRID = ["-m", LIMIT, "method=linear", "lambda=0.2,0.4,0.6,0.8"]
-
-
-def child_runs(tmp_path):
-    _, found = runs(tmp_path)
-    return [r for r in found if r.data.tags.get("role") == "job"]
-
-
-def finished_jobs(tmp_path) -> int:
-    """Read-only count straight from SQLite: an MLflow client here would race the sweep's
-    own schema creation."""
-    db = tmp_path / "mlruns" / "mlflow.db"
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
-            return con.execute(
-                "SELECT count(*) FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid "
-                "WHERE tags.key = 'role' AND tags.value = 'job' AND runs.status = 'FINISHED'"
-            ).fetchone()[0]
-    except sqlite3.Error:  # not created yet
-        return 0
 
 
 def test_rerun_skips_finished_jobs_and_force_redoes_them(tmp_path):

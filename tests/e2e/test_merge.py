@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from app.config import TOY_DIR, group_options
-from app.merge import merge_into, mergekit_config
+from app.merge.mergekit_adapter import mergekit_config
+from app.merge.merger import merge_into
 
 # λ=0 gives PT and λ=1 gives IT bit for bit (linear, slerp), or up to float32 rounding:
 # nuslerp computes sin(θ)·v/sin(θ); task-vector methods give PT exactly at λ=0 and compute
@@ -166,13 +167,13 @@ def it_with_extra_tokens(tmp_path_factory):
 
 @pytest.mark.parametrize("policy,lam,parent", [("pt", 1, "it"), ("it", 0, "pt")])
 def test_tokenizer_policy_aligns_vocabularies(make_cfg, it_with_extra_tokens, policy, lam, parent):
-    from app.run import session_for
+    from app.pipeline import this_process
 
     cfg = make_cfg(f"model.it={it_with_extra_tokens}", f"model.tokenizer={policy}",
                    f"lambda={lam}", "task.limit=4")
     mk = mergekit_config(cfg)
     assert mk["tokenizer"]["source"] == cfg.model[policy]
-    model = session_for(cfg).model
+    model = this_process().session_for(cfg).model
     merge_into(model, mk)
     state = model.state_dict()
     vocab = 640 if policy == "pt" else 642
@@ -187,7 +188,7 @@ def test_union_policy_keeps_every_models_tokens(make_cfg, it_with_extra_tokens, 
     token only one parent has is that parent's row, and the union tokenizer evaluates."""
     from transformers import AutoTokenizer
 
-    from app.run import run_job, session_for
+    from app.pipeline import this_process
 
     tok = AutoTokenizer.from_pretrained(TOY_DIR / "pt")
     tok.add_special_tokens({"additional_special_tokens": ["<|pt_only|>"]})
@@ -203,7 +204,7 @@ def test_union_policy_keeps_every_models_tokens(make_cfg, it_with_extra_tokens, 
                    "model.tokenizer=union", "lambda=0.5", "task.limit=4", "task.bootstrap=0",
                    f"tracking.dir={tmp_path}/mlruns")
     assert mergekit_config(cfg)["tokenizer"] == {"source": "union"}
-    session = session_for(cfg)
+    session = this_process().session_for(cfg)
     union = session.tokenizer
     assert len(union.get_vocab()) == 643
     assert union.chat_template == it_tok.chat_template
@@ -217,7 +218,7 @@ def test_union_policy_keeps_every_models_tokens(make_cfg, it_with_extra_tokens, 
     name = "model.embed_tokens.weight"
     shared = PT[name][:640] * 0.5 + IT[name][:640] * 0.5
     torch.testing.assert_close(emb[:640], shared, rtol=0, atol=2e-7)
-    metrics = run_job(cfg)  # a whole job: merged, evaluated with the union tokenizer, logged
+    metrics = this_process().run_job(cfg)  # a whole job: merged, evaluated with the union tokenizer, logged
     assert metrics and all(math.isfinite(v) for v in metrics.values())
 
 
@@ -232,7 +233,7 @@ def test_extra_models_join_the_task_vector_sum(make_cfg, model, tmp_path):
 def test_save_dir_writes_a_complete_model_atomically(make_cfg, model, tmp_path):
     from transformers import AutoTokenizer
 
-    from app.merge import save_merged
+    from app.merge.merger import save_merged
 
     mk = mergekit_config(make_cfg("lambda=1"))
     merge_into(model, mk)
@@ -307,8 +308,8 @@ DIRECT = {  # two parents at λ, one parent alone (the references), three models
 @pytest.mark.parametrize("fused", [True, False], ids=["fused kernels", "torch"])
 @pytest.mark.parametrize("case", DIRECT)
 def test_direct_path_is_bit_identical_to_mergekits_executor(bf16_pair, case, fused, monkeypatch):
-    from app import kernels
-    from app.merge import merged_tensors
+    from app.merge import kernels
+    from app.merge.mergekit_adapter import merged_tensors
 
     if fused:
         assert kernels.usable()  # numba is installed and its kernels match torch on this CPU
@@ -331,7 +332,7 @@ def test_direct_path_is_bit_identical_to_mergekits_executor(bf16_pair, case, fus
 
 
 def test_kernels_that_differ_from_torch_are_not_used(monkeypatch):
-    from app import kernels
+    from app.merge import kernels
 
     real = kernels._linear
     assert kernels.usable.__wrapped__()
@@ -345,11 +346,13 @@ def test_kernels_that_differ_from_torch_are_not_used(monkeypatch):
 
 
 def test_slerp_pair_takes_both_branches(bf16_pair):
-    from app.merge import CHUNK, _cosine, _file_key, mapped_weights
+    from app.merge.direct import DirectMerger, cosine
+    from app.merge.torch_ops import CHUNK
 
-    pt, it = (mapped_weights(*_file_key(f)) for f in bf16_pair[:2])
+    merger = DirectMerger()
+    pt, it = (merger.weights(f) for f in bf16_pair[:2])
     assert max(pt.where[n][4][0] * pt.where[n][4][-1] for n in pt.where) > CHUNK
-    cosines = [_cosine(pt, it, n).item() for n in pt.where]
+    cosines = [cosine(merger, pt, it, n).item() for n in pt.where]
     assert any(c > 0.9995 for c in cosines) and any(c < 0.99 for c in cosines)
 
 
@@ -363,11 +366,13 @@ def test_slerp_pair_takes_both_branches(bf16_pair):
     slerp(["a", "b"], 0.5) | {"tokenizer": {"source": "union"}},
 ])
 def test_anything_else_goes_to_mergekits_executor(bf16_pair, mk):
-    from app.merge import direct_merge
+    from app.merge.direct import DirectMerger
+    from app.merge.methods import METHODS
 
     mk = json.loads(json.dumps(mk).replace('"a"', json.dumps(str(bf16_pair[0])))
                     .replace('"b"', json.dumps(str(bf16_pair[1]))))
     model = AutoModelForCausalLM.from_pretrained(bf16_pair[0], dtype=torch.bfloat16)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    assert direct_merge(model, mk, "cpu") is None
+    plan = METHODS[mk["merge_method"]].direct
+    assert plan is None or DirectMerger().merge(model, mk, "cpu", plan) is None
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # untouched

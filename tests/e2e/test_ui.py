@@ -6,16 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import mlflow_server
-from test_app import run_app, runs
+from helpers import CHROMIUM, CHROMIUM_ARGS, mlflow_server, run_app, runs
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists() and not os.environ.get("CI"),
     reason="Debian's chromium is not installed (scripts/install.sh installs it as root)")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
 
 
 @pytest.fixture

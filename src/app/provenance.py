@@ -1,0 +1,107 @@
+"""What a run records about itself: its fingerprint (what determines its result), tags and
+params (the resolved config, the package versions, the process)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from app.metrics import METRICS_VERSION
+
+PACKAGES = {"mergekit": "mergekit", "lm_eval": "lm-eval", "torch": "torch",
+            "transformers": "transformers", "mlflow": "mlflow", "hydra": "hydra-core",
+            "optuna": "optuna"}
+
+
+def _eval_key(cfg: DictConfig) -> dict:
+    task = OmegaConf.to_container(cfg.task, resolve=True)
+    task.pop("batch_size", None)  # does not change results
+    key = {"task": task, "seed": cfg.seed, "tokenizer": cfg.model.tokenizer,
+           "metrics": METRICS_VERSION}
+    if cfg.judge.name != "none":  # judge=none leaves fingerprints as they were
+        from app.judge import fingerprint as judge_fingerprint
+
+        key["judge"] = judge_fingerprint(cfg.judge)
+    return key
+
+
+def job_fingerprint(cfg: DictConfig, mk: dict) -> str:
+    """Hash of everything that determines a job's result: the merge (pair, method, parameters,
+    λ, dtype), the seed, the tasks and their settings, the metric definitions' version."""
+    return digest({"merge": mk, **_eval_key(cfg)})
+
+
+def reference_fingerprint(cfg: DictConfig, parent: str) -> str:
+    """Hash of a parent's reference evaluation (shared by every method's sweep)."""
+    return digest({"reference": cfg.model[parent], "dtype": cfg.model.dtype, **_eval_key(cfg)})
+
+
+def digest(payload: Any) -> str:
+    """A stable short hash of a JSON-able payload."""
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def job_tags(cfg: DictConfig, lam: float, fingerprint: str, role: str,
+             overrides: str = "") -> dict[str, str]:
+    return {"role": role, "method": "reference" if role == "reference" else cfg.method.name,
+            "pair": cfg.model.name, "lambda": f"{lam:g}",
+            "tasks": ",".join(t.name for t in cfg.task.tasks), "seed": str(cfg.seed),
+            "overrides": overrides or "(defaults)", "fingerprint": fingerprint,
+            **process_tags()}
+
+
+def log_config(run, cfg: DictConfig, lam: float, mk: dict) -> None:
+    """The resolved config as params and config.yaml, package versions, mergekit.yaml."""
+    import yaml
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["lambda"] = lam
+    params = {k: v for k, v in flatten(resolved).items() if not k.startswith("method.mergekit")}
+    params.update(package_versions())
+    run.log_params(params)
+    run.log_text(OmegaConf.to_yaml(OmegaConf.create(resolved)), "config.yaml")
+    run.log_text(yaml.safe_dump(mk, sort_keys=False), "mergekit.yaml")
+
+
+def process_tags() -> dict[str, str]:
+    return {"host": socket.gethostname(), "pid": str(os.getpid()), "git_commit": git_commit()}
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg, dist in PACKAGES.items():
+        try:
+            out[f"version.{pkg}"] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, str]:
+    """Nested dicts/lists → {'a.b.0.c': 'value'} for params."""
+    out: dict[str, str] = {}
+    items = d.items() if isinstance(d, dict) else enumerate(d) if isinstance(d, list) else None
+    if items is None:
+        return {prefix: str(d)}
+    for k, v in items:
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out

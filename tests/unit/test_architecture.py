@@ -1,0 +1,97 @@
+"""The layout's promises, read from the source with ``ast``: no import cycles, MLflow only
+behind the tracker, private lm-eval/mergekit APIs only in app.compat, a standalone sweeper."""
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+PRIVATE = ("_loglikelihood_tokens", "_encode_pair", "_instances", "_compute_task_aggregations",
+           "_plan", "_tensors", "_model_out_config", "_index")
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in SRC.rglob("*.py"):
+        parts = list(path.relative_to(SRC).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def imports(path: Path, name: str, known: set[str]) -> set[str]:
+    """The project modules ``path`` imports, anywhere in the file (functions included)."""
+    found = set()
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1]
+                                + ([base] if base else []))
+            targets = [base] + [f"{base}.{a.name}" for a in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in known:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    return {name: imports(path, name, set(mods)) for name, path in mods.items()}
+
+
+def test_the_import_graph_has_no_cycle():
+    g = graph()
+    state: dict[str, int] = {}
+
+    def visit(node, trail):
+        state[node] = 1
+        for nxt in sorted(g[node]):
+            if state.get(nxt) == 1:
+                cycle = trail[trail.index(nxt):] + [nxt]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt, trail + [nxt])
+        state[node] = 2
+
+    assert len(g) > 20  # the walk really sees the project
+    for node in sorted(g):
+        if node not in state:
+            visit(node, [node])
+
+
+def test_a_made_up_cycle_is_found(tmp_path):
+    a = tmp_path / "a.py"
+    a.write_text("def f():\n    from b import x\n")
+    assert imports(a, "a", {"a", "b"}) == {"b"}  # imports inside functions count
+
+
+def test_only_the_tracking_package_imports_mlflow():
+    offenders = [name for name, path in modules().items()
+                 if not name.startswith("app.tracking")
+                 and any(isinstance(n, (ast.Import, ast.ImportFrom)) and any(
+                     (getattr(n, "module", None) or a.name).split(".")[0] == "mlflow"
+                     for a in n.names) for n in ast.walk(ast.parse(path.read_text())))]
+    assert offenders == []
+
+
+def test_the_sweeper_plugin_imports_nothing_of_the_app():
+    g = graph()
+    sweeper = "hydra_plugins.lambda_star_sweeper.lambda_star_sweeper"
+    assert sweeper in g and not any(m.startswith("app") for m in g[sweeper])
+
+
+def test_private_library_apis_are_used_only_in_compat():
+    for name, path in modules().items():
+        if name == "app.compat":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            attr = getattr(node, "attr", None) or getattr(node, "module", None) or ""
+            assert attr.rsplit(".", 1)[-1] not in PRIVATE, f"{name} uses {attr}"
