@@ -82,9 +82,10 @@ def user_error(e: BaseException) -> str | None:
     )
     from omegaconf.errors import OmegaConfBaseException
 
+    from hydra_plugins.chunked_submitit.chunked_submitit import LauncherConfigError
     from hydra_plugins.lambda_star_sweeper.lambda_star_sweeper import SweeperConfigError
 
-    mine = (ConfigError, SweeperConfigError)
+    mine = (ConfigError, SweeperConfigError, LauncherConfigError)
     while e.__cause__ is not None and not isinstance(e, mine):
         if isinstance(e, OmegaConfBaseException):
             break

@@ -10,19 +10,11 @@ Each judge has its own schema (``app.judge.schema``) and class (``app.judge.adap
    ``judge.lowest_k`` lowest-rewarded, as the study does;
 3. judge them: ``heuristic`` judges every response, ``hf`` and ``openai`` judge every response
    or, with a reward model, only the lowest-rewarded ones;
-4. log ``judge/verdicts.jsonl`` (one row per response) and return the metrics:
+4. log ``judge/verdicts.jsonl`` (one row per response) and return the ``judge/*`` metrics
+   (declared, with their meanings, in ``app.metrics``).
 
-| metric | meaning |
-|---|---|
-| ``judge/degeneration_rate`` | share of judged responses with any degeneration |
-| ``judge/{repetition,code_switch,nonsense}_rate`` | share with that kind |
-| ``judge/lowest_k/...`` | the same among the lowest-rewarded (with a reward model) |
-| ``judge/unparsed_rate`` | share of LLM judge replies naming no verdict (left out of the rates) |
-| ``judge/distinct_1``, ``_2`` | distinct word n-grams / all in a prompt's k samples (mean) |
-| ``judge/distinct_responses`` | distinct responses among a prompt's k samples (1..k, mean) |
-| ``judge/mean_length`` | generated tokens per response |
-| ``judge/n_responses`` | responses generated (prompts × k) |
-| ``judge/mean_reward`` | the reward model's mean score |
+Adding a judge: its schema (with ``adapter``) in ``schema.SCHEMAS``, its class in ``adapters``
+(``__init__(j, context)``, ``verdicts(prompts, responses)``), and its YAML in ``conf/judge/``.
 
 A judge that fails (endpoint unreachable, no reply parsed, ...) does not fail the job: its
 degeneration metrics are left out and the run gets the tag ``judge_missing=<reason>``;

@@ -41,8 +41,6 @@ def open_tracker(tracking_cfg, experiment: str) -> Tracker:
 
 def open_reader(uri: str | None, folder: str = "mlruns"):
     """A reader over a store (``uri``, or the SQLite store in ``folder``): the report's view."""
-    from pathlib import Path
-
     from app.tracking.mlflow_store import MlflowReader
 
-    return MlflowReader(uri or f"sqlite:///{Path(folder).resolve() / 'mlflow.db'}")
+    return MlflowReader(uri, folder)

@@ -24,10 +24,9 @@ from mlflow.entities import Metric, Param
 from app.tracking.interface import RunRecord
 
 
-def tracking_uri(tracking) -> str:
-    if tracking.uri:
-        return tracking.uri
-    return f"sqlite:///{Path(tracking.dir).resolve() / 'mlflow.db'}"
+def tracking_uri(uri: str | None, folder: str) -> str:
+    """``uri``, or the SQLite store in ``folder``."""
+    return uri or f"sqlite:///{Path(folder).resolve() / 'mlflow.db'}"
 
 
 class MlflowTracker:
@@ -39,7 +38,7 @@ class MlflowTracker:
     @classmethod
     def open(cls, tracking, experiment: str) -> "MlflowTracker":
         """Create (if needed) the store and the experiment; close stale runs."""
-        uri = tracking_uri(tracking)
+        uri = tracking_uri(tracking.uri, tracking.dir)
         if not tracking.uri:
             create_sqlite_store(Path(tracking.dir) / "mlflow.db")
         client = mlflow.MlflowClient(tracking_uri=uri)
@@ -132,8 +131,8 @@ def record(run) -> RunRecord:
 class MlflowReader:
     """Reading a store back (the report): sweeps, their jobs and the parents' references."""
 
-    def __init__(self, uri: str):
-        self.client = mlflow.MlflowClient(tracking_uri=uri)
+    def __init__(self, uri: str | None, folder: str = "mlruns"):
+        self.client = mlflow.MlflowClient(tracking_uri=tracking_uri(uri, folder))
 
     def experiment_names(self) -> list[str]:
         return [e.name for e in self.client.search_experiments()]

@@ -29,13 +29,15 @@ LOG = logging.getLogger(__name__)
 HERE = "hydra_plugins.chunked_submitit.chunked_submitit"
 
 
+class LauncherConfigError(ValueError):
+    """A bad `hydra.launcher.*` setting; the message is one line naming the key."""
+
+
 def plan_chunks(job_overrides: Sequence[Sequence[str]], chunk_size: int) -> List[List[int]]:
     """Job positions grouped by their overrides other than ``lambda``, each group cut into
     chunks of ``chunk_size`` (0: the whole group); groups keep their first job's order."""
     if chunk_size < 0:
-        from app.config import ConfigError
-
-        raise ConfigError(f"hydra.launcher.chunk_size={chunk_size}: must be >= 0 "
+        raise LauncherConfigError(f"hydra.launcher.chunk_size={chunk_size}: must be >= 0 "
                           "(0: one process per pair and method)")
     groups: Dict[tuple, List[int]] = {}
     for i, overrides in enumerate(job_overrides):
@@ -160,7 +162,6 @@ class ChunkedLocalConf(LocalQueueConf):
 class ChunkedSlurmConf(SlurmQueueConf):
     _target_: str = f"{HERE}.ChunkedSlurmLauncher"
     chunk_size: int = 0  # λ values per SLURM array task; 0: one task per (pair, method, …)
-    gpus: Optional[List[int]] = None  # unused on SLURM (it assigns each task its GPUs)
     preview: bool = False  # write and print the sbatch script, submit nothing
 
 
