@@ -28,9 +28,29 @@ def _main(cfg: DictConfig) -> dict[str, float]:
     try:
         return this_process().run_job(cfg, job_context())
     except ConfigError as e:
+        _forget_refused_secrets(HydraConfig.get())
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # one job of a sweep: its sweeper decides (a search records a FAIL trial)
         _fail(str(e))  # exit here, before Hydra logs the job's failure at length
+
+
+def _forget_refused_secrets(hc) -> None:
+    """A key typed where a variable's name belongs was refused; Hydra has already copied the
+    overrides into the job's ``.hydra/`` folder: take it out of those copies."""
+    import re
+    from pathlib import Path
+
+    typed = [o.split("=", 1)[1] for o in hc.overrides.task
+             if o.lstrip("+~").startswith("judge.api_key_env=")]
+    typed = [v.strip("'\"") for v in typed
+             if not re.fullmatch(r"['\"]?[A-Za-z_][A-Za-z0-9_]*['\"]?", v)]
+    if not typed or not hc.output_subdir:
+        return
+    for path in (Path(hc.runtime.output_dir) / hc.output_subdir).glob("*.yaml"):
+        text = path.read_text()
+        for value in typed:
+            text = text.replace(value, "***")
+        path.write_text(text)
 
 
 def main() -> None:
@@ -54,8 +74,11 @@ def main() -> None:
     except Abort as e:  # a bad config found by the sweep's callback
         _fail(str(e))
     except KeyboardInterrupt:
-        print("interrupted: the open runs are marked KILLED; run the same command again to "
-              "resume (finished jobs are skipped)", file=sys.stderr, flush=True)
+        forced = any(a.lower() in ("force=true", "force=1", "force=yes") for a in sys.argv)
+        how = ("drop force=true to resume (with it every job runs again)" if forced
+               else "run the same command again to resume (finished jobs are skipped)")
+        print(f"interrupted: the open runs are marked KILLED; {how}", file=sys.stderr,
+              flush=True)
         sys.exit(130)
     except Exception as e:  # noqa: BLE001 - user errors become one line, bugs re-raise
         line = user_error(e)
@@ -69,7 +92,11 @@ def _interrupt(signum, frame) -> None:
 
 
 def _fail(line: str) -> None:
-    print(f"error: {line}", file=sys.stderr, flush=True)
+    """Print one error line (never a value read from the environment) and exit 2."""
+    from app.provenance import env_values, scrubber
+
+    print(f"error: {scrubber(env_values(' '.join(sys.argv)))(line)}", file=sys.stderr,
+          flush=True)
     sys.exit(2)
 
 

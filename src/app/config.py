@@ -9,6 +9,7 @@ read it as ``cfg["lambda"]``): 0 is the PT model, 1 the IT model.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +95,17 @@ def compose(*overrides: str):
 
 
 def group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+    """A config group's options: the shipped YAMLs and, for Hydra's own groups
+    (``hydra/launcher``, ``hydra/sweeper``), those its plugins register."""
+    names = {p.stem for p in (conf_dir() / group).glob("*.yaml")}
+    if group.startswith("hydra/"):
+        from hydra.core.plugins import Plugins
+
+        Plugins.instance()  # imports the plugins, which register their configs
+        with contextlib.suppress(Exception):  # a group no plugin fills
+            names |= {n.removesuffix(".yaml") for n in ConfigStore.instance().list(group)
+                      if n.endswith(".yaml")}
+    return sorted(names)
 
 
 def experiment_name(cfg) -> str:
@@ -103,8 +114,59 @@ def experiment_name(cfg) -> str:
 
 def validate(cfg) -> None:
     """Every component's checks that need no model loaded; ConfigError with one line."""
+    check_keys(cfg)
     clean_lambda(cfg["lambda"])
+    if cfg.seed < 0:
+        raise ConfigError(f"seed={cfg.seed} must be ≥ 0 (it seeds torch, numpy and the masks)")
+    check_device(cfg.device)
     methods.validate(cfg)
+    methods.validate_settings(cfg.merge)
     models.validate(cfg.model)
     task_schema.validate(cfg.task)
     judge_schema.validate(cfg.judge)
+
+
+def check_keys(node, path: str = "") -> None:
+    """Every key is one its schema declares, however it was written (``+key=…`` bypasses
+    Hydra's own check); a method's ``params`` are the knobs its mergekit template reads."""
+    from omegaconf import DictConfig, ListConfig
+
+    kind = OmegaConf.get_type(node)
+    if isinstance(node, DictConfig) and dataclasses.is_dataclass(kind):
+        valid = [f.name for f in dataclasses.fields(kind)]
+        for key in node.keys():
+            if key not in valid:
+                raise ConfigError(f"{path}{key} is not a config key{suggest(str(key), valid)}; "
+                                  f"valid: {', '.join(valid)}")
+            if kind is methods.MethodConfig and key == "params":
+                template = OmegaConf.to_yaml(node.mergekit)  # unresolved: it names the knobs
+                knobs = [k for k in node.params if f"method.params.{k}" in template]
+                for knob in node.params:
+                    if knob not in knobs:
+                        raise ConfigError(
+                            f"method.params.{knob} is not a knob of method={node.name}"
+                            f"{suggest(str(knob), knobs)}; valid: {', '.join(knobs) or 'none'}")
+            elif not OmegaConf.is_missing(node, key):
+                check_keys(node[key], f"{path}{key}.")
+    elif isinstance(node, ListConfig):
+        for i, item in enumerate(node):
+            check_keys(item, f"{path[:-1]}[{i}].")
+
+
+def check_device(device: str) -> None:
+    """``cpu``, ``auto``, or a CUDA device this machine has."""
+    import re
+
+    m = re.fullmatch(r"cuda(?::(\d+))?", str(device))
+    if device in ("cpu", "auto"):
+        return
+    if m is None:
+        raise ConfigError(f"device={device!r} is not valid; use cpu, cuda, cuda:N or auto")
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(m.group(1) or 0)
+    if index >= count:
+        have = f"{count} CUDA device(s)" if count else "no CUDA device"
+        raise ConfigError(f"device={device!r}: this machine has {have}; use device=cpu or "
+                          f"device=auto")

@@ -18,6 +18,8 @@ from app.errors import ConfigError
 
 DTYPES = ("float32", "bfloat16", "float16")
 TOKENIZERS = ("pt", "it", "union")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
+MAX_HEADER = 100_000_000  # safetensors refuses longer headers
 ARCH_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size",
              "num_attention_heads", "num_key_value_heads")
 
@@ -63,6 +65,19 @@ def validate(model) -> None:
             k, (a, b) = next(iter(diff.items()))
             raise ConfigError(f"{key} does not match model.pt's architecture: {k} is {b} there, "
                               f"{a} in model.pt; no merge method or tokenizer policy can fix that")
+    # whose tokenizer is loaded: the chosen parent's, or (union) every model's
+    readers = list(refs) if model.tokenizer == "union" else [f"model.{model.tokenizer}"]
+    for key, ref in refs.items():
+        path = Path(ref).expanduser()
+        if shapes[key] is None:
+            continue  # a hub id
+        if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
+            raise ConfigError(f"{key}={ref!r}: no weights there (*.safetensors or "
+                              f"pytorch_model*.bin)")
+        if key in readers and not any((path / name).is_file() for name in TOKENIZER_FILES):
+            raise ConfigError(f"{key}={ref!r}: no tokenizer there (none of "
+                              f"{', '.join(TOKENIZER_FILES)}); copy the model's tokenizer files "
+                              f"too")
 
 
 def safetensors_problem(path: Path) -> str | None:
@@ -72,9 +87,13 @@ def safetensors_problem(path: Path) -> str | None:
         size = path.stat().st_size
         with path.open("rb") as fh:
             n = int.from_bytes(fh.read(8), "little")
-            if size < 8 or n <= 0 or 8 + n > size:
+            if size >= 8 and not 0 < n <= MAX_HEADER:
+                return "corrupt (not a safetensors file: its header length is impossible)"
+            if size < 8 or 8 + n > size:
                 return f"truncated ({size} bytes; its header alone needs {8 + n})"
             header = json.loads(fh.read(n))
+            if not isinstance(header, dict):
+                raise ValueError("not a JSON object")
     except OSError as e:
         return f"unreadable ({e.strerror or e})"
     except ValueError:

@@ -20,10 +20,11 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from app import tracking
+from app import lease, tracking
 from app.config import experiment_name, validate
 from app.errors import ConfigError, clean_lambda
 from app.faults import JobFailed, check_finite, faults_explained
+from app.lease import Heartbeat
 from app.merge.methods import reference_for
 from app.metrics import summary_line
 from app.provenance import job_fingerprint, job_tags, log_config, reference_fingerprint
@@ -87,8 +88,9 @@ class Pipeline:
         done = None if cfg.force else tracker.find(fingerprint)
         if done is not None:
             shown = {k: v for k, v in done.metrics.items() if not k.startswith("time/")}
-            print(summary_line(cfg.method.name, lam, shown) + f"  [done: run {done.run_id}]",
-                  flush=True)
+            saved = self.save_again(cfg, mk, tracker, done.run_id) if cfg.merge.save_dir else ""
+            print(summary_line(cfg.method.name, lam, shown) + f"  [done: run {done.run_id}"
+                  f"{saved}]", flush=True)
             return dict(done.metrics)
         session, fault = None, None
         try:  # loads models and tasks: config errors surface before any run exists
@@ -97,15 +99,20 @@ class Pipeline:
             raise
         except Exception as e:  # a fault (unreadable weights, out of memory): recorded in a run
             fault = e
+        name = f"{cfg.method.name} λ={lam:g}"
+        run, done = claim(tracker, fingerprint, name,  # or wait for the process that holds it
+                          job_tags(cfg, lam, fingerprint, "job", ctx.overrides), ctx.parent)
+        if done is not None:
+            print(summary_line(cfg.method.name, lam, done.metrics) + f"  [done: run "
+                  f"{done.run_id}]", flush=True)
+            return dict(done.metrics)
         parent = reference_for(cfg, lam)
         reference = None
         if parent and not cfg.force and not cfg.merge.save_dir:
             reference = tracker.find(reference_fingerprint(cfg, parent))
         device = session.device if session else cfg.device
         try:
-            tags = job_tags(cfg, lam, fingerprint, "job", ctx.overrides)
-            with (tracking.tracked(tracker, f"{cfg.method.name} λ={lam:g}", tags,
-                                   ctx.parent) as run,
+            with (tracking.tracked(tracker, run), Heartbeat(run),
                   faults_explained(device, cfg.task.batch_size)):
                 log_config(run, cfg, lam, mk)
                 if fault is not None:
@@ -119,7 +126,7 @@ class Pipeline:
                 else:
                     metrics = self.step(session, cfg, mk, run, start)
         except JobFailed as e:
-            print(f"{cfg.method.name} λ={lam:g}  FAILED: {e}", flush=True)
+            print(f"{name}  FAILED: {e}", flush=True)
             raise
         print(summary_line(cfg.method.name, lam, metrics), flush=True)
         return metrics
@@ -163,6 +170,17 @@ class Pipeline:
         run.log_json(lm_eval_out, "lm_eval_results.json")
         return metrics
 
+    def save_again(self, cfg: DictConfig, mk: dict, tracker, run_id: str) -> str:
+        """A finished job asked for its model: merge it again (no evaluation) and save it."""
+        from app.merge.merger import save_merged
+
+        session = self.session_for(cfg)
+        with faults_explained(session.device, cfg.task.batch_size):
+            session.merger.merge_into(session.model, mk)
+            saved = save_merged(session.model, session.tokenizer, mk, cfg.merge.save_dir)
+        tracker.run(run_id).tag("saved_to", str(saved))
+        return f"; saved to {saved}"
+
     def evaluate_references(self, cfg: DictConfig, tracker) -> None:
         """Evaluate PT (λ=0) and IT (λ=1) once per (pair, tasks, settings), as references."""
         from app.merge.mergekit_adapter import reference_config
@@ -175,8 +193,12 @@ class Pipeline:
             session = self.session_for(cfg)
             mk = reference_config(cfg, parent)
             name = f"reference {parent.upper()} (λ={lam:g})"
-            with (tracking.tracked(tracker, name, job_tags(cfg, lam, fingerprint, "reference"))
-                  as run, faults_explained(session.device, cfg.task.batch_size)):
+            run, done = claim(tracker, fingerprint, name,
+                              job_tags(cfg, lam, fingerprint, "reference"))
+            if done is not None:  # another process evaluated it meanwhile
+                continue
+            with (tracking.tracked(tracker, run), Heartbeat(run),
+                  faults_explained(session.device, cfg.task.batch_size)):
                 log_config(run, cfg, lam, mk)
                 metrics = self.step(session, cfg, mk, run, time.perf_counter())
             print(summary_line(f"reference {parent.upper()}", lam, metrics), flush=True)
@@ -202,6 +224,28 @@ class Pipeline:
             self.session = build_session(cfg, device)
             self.session_key = key
         return self.session
+
+
+def claim(tracker, fingerprint: str, name: str, tags: dict[str, str],
+          parent: str | None = None, poll_s: float = 2.0):
+    """(our RUNNING run, None) once this process holds the fingerprint's lease, or (None, the
+    FINISHED run) when another process finished the job while this one waited for it."""
+    waited_for = None
+    while True:
+        if waited_for is not None and (done := tracker.find(fingerprint)) is not None:
+            return None, done
+        run = tracker.start(name, {**tags, **lease.lease_tag()}, parent)
+        first = lease.winner(tracker.holders(fingerprint), time.time())
+        if first is None or first.run_id == run.run_id:
+            return run, None
+        tracker.delete(run.run_id)  # the older claim works on it: wait for its end
+        if waited_for != first.run_id:
+            print(f"{name}  waiting: run {first.run_id} (pid {first.tags.get('pid')} on "
+                  f"{first.tags.get('host')}) is doing this job", flush=True)
+            waited_for = first.run_id
+        while (holder := lease.winner(tracker.holders(fingerprint), time.time())) is not None \
+                and holder.run_id == first.run_id:
+            time.sleep(poll_s)
 
 
 _THIS_PROCESS: list[Pipeline] = []

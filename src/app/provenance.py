@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 from pathlib import Path
@@ -59,16 +60,39 @@ def job_tags(cfg: DictConfig, lam: float, fingerprint: str, role: str,
 
 
 def log_config(run, cfg: DictConfig, lam: float, mk: dict) -> None:
-    """The resolved config as params and config.yaml, package versions, mergekit.yaml."""
+    """The resolved config as params and config.yaml, package versions, mergekit.yaml; a value
+    read from the environment (``${oc.env:…}``) is logged as ``***``."""
     import yaml
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["lambda"] = lam
-    params = {k: v for k, v in flatten(resolved).items() if not k.startswith("method.mergekit")}
+    hide = scrubber(env_values(cfg))
+    params = {k: hide(str(v)) for k, v in flatten(resolved).items()
+              if not k.startswith("method.mergekit")}
     params.update(package_versions())
     run.log_params(params)
-    run.log_text(OmegaConf.to_yaml(OmegaConf.create(resolved)), "config.yaml")
-    run.log_text(yaml.safe_dump(mk, sort_keys=False), "mergekit.yaml")
+    run.log_text(hide(OmegaConf.to_yaml(OmegaConf.create(resolved))), "config.yaml")
+    run.log_text(hide(yaml.safe_dump(mk, sort_keys=False)), "mergekit.yaml")
+
+
+ENV_INTERPOLATION = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def env_values(source: Any) -> list[str]:
+    """The values of the environment variables that ``source`` (a config, or text such as the
+    command line) interpolates with ``${oc.env:NAME}``."""
+    text = OmegaConf.to_yaml(source) if isinstance(source, DictConfig) else str(source)
+    return [os.environ[name] for name in set(ENV_INTERPOLATION.findall(text))
+            if len(os.environ.get(name, "")) >= 4]
+
+
+def scrubber(secrets: list[str]):
+    """A function that replaces every one of ``secrets`` in a text by ``***``."""
+    def hide(text: str) -> str:
+        for secret in secrets:
+            text = text.replace(secret, "***")
+        return text
+    return hide
 
 
 def process_tags() -> dict[str, str]:

@@ -9,6 +9,7 @@ follows one rule everywhere, the frontier's (``app.frontier.best``).
 from __future__ import annotations
 
 import atexit
+import logging
 import math
 import os
 from pathlib import Path
@@ -18,13 +19,14 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from app import tracking
-from app.config import experiment_name
+from app.config import experiment_name, validate
 from app.errors import Abort, ConfigError, suggest
 from app.frontier import Point, best
 from app.metrics import headline, job_metric_names
 from app.pipeline import JobContext, this_process
 from app.provenance import digest, process_tags
 
+LOG = logging.getLogger(__name__)
 PARENT_FILE = "mlflow_parent_run_id"
 
 
@@ -38,14 +40,19 @@ class SweepCallback(Callback):
         if config.hydra.launcher.get("preview"):  # only shows what it would submit
             return
         job_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-        try:
+        try:  # Hydra only warns when a callback raises an Exception: stop the sweep here
             if "objective" in config.hydra.sweeper:  # a λ* search: check its metric names
                 check_search(config)
+            check_jobs(config)
             tracker = tracking.open_tracker(job_cfg.tracking, experiment_name(job_cfg))
             if not on_cluster(config):  # there the first array task evaluates them
                 this_process().evaluate_references(job_cfg, tracker)
-        except ConfigError as e:  # Hydra only warns when a callback raises an Exception
+        except ConfigError as e:
             raise Abort(str(e)) from e
+        except Exception as e:
+            LOG.exception("the sweep could not start")
+            raise Abort(f"the sweep could not start: {type(e).__name__}: {e}".splitlines()[0]
+                        ) from e
         overrides = sorted(config.hydra.overrides.task)
         key = digest([experiment_name(job_cfg), overrides])
         found = tracker.find_tagged("sweep_key", key)
@@ -72,6 +79,39 @@ class SweepCallback(Callback):
             return
         log_sweep_summary(self.tracker, self.run_id)
         self.tracker.close(self.run_id)
+
+
+def check_jobs(config: DictConfig) -> None:
+    """Validate every job a grid will run (each combination of the swept values), or a
+    search's extreme points (each interval's ends, each choice), before the first job."""
+    import itertools
+
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import IntervalSweep
+
+    n_jobs = config.hydra.launcher.get("n_jobs")
+    if n_jobs is not None and n_jobs == 0:
+        raise ConfigError("hydra.launcher.n_jobs=0 must be a number of workers ≥ 1 (or -1: one "
+                          "per core)")
+    parser = OverridesParser.create()
+    swept = parser.parse_overrides(list(config.hydra.overrides.task))
+    if "objective" in config.hydra.sweeper:
+        swept += parser.parse_overrides([f"{k}={v}"
+                                         for k, v in config.hydra.sweeper.params.items()])
+    axes: dict[str, list[str]] = {}
+    for o in swept:
+        key = o.get_key_element()
+        if not o.is_sweep_override():
+            axes[key] = [o.input_line]
+        elif isinstance(o.value(), IntervalSweep):
+            axes[key] = [f"{key}={o.value().start}", f"{key}={o.value().end}"]
+        elif o.is_discrete_sweep():
+            axes[key] = [f"{key}={v}" for v in o.sweep_string_iterator()]
+    loader = GlobalHydra.instance().config_loader()
+    for job in itertools.product(*axes.values()):
+        cfg = loader.load_sweep_config(config, list(job))
+        validate(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
 
 
 def on_cluster(config: DictConfig) -> bool:

@@ -44,8 +44,11 @@ class EvalConfig:
 
 
 def validate(task) -> None:
-    if task.ece_bins <= 0:
-        raise ConfigError(f"task.ece_bins={task.ece_bins} must be a positive integer")
+    for key, value, low in (("ece_bins", task.ece_bins, 1), ("batch_size", task.batch_size, 1),
+                            ("limit", task.limit, 1), ("bootstrap", task.bootstrap, 0)):
+        if value is not None and value < low:
+            what = "a positive integer" if low else "≥ 0 (0: no intervals)"
+            raise ConfigError(f"task.{key}={value} must be {what}")
     for key, value, valid in (("ece_binning", task.ece_binning, BINNINGS),
                               ("scoring", task.scoring, SCORINGS)):
         if value not in valid:

@@ -103,6 +103,18 @@ class OpenAIJudgeConfig(HFJudgeConfig):
     cache: bool = True  # replies cached in <tracking.dir>/judge_cache.sqlite
 
 
+def _check_local_model(key: str, ref: str) -> None:
+    """A path the user typed must be a model folder; ``org/name`` is left to the hub."""
+    path = Path(ref).expanduser()
+    if ref.startswith(("/", ".", "~")) or path.exists():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"{key}={ref!r}: no model there (expected a folder with "
+                              f"config.json)")
+    elif ref.count("/") != 1:
+        raise ConfigError(f"{key}={ref!r} is neither a local model folder nor a hub id "
+                          f"(org/name)")
+
+
 SCHEMAS = {"none": NoJudgeConfig, "heuristic": HeuristicJudgeConfig, "hf": HFJudgeConfig,
            "openai": OpenAIJudgeConfig}
 
@@ -134,6 +146,10 @@ def validate(judge) -> None:
             what = ("a causal LM folder or hub id" if judge.name == "hf"
                     else "the served model's name")
             raise ConfigError(f"judge.model must be set for judge={judge.name} ({what})")
+        if judge.name == "hf":
+            _check_local_model("judge.model", judge.model)
+    if judge.reward_model:
+        _check_local_model("judge.reward_model", judge.reward_model)
         if sorted(judge.labels) != sorted(VERDICT_LABELS):
             raise ConfigError(f"judge.labels must have exactly the keys "
                               f"{', '.join(VERDICT_LABELS)}")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -13,6 +14,7 @@ from typing import Any
 
 import torch
 
+from app.errors import ConfigError
 from app.merge.direct import DirectMerger, merged_names
 from app.merge.mergekit_adapter import merged_tensors
 from app.merge.methods import METHODS
@@ -63,16 +65,22 @@ class Merger:
 
 
 def save_merged(model, tokenizer, mk: dict[str, Any], save_dir: str) -> Path:
-    """Write the merged model atomically: into a sibling temp folder, renamed when complete."""
+    """Write the merged model atomically: into a sibling temp folder, renamed when complete.
+    Only a previous save (it holds ``SAVE_MARKER``) is ever replaced."""
     import yaml
 
+    from app.merge.methods import SAVE_MARKER, save_dir_problem
+
     final = Path(save_dir).expanduser().resolve()
+    if problem := save_dir_problem(final):  # checked before the job; again in case it changed
+        raise ConfigError(f"merge.save_dir={save_dir!r}: {problem}")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "mergekit_config.yml").write_text(yaml.safe_dump(mk, sort_keys=False))
+        (tmp / SAVE_MARKER).write_text(json.dumps({"merge": mk}, indent=1, default=str))
         if final.exists():  # replace a previous save only once the new one is complete
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
             final.rename(old)

@@ -9,7 +9,9 @@ fine-tunes, so ``model.extra`` applies), and its direct path in ``app.merge.dire
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
@@ -118,6 +120,30 @@ def reference_for(cfg, lam: float) -> str | None:
     if lam not in cfg.method.reference_endpoints or not same_lambda or cfg.model.extra:
         return None
     return {0.0: "pt", 1.0: "it"}.get(lam)
+
+
+SAVE_MARKER = "merge_info.json"  # what a folder this project saved a merge to holds
+
+
+def save_dir_problem(path: Path) -> str | None:
+    """Why a merge cannot be saved at ``path`` without touching what is not the project's:
+    a file, a folder with other files (no ``SAVE_MARKER``), a place that cannot be written."""
+    if path.is_file() or (path.exists() and not path.is_dir()):
+        return "is a file, not a folder; give a new or empty folder"
+    if path.is_dir() and any(path.iterdir()) and not (path / SAVE_MARKER).is_file():
+        return (f"holds files this project did not write (no {SAVE_MARKER}); give a new or "
+                f"empty folder, or a previous save to replace")
+    parent = next((p for p in [path, *path.parents] if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot be written ({parent} is not a writable folder)"
+    return None
+
+
+def validate_settings(merge) -> None:
+    if merge.save_dir:
+        path = Path(merge.save_dir).expanduser().resolve()
+        if problem := save_dir_problem(path):
+            raise ConfigError(f"merge.save_dir={merge.save_dir!r}: {problem}")
 
 
 @dataclass

@@ -17,11 +17,9 @@ __all__ = ["Run", "RunRecord", "Tracker", "TrackingConfig", "open_reader", "open
 
 
 @contextlib.contextmanager
-def tracked(tracker: Tracker, name: str, tags: dict[str, str],
-            parent: str | None = None) -> Iterator[Run]:
-    """A run that ends FINISHED, or FAILED (KILLED for Ctrl-C) with the reason if the body
-    raises."""
-    run = tracker.start(name, tags, parent)
+def tracked(tracker: Tracker, run: Run) -> Iterator[Run]:
+    """An open run that ends FINISHED, or FAILED (KILLED for Ctrl-C) with the reason if the
+    body raises."""
     try:
         yield run
     except BaseException as e:

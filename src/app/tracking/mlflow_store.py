@@ -21,6 +21,8 @@ from typing import Any
 import mlflow
 from mlflow.entities import Metric, Param
 
+from app.errors import ConfigError
+from app.lease import alive
 from app.tracking.interface import RunRecord
 
 
@@ -39,7 +41,10 @@ class MlflowTracker:
     def open(cls, tracking, experiment: str) -> "MlflowTracker":
         """Create (if needed) the store and the experiment; close stale runs."""
         uri = tracking_uri(tracking.uri, tracking.dir)
-        if not tracking.uri:
+        if tracking.uri:
+            check_server(tracking.uri)
+        else:
+            check_folder(tracking.dir)
             create_sqlite_store(Path(tracking.dir) / "mlflow.db")
         client = mlflow.MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(experiment)
@@ -81,7 +86,10 @@ class MlflowTracker:
         return runs[0] if runs else None
 
     def reopen(self, run_id: str) -> None:
+        """RUNNING again, without the reason an earlier attempt ended with."""
         self.client.update_run(run_id, status="RUNNING")
+        with contextlib.suppress(Exception):
+            self.client.delete_tag(run_id, "failure_reason")
 
     def close(self, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
         """End a run; a failure reason is recorded only on a run still RUNNING."""
@@ -102,6 +110,14 @@ class MlflowTracker:
         """FINISHED reference runs of a parent (λ '0' or '1') on these tasks, newest first."""
         return self._search(f"tags.role = 'reference' and tags.lambda = '{lam}' and "
                             f"tags.tasks = '{tasks}' and attributes.status = 'FINISHED'", 1)
+
+    def holders(self, fingerprint: str) -> list[RunRecord]:
+        """The RUNNING runs that claim a fingerprint."""
+        return self._search(f"tags.fingerprint = '{fingerprint}' and "
+                            f"attributes.status = 'RUNNING'", 100)
+
+    def delete(self, run_id: str) -> None:
+        self.client.delete_run(run_id)
 
     def close_stale_runs(self) -> int:
         """Mark RUNNING runs whose process (on this host) is gone as FAILED, with the reason."""
@@ -125,7 +141,7 @@ class MlflowTracker:
 
 def record(run) -> RunRecord:
     return RunRecord(run.info.run_id, run.info.status, dict(run.data.tags),
-                     dict(run.data.params), dict(run.data.metrics))
+                     dict(run.data.params), dict(run.data.metrics), run.info.start_time or 0)
 
 
 class MlflowReader:
@@ -160,6 +176,39 @@ class MlflowReader:
         return self.client.download_artifacts(run_id, path, folder)
 
 
+SERVER_WAIT_S = 5.0  # how long a tracking server may take to answer before the run gives up
+
+
+def check_server(uri: str) -> None:
+    """ConfigError unless an MLflow server answers at ``uri`` within SERVER_WAIT_S."""
+    import urllib.error
+    import urllib.request
+
+    if not uri.startswith(("http://", "https://")):
+        return  # a database URI: MLflow opens it itself
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=SERVER_WAIT_S)
+    except urllib.error.HTTPError:
+        return  # something answers; MLflow reports what it is
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise ConfigError(f"tracking.uri={uri!r}: no MLflow server answered within "
+                          f"{SERVER_WAIT_S:g} s ({reason}); start one (`mlflow server --port "
+                          f"5000`) or use tracking=local") from None
+
+
+def check_folder(folder: str) -> None:
+    """ConfigError unless ``folder`` is (or can be made) a writable folder."""
+    path = Path(folder).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"tracking.dir={folder!r} cannot be used as the store's folder "
+                          f"({e.strerror or e}); give a writable folder") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"tracking.dir={folder!r} is not writable; give a writable folder")
+
+
 def create_sqlite_store(db: Path) -> None:
     """Create a SQLite store's schema in a side file, then link it in place in one step.
 
@@ -187,20 +236,6 @@ def create_sqlite_store(db: Path) -> None:
             os.replace(side, db)
     finally:
         side.unlink(missing_ok=True)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (killed child not yet reaped) is not alive
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def artifact_name(name: str) -> str:
