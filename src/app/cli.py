@@ -11,8 +11,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from app.config import conf_dir, group_options, register, schema_keys
-from app.errors import Abort, ConfigError, suggest
+from app.config import conf_dir, register
+from app.errors import Abort, ConfigError
+from app.messages import user_error
 
 register()
 
@@ -27,11 +28,14 @@ def _main(cfg: DictConfig) -> dict[str, float]:
 
     try:
         return this_process().run_job(cfg, job_context())
-    except ConfigError as e:
+    except Exception as e:  # noqa: BLE001 - user errors become one line, bugs re-raise
+        line = user_error(e)
+        if line is None:
+            raise
         _forget_refused_secrets(HydraConfig.get())
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # one job of a sweep: its sweeper decides (a search records a FAIL trial)
-        _fail(str(e))  # exit here, before Hydra logs the job's failure at length
+        _fail(line)  # exit here, before Hydra reports the job's failure
 
 
 def _forget_refused_secrets(hc) -> None:
@@ -40,7 +44,9 @@ def _forget_refused_secrets(hc) -> None:
     import re
     from pathlib import Path
 
-    typed = [o.split("=", 1)[1] for o in hc.overrides.task
+    from app.sweep import typed_overrides
+
+    typed = [o.split("=", 1)[1] for o in typed_overrides(hc)
              if o.lstrip("+~").startswith("judge.api_key_env=")]
     typed = [v.strip("'\"") for v in typed
              if not re.fullmatch(r"['\"]?[A-Za-z_][A-Za-z0-9_]*['\"]?", v)]
@@ -98,63 +104,6 @@ def _fail(line: str) -> None:
     print(f"error: {scrubber(env_values(' '.join(sys.argv)))(line)}", file=sys.stderr,
           flush=True)
     sys.exit(2)
-
-
-def user_error(e: BaseException) -> str | None:
-    """One line for a configuration mistake, or None if ``e`` is a bug."""
-    from hydra.errors import (
-        ConfigCompositionException,
-        MissingConfigException,
-        OverrideParseException,
-    )
-    from omegaconf.errors import OmegaConfBaseException
-
-    from hydra_plugins.chunked_submitit.chunked_submitit import LauncherConfigError
-    from hydra_plugins.lambda_star_sweeper.lambda_star_sweeper import SweeperConfigError
-
-    mine = (ConfigError, SweeperConfigError, LauncherConfigError)
-    while e.__cause__ is not None and not isinstance(e, mine):
-        if isinstance(e, OmegaConfBaseException):
-            break
-        e = e.__cause__
-    text = str(e)
-    if isinstance(e, mine):
-        return text
-    if m := re.search(r"Could not find '(\w+)/([^']*)'", text):
-        group, option = m.groups()
-        valid = group_options(group)
-        return (f"{group}={option} is not a known option{suggest(option, valid)}; "
-                f"valid: {', '.join(valid)}")
-    if m := re.search(r"Key '([^']+)' (?:is )?not in (?:struct|'(\w+)').*?full_key: (\S+)",
-                      text, re.S):
-        key, schema, full_key = m.groups()
-        valid = schema_keys(schema or full_key.rsplit(".", 1)[0])
-        hint = f"{suggest(key, valid)}; valid: {', '.join(valid)}" if valid else ""
-        return f"{full_key} is not a config key{hint}"
-
-    if m := re.search(r"Value '(.*?)' of type .* could not be converted to (\w+).*?full_key: (\S+)",
-                      text, re.S):
-        value, kind, key = m.groups()
-        return f"{key}={value!r} is not a valid {kind.lower()}"
-    if m := re.search(r"Missing mandatory value: (\S+)", text):
-        return f"{m.group(1)} must be set"
-    if isinstance(e, (TypeError, ValueError)) and _raised_in(e, "hydra/_internal/defaults_list"):
-        return ("a config group (model, method, task, judge, tracking, search) takes option "
-                "names, not numbers or mappings; e.g. method=slerp or method=[slerp]")
-    if isinstance(e, OverrideParseException) or "LexerNoViableAlt" in text:
-        return (f"cannot parse the override {text.split(': ', 1)[-1].strip().splitlines()[0]!r}; quote values "
-                f"with spaces or symbols, e.g. 'hydra.sweeper.constraints=[\"toy_mc/ece <= 0.1\"]'")
-    if isinstance(e, (OverrideParseException, ConfigCompositionException, MissingConfigException,
-                      OmegaConfBaseException)):
-        return text.strip().splitlines()[0]
-    return None
-
-
-def _raised_in(e: BaseException, module_path: str) -> bool:
-    tb = e.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb is not None and module_path in tb.tb_frame.f_code.co_filename
 
 
 def report_main(argv: list[str] | None = None) -> None:

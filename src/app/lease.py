@@ -1,24 +1,25 @@
 """Leases on fingerprints: two processes never work on the same job at once.
 
-A job claims its fingerprint by starting its run (RUNNING, tagged with the fingerprint, its
-host, pid and ``lease_until``); of the live claims the oldest wins, and the others drop their
-run and wait for it. A claim is live while its process runs (same host: the pid is checked) or,
-from another host, until its lease lapses; a running job renews its lease every
-``LEASE_S / 4`` seconds, so a dead holder's claim lapses within ``LEASE_S``.
+Before a job works it claims its fingerprint in ``<tracking.dir>/leases.sqlite`` (one row per
+fingerprint, written in one SQLite transaction, so of two processes exactly one gets it), with
+its host, pid and an expiry. Another process that wants the same job waits until the claim
+ends, then finds the job FINISHED (or claims it itself if the holder failed). A claim holds
+while its process runs (same host: the pid is checked) or, from another host, until it
+expires; a running job renews it every ``LEASE_S / 4`` seconds, so a dead holder's claim
+lapses within ``LEASE_S``. Processes see each other's claims where they share
+``tracking.dir`` (one machine, or a shared file system next to a tracking server).
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import threading
 import time
+from pathlib import Path
 
 LEASE_S = 120.0
-
-
-def lease_tag(now: float | None = None) -> dict[str, str]:
-    return {"lease_until": f"{(now or time.time()) + LEASE_S:.0f}"}
 
 
 def alive(pid: int) -> bool:
@@ -36,31 +37,74 @@ def alive(pid: int) -> bool:
         return True
 
 
-def live(record, now: float, host: str | None = None) -> bool:
-    """Whether a RUNNING run's claim still holds."""
-    tags = record.tags
-    if tags.get("host") == (host or socket.gethostname()) and tags.get("pid"):
-        return alive(int(tags["pid"]))
-    return float(tags.get("lease_until", "0") or 0) > now
+def live(host: str, pid: int, until: float, now: float) -> bool:
+    """Whether a claim still holds."""
+    if host == socket.gethostname():
+        return alive(pid)
+    return until > now
 
 
-def winner(records: list, now: float, host: str | None = None):
-    """The claim that holds among RUNNING runs of one fingerprint: the oldest live one."""
-    claims = [r for r in records if live(r, now, host)]
-    return min(claims, key=lambda r: (r.start_time, r.run_id)) if claims else None
+class Leases:
+    """The claims of one store's jobs."""
+
+    def __init__(self, folder: str):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(Path(folder) / "leases.sqlite", timeout=60,
+                                  isolation_level=None, check_same_thread=False)
+        self.db.execute("CREATE TABLE IF NOT EXISTS leases (fingerprint TEXT PRIMARY KEY, "
+                        "host TEXT, pid INTEGER, until REAL)")
+        self.me = (socket.gethostname(), os.getpid())
+        self.lock = threading.Lock()  # the heartbeat thread shares the connection
+
+    def claim(self, fingerprint: str) -> tuple[str, int] | None:
+        """Take the fingerprint's claim: None when this process holds it now, else the live
+        holder's (host, pid)."""
+        now = time.time()
+        with self.lock:
+            return self._claim(fingerprint, now)
+
+    def _claim(self, fingerprint: str, now: float) -> tuple[str, int] | None:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            row = self.db.execute("SELECT host, pid, until FROM leases WHERE fingerprint = ?",
+                                  (fingerprint,)).fetchone()
+            if row and (row[0], row[1]) != self.me and live(*row, now):
+                return row[0], row[1]
+            self.db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?)",
+                            (fingerprint, *self.me, now + LEASE_S))
+            return None
+        finally:
+            self.db.execute("COMMIT")
+
+    def holder(self, fingerprint: str) -> tuple[str, int] | None:
+        """The live holder of a claim, or None."""
+        with self.lock:
+            row = self.db.execute("SELECT host, pid, until FROM leases WHERE fingerprint = ?",
+                                  (fingerprint,)).fetchone()
+        return (row[0], row[1]) if row and live(*row, time.time()) else None
+
+    def renew(self, fingerprint: str) -> None:
+        with self.lock:
+            self.db.execute("UPDATE leases SET until = ? WHERE fingerprint = ? AND host = ? "
+                            "AND pid = ?", (time.time() + LEASE_S, fingerprint, *self.me))
+
+    def release(self, fingerprint: str) -> None:
+        with self.lock:
+            self.db.execute("DELETE FROM leases WHERE fingerprint = ? AND host = ? AND "
+                            "pid = ?", (fingerprint, *self.me))
 
 
-class Heartbeat:
-    """Renews a run's lease while the job works."""
+class Held:
+    """A claim held while a job works: renewed in the background, released at the end."""
 
-    def __init__(self, run):
-        self.run, self.stop = run, threading.Event()
+    def __init__(self, leases: Leases, fingerprint: str):
+        self.leases, self.fingerprint, self.stop = leases, fingerprint, threading.Event()
         self.thread = threading.Thread(target=self._beat, daemon=True)
 
     def _beat(self) -> None:
         while not self.stop.wait(LEASE_S / 4):
             try:
-                self.run.tag("lease_until", lease_tag()["lease_until"])
+                self.leases.renew(self.fingerprint)
             except Exception:  # noqa: BLE001 - a missed beat only shortens the lease
                 pass
 
@@ -70,3 +114,4 @@ class Heartbeat:
 
     def __exit__(self, *exc) -> None:
         self.stop.set()
+        self.leases.release(self.fingerprint)

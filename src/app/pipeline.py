@@ -20,11 +20,11 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from app import lease, tracking
+from app import tracking
 from app.config import experiment_name, validate
 from app.errors import ConfigError, clean_lambda
 from app.faults import JobFailed, check_finite, faults_explained
-from app.lease import Heartbeat
+from app.lease import Held, Leases
 from app.merge.methods import reference_for
 from app.metrics import summary_line
 from app.provenance import job_fingerprint, job_tags, log_config, reference_fingerprint
@@ -71,6 +71,13 @@ class Pipeline:
         self.session: Session | None = None
         self.session_key: str | None = None
         self.devices: dict[str, str] = {}  # a worker keeps its first job's device
+        self.leases: dict[str, Leases] = {}  # per store folder
+
+    def leases_for(self, cfg: DictConfig) -> Leases:
+        folder = str(Path(cfg.tracking.dir).expanduser().resolve())
+        if folder not in self.leases:
+            self.leases[folder] = Leases(folder)
+        return self.leases[folder]
 
     # ------------------------------------------------------------------ the job
     def run_job(self, cfg: DictConfig, ctx: JobContext = JobContext()) -> dict[str, float]:
@@ -100,8 +107,10 @@ class Pipeline:
         except Exception as e:  # a fault (unreadable weights, out of memory): recorded in a run
             fault = e
         name = f"{cfg.method.name} λ={lam:g}"
-        run, done = claim(tracker, fingerprint, name,  # or wait for the process that holds it
-                          job_tags(cfg, lam, fingerprint, "job", ctx.overrides), ctx.parent)
+        leases = self.leases_for(cfg)  # claim the job, or wait for the process that holds it
+        run, done = claim(leases, tracker, fingerprint, name,
+                          job_tags(cfg, lam, fingerprint, "job", ctx.overrides), ctx.parent,
+                          force=cfg.force)
         if done is not None:
             print(summary_line(cfg.method.name, lam, done.metrics) + f"  [done: run "
                   f"{done.run_id}]", flush=True)
@@ -112,7 +121,7 @@ class Pipeline:
             reference = tracker.find(reference_fingerprint(cfg, parent))
         device = session.device if session else cfg.device
         try:
-            with (tracking.tracked(tracker, run), Heartbeat(run),
+            with (tracking.tracked(tracker, run), Held(leases, fingerprint),
                   faults_explained(device, cfg.task.batch_size)):
                 log_config(run, cfg, lam, mk)
                 if fault is not None:
@@ -193,11 +202,12 @@ class Pipeline:
             session = self.session_for(cfg)
             mk = reference_config(cfg, parent)
             name = f"reference {parent.upper()} (λ={lam:g})"
-            run, done = claim(tracker, fingerprint, name,
+            leases = self.leases_for(cfg)
+            run, done = claim(leases, tracker, fingerprint, name,
                               job_tags(cfg, lam, fingerprint, "reference"))
             if done is not None:  # another process evaluated it meanwhile
                 continue
-            with (tracking.tracked(tracker, run), Heartbeat(run),
+            with (tracking.tracked(tracker, run), Held(leases, fingerprint),
                   faults_explained(session.device, cfg.task.batch_size)):
                 log_config(run, cfg, lam, mk)
                 metrics = self.step(session, cfg, mk, run, time.perf_counter())
@@ -226,25 +236,24 @@ class Pipeline:
         return self.session
 
 
-def claim(tracker, fingerprint: str, name: str, tags: dict[str, str],
-          parent: str | None = None, poll_s: float = 2.0):
-    """(our RUNNING run, None) once this process holds the fingerprint's lease, or (None, the
-    FINISHED run) when another process finished the job while this one waited for it."""
-    waited_for = None
+def claim(leases, tracker, fingerprint: str, name: str, tags: dict[str, str],
+          parent: str | None = None, force: bool = False, poll_s: float = 1.0):
+    """(a new RUNNING run, None) once this process holds the fingerprint's claim, or (None,
+    the FINISHED run) when another process did the job (it held the claim, this one waited)."""
+    waited = None
     while True:
-        if waited_for is not None and (done := tracker.find(fingerprint)) is not None:
+        holder = leases.claim(fingerprint)
+        if holder is None:
+            done = tracker.find(fingerprint) if waited or not force else None
+            if done is None:  # nobody finished it between our look and our claim
+                return tracker.start(name, tags, parent), None
+            leases.release(fingerprint)
             return None, done
-        run = tracker.start(name, {**tags, **lease.lease_tag()}, parent)
-        first = lease.winner(tracker.holders(fingerprint), time.time())
-        if first is None or first.run_id == run.run_id:
-            return run, None
-        tracker.delete(run.run_id)  # the older claim works on it: wait for its end
-        if waited_for != first.run_id:
-            print(f"{name}  waiting: run {first.run_id} (pid {first.tags.get('pid')} on "
-                  f"{first.tags.get('host')}) is doing this job", flush=True)
-            waited_for = first.run_id
-        while (holder := lease.winner(tracker.holders(fingerprint), time.time())) is not None \
-                and holder.run_id == first.run_id:
+        if waited != holder:
+            print(f"{name}  waiting: process {holder[1]} on {holder[0]} is doing this job",
+                  flush=True)
+            waited = holder
+        while leases.holder(fingerprint) == holder:
             time.sleep(poll_s)
 
 

@@ -21,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from app import tracking
 from app.config import experiment_name, validate
 from app.errors import Abort, ConfigError, suggest
+from app.faults import JobFailed
+from app.messages import user_error
 from app.frontier import Point, best
 from app.metrics import headline, job_metric_names
 from app.pipeline import JobContext, this_process
@@ -44,16 +46,20 @@ class SweepCallback(Callback):
             if "objective" in config.hydra.sweeper:  # a λ* search: check its metric names
                 check_search(config)
             check_jobs(config)
+            if "objective" in config.hydra.sweeper:
+                check_study(config)
             tracker = tracking.open_tracker(job_cfg.tracking, experiment_name(job_cfg))
             if not on_cluster(config):  # there the first array task evaluates them
                 this_process().evaluate_references(job_cfg, tracker)
-        except ConfigError as e:
-            raise Abort(str(e)) from e
+        except JobFailed as e:  # a parent cannot be evaluated: its run says why, jobs go on
+            print(f"reference  FAILED: {e}", flush=True)
         except Exception as e:
-            LOG.exception("the sweep could not start")
-            raise Abort(f"the sweep could not start: {type(e).__name__}: {e}".splitlines()[0]
-                        ) from e
-        overrides = sorted(config.hydra.overrides.task)
+            line = user_error(e)
+            if line is None:
+                LOG.exception("the sweep could not start")
+                line = f"the sweep could not start: {type(e).__name__}: {e}".splitlines()[0]
+            raise Abort(line) from e
+        overrides = sorted(typed_overrides(config.hydra))
         key = digest([experiment_name(job_cfg), overrides])
         found = tracker.find_tagged("sweep_key", key)
         if found:  # the same sweep command again: continue under the same parent
@@ -95,7 +101,7 @@ def check_jobs(config: DictConfig) -> None:
         raise ConfigError("hydra.launcher.n_jobs=0 must be a number of workers ≥ 1 (or -1: one "
                           "per core)")
     parser = OverridesParser.create()
-    swept = parser.parse_overrides(list(config.hydra.overrides.task))
+    swept = parser.parse_overrides(typed_overrides(config.hydra))
     if "objective" in config.hydra.sweeper:
         swept += parser.parse_overrides([f"{k}={v}"
                                          for k, v in config.hydra.sweeper.params.items()])
@@ -114,9 +120,71 @@ def check_jobs(config: DictConfig) -> None:
         validate(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
 
 
+def check_study(config: DictConfig) -> None:
+    """A study resumed from its journal must have its finished trials' runs in this store
+    (the journal outlives a removed store: the study would report runs nobody can find)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    sweeper = config.hydra.sweeper
+    if not sweeper.resume or sweeper.storage:  # a shared database is the user's to manage
+        return
+    journal = Path(sweeper.storage_dir or Path(config.hydra.sweep.dir) / "optuna") / \
+        f"{sweeper.study_name}.journal"
+    if not journal.is_file():
+        return
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal)))
+    try:
+        study = optuna.load_study(study_name=sweeper.study_name, storage=storage)
+    except KeyError:
+        return
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    job_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+    store = job_cfg.tracking.uri or job_cfg.tracking.dir
+    if not job_cfg.tracking.uri and not (Path(store) / "mlflow.db").exists():
+        missing = len(trials)  # no store at all: not one of its runs is there
+    else:
+        missing = _runs_not_in_store(config, trials, tracking.open_tracker(
+            job_cfg.tracking, experiment_name(job_cfg)))
+    if missing:
+        raise ConfigError(f"the λ* study {journal} has {missing} finished trial(s) whose runs "
+                          f"are not in the store {store}: remove the journal (or set "
+                          f"hydra.sweeper.resume=false) to start afresh, or set tracking.dir to "
+                          f"the store the study logged to")
+
+
+def _runs_not_in_store(config: DictConfig, trials: list, tracker) -> int:
+    """How many trials' jobs (their config recomposed, then fingerprinted) have no run."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from app.merge.mergekit_adapter import mergekit_config
+    from app.provenance import job_fingerprint
+
+    fixed = [o.input_line for o in OverridesParser.create().parse_overrides(
+        typed_overrides(config.hydra)) if not o.is_sweep_override()]
+    loader = GlobalHydra.instance().config_loader()
+    missing = 0
+    for trial in trials:
+        values = [f"{k}={round(v, 6):g}" if isinstance(v, float) else f"{k}={v}"
+                  for k, v in trial.params.items()]
+        cfg = loader.load_sweep_config(config, fixed + values)
+        job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+        if tracker.find(job_fingerprint(job, mergekit_config(job))) is None:
+            missing += 1
+    return missing
+
+
 def on_cluster(config: DictConfig) -> bool:
     """Whether the sweep's jobs run on SLURM (the submitting node may have no GPU)."""
     return "Slurm" in str(config.hydra.launcher.get("_target_", ""))
+
+
+def typed_overrides(hydra_cfg) -> list[str]:
+    """The command line's overrides as typed: ``${oc.env:…}`` stays unresolved (resolving
+    the list would put the environment's values into names, tags and logs)."""
+    return list(OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False))
 
 
 def job_context() -> JobContext:
@@ -132,7 +200,7 @@ def job_context() -> JobContext:
     if hc.mode == RunMode.MULTIRUN:
         path = Path(hc.sweep.dir) / PARENT_FILE
         parent = path.read_text().strip() if path.exists() else None
-    return JobContext(parent=parent, overrides=" ".join(hc.overrides.task),
+    return JobContext(parent=parent, overrides=" ".join(typed_overrides(hc)),
                       job_num=int(hc.job.get("num", 0) or 0),
                       evaluate_references=os.environ.get("SLURM_ARRAY_TASK_ID") == "0")
 
@@ -151,7 +219,7 @@ def check_search(cfg: DictConfig) -> None:
         if metric not in valid:
             raise ConfigError(f"{key}: the job returns no metric {metric!r}"
                               f"{suggest(str(metric), valid)}; valid: {', '.join(valid)}")
-    cli = OverridesParser.create().parse_overrides(list(cfg.hydra.overrides.task))
+    cli = OverridesParser.create().parse_overrides(typed_overrides(cfg.hydra))
     if not sweeper.params and not any(o.is_sweep_override() for o in cli):
         raise ConfigError("hydra.sweeper.params is empty: give e.g. "
                           "hydra.sweeper.params.lambda='interval(0,1)'")

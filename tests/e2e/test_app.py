@@ -85,9 +85,8 @@ def test_bad_override_is_one_line_and_leaves_no_run(tmp_path, override, expect):
         assert runs(tmp_path)[1] == []
 
 
-def test_bad_value_in_a_sweep_leaves_nothing_running(tmp_path):
+def test_bad_value_in_a_sweep_is_found_before_any_job(tmp_path):
     proc = run_app(tmp_path, "-m", LIMIT, "lambda=0,abc", check=False)
     assert proc.returncode == 2
-    assert "lambda='abc' is not a valid float" in proc.stderr
-    _, found = runs(tmp_path)
-    assert found and all(r.info.status != "RUNNING" for r in found)
+    assert proc.stderr.strip().splitlines() == ["error: lambda='abc' is not a valid float"]
+    assert not (tmp_path / "mlruns" / "mlflow.db").exists() or runs(tmp_path)[1] == []

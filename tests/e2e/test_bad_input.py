@@ -47,3 +47,46 @@ def test_a_tracking_server_that_is_not_there_is_one_line_quickly(tmp_path):
                    f"tracking.uri=http://127.0.0.1:{free_port()}", check=False)
     assert "no MLflow server answered within 5 s" in one_line(proc)
     assert time.perf_counter() - start < 60
+
+
+def test_a_study_whose_runs_left_the_store_is_refused(tmp_path):
+    search = ["-m", "search=lambda_star", FAST, "hydra.sweeper.n_trials=1"]
+    run_app(tmp_path, *search)
+    (tmp_path / "mlruns" / "mlflow.db").unlink()  # a user starting afresh, the journal kept
+    line = one_line(run_app(tmp_path, *search, check=False))
+    assert "has 3 finished trial(s) whose runs are not in the store" in line
+    assert "lambda_star-merge-toy.journal" in line
+
+
+def test_two_identical_sweeps_at_once_run_each_job_once(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    run_app(tmp_path, FAST, "lambda=0")  # the store exists: both sweeps open it
+    cmd = [sys.executable, "-m", "app", "-m", FAST, "lambda=0.2,0.4,0.6",
+           f"tracking.dir={tmp_path}/mlruns"]
+    procs = [subprocess.Popen(cmd + [f"hydra.sweep.dir={tmp_path}/sweep{i}"],
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"}, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for i in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    _, found = runs(tmp_path)
+    finished = [r for r in found if r.info.status == "FINISHED" and "fingerprint" in r.data.tags]
+    fingerprints = [r.data.tags["fingerprint"] for r in finished]
+    assert len(fingerprints) == len(set(fingerprints)) == 1 + 2 + 3  # λ=0 job, refs, 3 jobs
+    assert not [r for r in found if r.info.status == "RUNNING"]
+
+
+def test_a_key_in_the_environment_or_typed_in_the_wrong_place_is_nowhere(tmp_path):
+    key = "sk-test-0123456789abcdef"
+    env = {"OPENAI_API_KEY": key, "MY_SECRET": key}
+    run_app(tmp_path, FAST, "judge=openai", f"judge.base_url=http://127.0.0.1:{free_port()}/v1",
+            "judge.model=${oc.env:MY_SECRET}", "judge.limit=1", "judge.k=1", env=env)
+    for bad in ("lambda=${oc.env:MY_SECRET}", "+x=${oc.env:MY_SECRET}",
+                f"judge=openai judge.api_key_env={key}"):
+        proc = run_app(tmp_path, FAST, *bad.split(), check=False, env=env)
+        assert key not in one_line(proc)
+    leaked = [p for p in tmp_path.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
+    assert leaked == []

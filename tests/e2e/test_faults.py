@@ -182,19 +182,40 @@ def test_repeated_sigkills_end_in_the_uninterrupted_store(tmp_path):
     assert {f: strip(m) for f, m in got.items()} == {f: strip(m) for f, m in expected.items()}
 
 
-KEYS = ["lambda", "seed", "method", "task.ece_bins", "task.limit", "method.params.density",
-        "model.pt", "tracking.dir", "judge", "force", "task.batch_size", "method.lambda_range"]
+def every_key() -> list[str]:
+    """Every leaf key of the default config and of each judge's, and every group."""
+    from omegaconf import OmegaConf
+
+    from app.config import compose
+
+    keys = {"method", "task", "judge", "model", "tracking", "search", "lamda", "unknown",
+            "method.params.densty"}
+    for judge in ("none", "heuristic", "openai"):
+        flat = OmegaConf.to_container(compose(f"judge={judge}"), resolve=False)
+
+        def walk(node, prefix=""):
+            if isinstance(node, dict):
+                for k, v in node.items():
+                    walk(v, f"{prefix}{k}.")
+            else:
+                keys.add(prefix[:-1])
+        walk(flat)
+    return sorted(keys)
+
+
+KEYS = every_key()
 VALUES = st.one_of(st.text(max_size=12), st.floats(allow_nan=True, allow_infinity=True),
                    st.integers(-10**6, 10**6), st.sampled_from(
-                       ["nan", "inf", "-1", "[0,", "]", "${oops}", "null", "''", "a b",
-                        "[1,2]", "{x: 1}", "ties", "linear", "/nonexistent"]))
+                       ["nan", "inf", "-1", "0", "[0,", "]", "${oops}", "null", "''", "a b",
+                        "[1,2]", "{x: 1}", "ties", "linear", "/nonexistent", "${oc.env:HOME}",
+                        "${lambda}", "${model.pt}", "true", "cuda:7"]))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                    HealthCheck.function_scoped_fixture])
-@given(key=st.sampled_from(KEYS), value=VALUES)
-def test_malformed_overrides_are_one_line_errors_never_crashes(make_cfg, key, value):
-    override = f"{key}={value}"
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                     HealthCheck.function_scoped_fixture])
+@given(prefix=st.sampled_from(["", "+", "++"]), key=st.sampled_from(KEYS), value=VALUES)
+def test_malformed_overrides_are_one_line_errors_never_crashes(make_cfg, prefix, key, value):
+    override = f"{prefix}{key}={value}"
     try:
         cfg = make_cfg(override)
         validate(cfg)

@@ -56,7 +56,7 @@ def test_a_failed_job_is_a_fail_trial_and_the_study_goes_on(tmp_path):
     # (no check before the jobs can know); the study records it and finishes
     proc = run_app(tmp_path, *SEARCH, "hydra.sweeper.sampler=grid",
                    "hydra.sweeper.n_trials=2", "hydra.sweeper.seed_with_parents=false",
-                   "~hydra.sweeper.params.lambda", "hydra.sweeper.params.task='choice(toy,mmlu_pro)'")
+                   "~hydra.sweeper.params.lambda", "+hydra.sweeper.params.task='choice(toy,mmlu_pro)'")
     states = sorted(t.state.name for t in study_trials(tmp_path))
     assert states == ["COMPLETE", "FAIL"], proc.stdout
     assert "1 completed, 0 infeasible, 1 failed" in proc.stdout or \

@@ -42,7 +42,7 @@ class FakeTracker:
     def start(self, name, tags, parent=None):
         run_id = f"run{next(_ids)}"
         tags = {**tags, "mlflow.runName": name} | ({"mlflow.parentRunId": parent} if parent else {})
-        self.runs[run_id] = RunRecord(run_id, "RUNNING", tags, start_time=next(_ids))
+        self.runs[run_id] = RunRecord(run_id, "RUNNING", tags)
         return FakeRun(self, run_id)
 
     def run(self, run_id):
@@ -69,13 +69,6 @@ class FakeTracker:
             run.status = status
             if reason:
                 run.tags["failure_reason"] = reason
-
-    def holders(self, fingerprint):
-        return [r for r in self.runs.values()
-                if r.tags.get("fingerprint") == fingerprint and r.status == "RUNNING"]
-
-    def delete(self, run_id):
-        del self.runs[run_id]
 
     def children(self, parent_id):
         return [r for r in self.runs.values()

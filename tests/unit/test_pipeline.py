@@ -32,13 +32,13 @@ class Evaluator:
 
 
 @pytest.fixture
-def job(make_cfg, monkeypatch):
+def job(make_cfg, monkeypatch, tmp_path):
     tracker = FakeTracker()
     session = Session(None, None, Evaluator(), Merger(), None, "cpu",
                       overhead={"time/startup_s": 1.0, "time/load_s": 2.0})
     monkeypatch.setattr(pipeline, "build_session", lambda cfg, device: session)
     p = Pipeline(open_tracker=lambda tracking, experiment: tracker)
-    return p, tracker, session, make_cfg
+    return p, tracker, session, lambda *o: make_cfg(f"tracking.dir={tmp_path}", *o)
 
 
 def test_a_job_logs_a_finished_run_and_returns_its_metrics(job):
@@ -100,3 +100,26 @@ def test_the_sweep_summary_ranks_by_mean_accuracy_with_the_frontiers_ties():
     assert log_sweep_summary(tracker, parent) == {"linear": 0.7}
     assert tracker.runs[parent].params["best/linear/lambda"] == "0.7"
     assert tracker.runs[parent].metrics["best/linear/mean/acc"] == pytest.approx(0.6)
+
+
+def test_a_claim_held_by_a_live_process_is_refused_until_it_ends(tmp_path):
+    import subprocess
+    import sys
+
+    from app.lease import Leases
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from app.lease import Leases; "
+        f"Leases({str(tmp_path)!r}).claim('fp'); print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        leases = Leases(str(tmp_path))
+        assert leases.claim("fp")[1] == holder.pid and leases.holder("fp")[1] == holder.pid
+        assert leases.claim("other") is None  # another fingerprint is free
+    finally:
+        holder.kill()
+        holder.wait()
+    assert leases.holder("fp") is None and leases.claim("fp") is None  # a dead holder's claim
+    leases.release("fp")
+    assert leases.holder("fp") is None

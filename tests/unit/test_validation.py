@@ -68,3 +68,33 @@ def test_an_unusable_store_is_one_line(tmp_path):
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(ConfigError, match=r"^tracking.uri=.*: no MLflow server answered within"):
         open_tracker(TrackingConfig(uri=url), "e")
+
+
+def test_a_launcher_with_no_workers_is_refused_before_the_sweep():
+    from hydra import compose, initialize_config_dir
+
+    from app.config import conf_dir, register
+    from app.sweep import check_jobs
+
+    register()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose(config_name="config", return_hydra_config=True,
+                      overrides=["hydra/launcher=joblib", "hydra.launcher.n_jobs=0"])
+        with pytest.raises(ConfigError, match=r"^hydra.launcher.n_jobs=0 must be"):
+            check_jobs(cfg)
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["force=maybe"], "force='maybe' is not a valid bool; use true or false"),
+    (["lambda=null"], "lambda=null is not valid: lambda needs a value"),
+    (["model.pt=$(rm -rf x)"], "cannot parse the override 'model.pt=$(rm -rf x)' (model.pt)"),
+    (["hydra/launcher=jooblib"], "hydra/launcher=jooblib is not a known option (did you mean "
+                                 "'joblib'?); valid: basic, chunked_local"),
+])
+def test_messages_name_the_key_and_what_is_valid(make_cfg, monkeypatch, argv, expect):
+    from app.cli import user_error
+
+    monkeypatch.setattr("sys.argv", ["app", *argv])
+    with pytest.raises(Exception) as info:
+        make_cfg(*argv)
+    assert user_error(info.value).startswith(expect)

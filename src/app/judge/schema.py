@@ -148,11 +148,11 @@ def validate(judge) -> None:
             raise ConfigError(f"judge.model must be set for judge={judge.name} ({what})")
         if judge.name == "hf":
             _check_local_model("judge.model", judge.model)
-    if judge.reward_model:
-        _check_local_model("judge.reward_model", judge.reward_model)
         if sorted(judge.labels) != sorted(VERDICT_LABELS):
             raise ConfigError(f"judge.labels must have exactly the keys "
                               f"{', '.join(VERDICT_LABELS)}")
+    if judge.reward_model:
+        _check_local_model("judge.reward_model", judge.reward_model)
     if not Path(judge.prompts).expanduser().is_file():
         raise ConfigError(f"judge.prompts={judge.prompts!r}: no such file (JSONL, JSON or text)")
     checks = [("k", judge.k >= 1, "≥ 1"), ("max_new_tokens", judge.max_new_tokens >= 1, "≥ 1"),

@@ -111,14 +111,6 @@ class MlflowTracker:
         return self._search(f"tags.role = 'reference' and tags.lambda = '{lam}' and "
                             f"tags.tasks = '{tasks}' and attributes.status = 'FINISHED'", 1)
 
-    def holders(self, fingerprint: str) -> list[RunRecord]:
-        """The RUNNING runs that claim a fingerprint."""
-        return self._search(f"tags.fingerprint = '{fingerprint}' and "
-                            f"attributes.status = 'RUNNING'", 100)
-
-    def delete(self, run_id: str) -> None:
-        self.client.delete_run(run_id)
-
     def close_stale_runs(self) -> int:
         """Mark RUNNING runs whose process (on this host) is gone as FAILED, with the reason."""
         stale = 0
@@ -141,7 +133,7 @@ class MlflowTracker:
 
 def record(run) -> RunRecord:
     return RunRecord(run.info.run_id, run.info.status, dict(run.data.tags),
-                     dict(run.data.params), dict(run.data.metrics), run.info.start_time or 0)
+                     dict(run.data.params), dict(run.data.metrics))
 
 
 class MlflowReader:
