@@ -41,7 +41,6 @@ def _main(cfg: DictConfig) -> dict[str, float]:
 def _forget_refused_secrets(hc) -> None:
     """A key typed where a variable's name belongs was refused; Hydra has already copied the
     overrides into the job's ``.hydra/`` folder: take it out of those copies."""
-    import re
     from pathlib import Path
 
     from app.sweep import typed_overrides

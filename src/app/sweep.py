@@ -22,8 +22,8 @@ from app import tracking
 from app.config import experiment_name, validate
 from app.errors import Abort, ConfigError, suggest
 from app.faults import JobFailed
-from app.messages import user_error
 from app.frontier import Point, best
+from app.messages import user_error
 from app.metrics import headline, job_metric_names
 from app.pipeline import JobContext, this_process
 from app.provenance import digest, process_tags

@@ -29,7 +29,7 @@ def test_a_finished_job_asked_for_its_model_saves_it_without_evaluating(tmp_path
     run_app(tmp_path, FAST, "lambda=0.3")
     out = tmp_path / "merged"
     proc = run_app(tmp_path, FAST, "lambda=0.3", f"merge.save_dir={out}")
-    assert f"[done: run " in proc.stdout and f"saved to {out}]" in proc.stdout
+    assert "[done: run " in proc.stdout and f"saved to {out}]" in proc.stdout
     assert (out / "model.safetensors").is_file() and (out / "merge_info.json").is_file()
     _, found = runs(tmp_path)
     assert len(found) == 1 and found[0].data.tags["saved_to"] == str(out)

@@ -4,12 +4,12 @@ key and what is valid (the README's fault table has what the user sees)."""
 import shutil
 
 import pytest
+from helpers import free_port
 
 from app.config import TOY_DIR, validate
 from app.errors import ConfigError
 from app.merge.methods import SAVE_MARKER
 from app.tracking import TrackingConfig, open_tracker
-from helpers import free_port
 
 
 def fails(make_cfg, *overrides) -> str:
