@@ -67,6 +67,7 @@ def main() -> None:
     except ConfigError as e:
         _fail(str(e))
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let errors reach us to be reworded
+    sys.stderr = _WithoutHydrasJobLine(sys.stderr)
     signal.signal(signal.SIGTERM, _interrupt)  # like Ctrl-C: close the open runs, then stop
     try:
         _main()
@@ -90,6 +91,22 @@ def main() -> None:
         if line is None:
             raise
         _fail(line)
+
+
+class _WithoutHydrasJobLine:
+    """stderr without Hydra's "Error executing job with overrides: […]": a failed job has
+    already printed its own FAILED line, and the command ends with one error line."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        if text.startswith("Error executing job with overrides:"):
+            return len(text)
+        return self.stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
 
 
 def _interrupt(signum, frame) -> None:

@@ -207,10 +207,14 @@ class Pipeline:
                               job_tags(cfg, lam, fingerprint, "reference"))
             if done is not None:  # another process evaluated it meanwhile
                 continue
-            with (tracking.tracked(tracker, run), Held(leases, fingerprint),
-                  faults_explained(session.device, cfg.task.batch_size)):
-                log_config(run, cfg, lam, mk)
-                metrics = self.step(session, cfg, mk, run, time.perf_counter())
+            try:
+                with (tracking.tracked(tracker, run), Held(leases, fingerprint),
+                      faults_explained(session.device, cfg.task.batch_size)):
+                    log_config(run, cfg, lam, mk)
+                    metrics = self.step(session, cfg, mk, run, time.perf_counter())
+            except JobFailed as e:
+                print(f"reference {parent.upper()} λ={lam:g}  FAILED: {e}", flush=True)
+                raise
             print(summary_line(f"reference {parent.upper()}", lam, metrics), flush=True)
 
     # ------------------------------------------------------------------ the session
