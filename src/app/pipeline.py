@@ -94,11 +94,8 @@ class Pipeline:
         fingerprint = job_fingerprint(cfg, mk)
         done = None if cfg.force else tracker.find(fingerprint)
         if done is not None:
-            shown = {k: v for k, v in done.metrics.items() if not k.startswith("time/")}
             saved = self.save_again(cfg, mk, tracker, done.run_id) if cfg.merge.save_dir else ""
-            print(summary_line(cfg.method.name, lam, shown) + f"  [done: run {done.run_id}"
-                  f"{saved}]", flush=True)
-            return dict(done.metrics)
+            return skipped(cfg.method.name, lam, done, saved)
         session, fault = None, None
         try:  # loads models and tasks: config errors surface before any run exists
             session = self.session_for(cfg, ctx.job_num)
@@ -112,9 +109,7 @@ class Pipeline:
                           job_tags(cfg, lam, fingerprint, "job", ctx.overrides), ctx.parent,
                           force=cfg.force)
         if done is not None:
-            print(summary_line(cfg.method.name, lam, done.metrics) + f"  [done: run "
-                  f"{done.run_id}]", flush=True)
-            return dict(done.metrics)
+            return skipped(cfg.method.name, lam, done)
         parent = reference_for(cfg, lam)
         reference = None
         if parent and not cfg.force and not cfg.merge.save_dir:
@@ -238,6 +233,13 @@ class Pipeline:
             self.session = build_session(cfg, device)
             self.session_key = key
         return self.session
+
+
+def skipped(method: str, lam: float, done, saved: str = "") -> dict[str, float]:
+    """A job whose fingerprint has a FINISHED run: say so, return that run's metrics."""
+    shown = {k: v for k, v in done.metrics.items() if not k.startswith("time/")}
+    print(summary_line(method, lam, shown) + f"  [done: run {done.run_id}{saved}]", flush=True)
+    return dict(done.metrics)
 
 
 def claim(leases, tracker, fingerprint: str, name: str, tags: dict[str, str],
