@@ -1,5 +1,6 @@
-"""What a multirun does once: check the search, open the store, evaluate the parents, hold the
-sweep's parent run, and summarise the sweep (best λ per method) and the λ* search.
+"""What a multirun does once: check the search and every job's settings, check a resumed
+study against the store, open the store, evaluate the parents, hold the sweep's parent run,
+and summarise the sweep (best λ per method) and the λ* search.
 
 ``SweepCallback`` is the Hydra callback of every multirun (``conf/config.yaml``);
 ``summarize_study`` is the λ* sweeper's callback (``conf/search/lambda_star.yaml``). Best λ
