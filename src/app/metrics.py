@@ -184,6 +184,11 @@ def headline(metrics: dict[str, float]) -> tuple[float, float]:
     return metrics["mean/acc"], metrics.get("mean/ece", 0.0)
 
 
+def without_times(metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics a result consists of: all but the ``time/*`` ones (what it cost)."""
+    return {k: v for k, v in metrics.items() if not k.startswith("time/")}
+
+
 def markdown_table() -> str:
     """The README's metric table."""
     rows = ["| metric | meaning | better | when |", "|---|---|---|---|"]

@@ -26,7 +26,7 @@ from app.errors import ConfigError, clean_lambda
 from app.faults import JobFailed, check_finite, faults_explained
 from app.lease import Held, Leases
 from app.merge.methods import reference_for
-from app.metrics import summary_line
+from app.metrics import summary_line, without_times
 from app.provenance import job_fingerprint, job_tags, log_config, reference_fingerprint
 
 
@@ -122,8 +122,7 @@ class Pipeline:
                 if fault is not None:
                     raise fault
                 if reference is not None:
-                    metrics = {k: v for k, v in reference.metrics.items()
-                               if not k.startswith("time/")}
+                    metrics = without_times(reference.metrics)
                     run.tag("reused_from", reference.run_id)
                     metrics["time/total_s"] = time.perf_counter() - start
                     run.log_metrics(metrics)
@@ -186,10 +185,10 @@ class Pipeline:
         return f"; saved to {saved}"
 
     def evaluate_references(self, cfg: DictConfig, tracker) -> None:
-        """Evaluate PT (λ=0) and IT (λ=1) once per (pair, tasks, settings), as references."""
+        """Evaluate PT (λ=0) and IT (λ=1) once per (pair, tasks, settings), as references
+        (``cfg`` is validated: by ``run_job``, or for a sweep by ``sweep.check_jobs``)."""
         from app.merge.mergekit_adapter import reference_config
 
-        validate(cfg)
         for parent, lam in (("pt", 0.0), ("it", 1.0)):
             fingerprint = reference_fingerprint(cfg, parent)
             if tracker.find(fingerprint) is not None:
@@ -237,8 +236,7 @@ class Pipeline:
 
 def skipped(method: str, lam: float, done, saved: str = "") -> dict[str, float]:
     """A job whose fingerprint has a FINISHED run: say so, return that run's metrics."""
-    shown = {k: v for k, v in done.metrics.items() if not k.startswith("time/")}
-    print(summary_line(method, lam, shown) + f"  [done: run {done.run_id}{saved}]", flush=True)
+    print(summary_line(method, lam, without_times(done.metrics)) + f"  [done: run {done.run_id}{saved}]", flush=True)
     return dict(done.metrics)
 
 

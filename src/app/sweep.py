@@ -25,7 +25,7 @@ from app.errors import Abort, ConfigError, suggest
 from app.faults import JobFailed
 from app.frontier import Point, best
 from app.messages import user_error
-from app.metrics import headline, job_metric_names
+from app.metrics import headline, job_metric_names, without_times
 from app.pipeline import JobContext, this_process
 from app.provenance import digest, process_tags
 
@@ -42,12 +42,13 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.hydra.launcher.get("preview"):  # only shows what it would submit
             return
-        job_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+        job_cfg = job_part(config)
+        search = "objective" in config.hydra.sweeper  # a λ* search, not a grid
         try:  # Hydra only warns when a callback raises an Exception: stop the sweep here
-            if "objective" in config.hydra.sweeper:  # a λ* search: check its metric names
-                check_search(config)
+            if search:
+                check_search(config)  # its metric names
             check_jobs(config)
-            if "objective" in config.hydra.sweeper:
+            if search:
                 check_study(config)
             tracker = tracking.open_tracker(job_cfg.tracking, experiment_name(job_cfg))
             if not on_cluster(config):  # there the first array task evaluates them
@@ -88,6 +89,11 @@ class SweepCallback(Callback):
         self.tracker.close(self.run_id)
 
 
+def job_part(config: DictConfig) -> DictConfig:
+    """A Hydra config without its ``hydra`` node: what a job sees."""
+    return OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+
+
 def check_jobs(config: DictConfig) -> None:
     """Validate every job a grid will run (each combination of the swept values), or a
     search's extreme points (each interval's ends, each choice), before the first job."""
@@ -118,7 +124,7 @@ def check_jobs(config: DictConfig) -> None:
     loader = GlobalHydra.instance().config_loader()
     for job in itertools.product(*axes.values()):
         cfg = loader.load_sweep_config(config, list(job))
-        validate(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+        validate(job_part(cfg))
 
 
 def check_study(config: DictConfig) -> None:
@@ -141,7 +147,7 @@ def check_study(config: DictConfig) -> None:
     except KeyError:
         return
     trials = study.get_trials(states=(TrialState.COMPLETE,))
-    job_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+    job_cfg = job_part(config)
     store = job_cfg.tracking.uri or job_cfg.tracking.dir
     if not job_cfg.tracking.uri and not (Path(store) / "mlflow.db").exists():
         missing = len(trials)  # no store at all: not one of its runs is there
@@ -162,16 +168,15 @@ def _runs_not_in_store(config: DictConfig, trials: list, tracker) -> int:
 
     from app.merge.mergekit_adapter import mergekit_config
     from app.provenance import job_fingerprint
+    from hydra_plugins.lambda_star_sweeper.lambda_star_sweeper import trial_overrides
 
     fixed = [o.input_line for o in OverridesParser.create().parse_overrides(
         typed_overrides(config.hydra)) if not o.is_sweep_override()]
     loader = GlobalHydra.instance().config_loader()
     missing = 0
     for trial in trials:
-        values = [f"{k}={round(v, 6):g}" if isinstance(v, float) else f"{k}={v}"
-                  for k, v in trial.params.items()]
-        cfg = loader.load_sweep_config(config, fixed + values)
-        job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+        cfg = loader.load_sweep_config(config, fixed + trial_overrides(trial.params))
+        job = job_part(cfg)
         if tracker.find(job_fingerprint(job, mergekit_config(job))) is None:
             missing += 1
     return missing
@@ -243,16 +248,21 @@ def log_sweep_summary(tracker, parent_id: str) -> dict[str, float]:
         run = next(r for p, r in points if p is star)
         chosen[method] = star.lam
         params[f"best/{method}/lambda"] = run.params.get("lambda")
-        metrics.update({f"best/{method}/{k}": v for k, v in run.metrics.items()
-                        if not k.startswith("time/")})
+        metrics.update({f"best/{method}/{k}": v for k, v in without_times(run.metrics).items()})
     handle = tracker.run(parent_id)
-    try:
-        handle.log_params(params)
-    except Exception:  # a param logged by an earlier run of the sweep: params are immutable
-        for k, v in params.items():
-            handle.tag(k, str(v))
+    log_params_or_tags(handle, params)
     handle.log_metrics(metrics)
     return chosen
+
+
+def log_params_or_tags(handle, params: dict) -> None:
+    """Params on the parent run; as tags where an earlier run of the same sweep or study
+    logged them with other values (params are immutable, tags are not)."""
+    try:
+        handle.log_params(params)
+    except Exception:  # noqa: BLE001 - the store refuses a changed param
+        for k, v in params.items():
+            handle.tag(k, str(v))
 
 
 def summarize_study(study, sweeper) -> dict:
@@ -282,8 +292,7 @@ def summarize_study(study, sweeper) -> dict:
     else:
         raise RuntimeError("no trial completed")
     constraints = [f"{m} {op} {b:g}" for m, op, b in sweeper.constraints]
-    metrics = {k: v for k, v in chosen.user_attrs.get("metrics", {}).items()
-               if not k.startswith("time/")}
+    metrics = without_times(chosen.user_attrs.get("metrics", {}))
     summary = {
         "study": study.study_name, "objective": sweeper.objective, "direction": sweeper.direction,
         "constraints": constraints, "verdict": verdict, "best_params": chosen.params,
@@ -301,7 +310,8 @@ def summarize_study(study, sweeper) -> dict:
           f"{len(done) - len(feasible)} infeasible, {failed} failed", flush=True)
     sweep_dir = Path(sweeper.config.hydra.sweep.dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / "lambda_star.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
+    text = yaml.safe_dump(summary, sort_keys=False)
+    (sweep_dir / "lambda_star.yaml").write_text(text)
     parent_file = sweep_dir / PARENT_FILE
     if parent_file.exists():
         job_cfg = sweeper.config
@@ -309,15 +319,11 @@ def summarize_study(study, sweeper) -> dict:
         handle = tracker.run(parent_file.read_text().strip())
         params = {f"best/{k}": v for k, v in chosen.params.items()}
         params |= {"search/verdict": verdict, "search/constraints": "; ".join(constraints)}
-        try:
-            handle.log_params(params)
-        except Exception:  # a resumed study moved λ*: params are immutable, tags are not
-            for k, v in params.items():
-                handle.tag(k, str(v))
+        log_params_or_tags(handle, params)
         handle.log_metrics({f"best/{k}": v for k, v in metrics.items() if math.isfinite(v)}
                            | {"search/infeasible": summary["infeasible"], "search/failed": failed,
                               "search/completed": len(done)})
-        handle.log_text(yaml.safe_dump(summary, sort_keys=False), "lambda_star.yaml")
+        handle.log_text(text, "lambda_star.yaml")
         if "lambda" in chosen.params:
             handle.log_figure(trials_figure(done, sweeper, chosen, violation),
                               "search/trials.png")

@@ -44,8 +44,6 @@ def fingerprint(judge: DictConfig) -> dict[str, Any]:
     """What about the judge determines a job's judge metrics: its settings and the prompt
     file's content (never an API key: the config holds only the variable's name)."""
     settings = OmegaConf.to_container(judge, resolve=True)
-    if "prompts" not in settings:  # judge=none: nothing to judge
-        return settings
     for key in NOT_IN_FINGERPRINT:
         settings.pop(key, None)
     settings["prompts_sha256"] = hashlib.sha256(

@@ -41,7 +41,8 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
 __all__ = ["LambdaStarSweeper", "LambdaStarSweeperConf", "SweeperConfigError", "best_trial",
-           "constraint_value", "default_summary", "parse_constraint", "violation"]
+           "constraint_value", "default_summary", "parse_constraint", "trial_overrides",
+           "violation"]
 
 LOG = logging.getLogger(__name__)
 CONSTRAINT = re.compile(r"^\s*([\w./-]+)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
@@ -303,7 +304,7 @@ class LambdaStarSweeper(Sweeper):
             trials = [study.ask(space) for _ in range(min(self.n_jobs, remaining))]
             for t in trials:
                 t.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-            batch = [fixed + [f"{k}={_fmt(v)}" for k, v in t.params.items()] for t in trials]
+            batch = [fixed + trial_overrides(t.params) for t in trials]
             results = self.launcher.launch(batch, initial_job_idx=job_idx)
             job_idx += len(batch)
             for trial, result in zip(trials, results):
@@ -333,5 +334,7 @@ class LambdaStarSweeper(Sweeper):
         study.tell(trial, value)
 
 
-def _fmt(v: Any) -> str:
-    return f"{round(v, 6):g}" if isinstance(v, float) else str(v)
+def trial_overrides(params: dict[str, Any]) -> list[str]:
+    """The overrides a trial's job runs with: ``key=value``, floats rounded to 6 decimals."""
+    return [f"{k}={round(v, 6):g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in params.items()]
