@@ -122,7 +122,7 @@ def validate(cfg) -> None:
     methods.validate(cfg)
     methods.validate_settings(cfg.merge)
     models.validate(cfg.model)
-    task_schema.validate(cfg.task)
+    task_schema.validate(cfg.task, cfg.model)
     judge_schema.validate(cfg.judge)
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 from omegaconf import MISSING
 
 from app.errors import ConfigError
+from app.hub import hub_problem, local_folder, local_snapshot, looks_local
+from app.merge.layout import VISION, multimodal
 
 DTYPES = ("float32", "bfloat16", "float16")
 TOKENIZERS = ("pt", "it", "union")
@@ -43,6 +45,10 @@ class PairConfig:
     tokenizer: str = "it"  # whose vocabulary the merge gets: pt | it | union (every model's)
     trust_remote_code: bool = False  # never on unless a pair config turns it on (it is logged)
     extra: List[ExtraModel] = field(default_factory=list)  # task-vector methods only
+    cache_dir: Optional[str] = None  # Hugging Face cache holding hub ids (None: HF_HOME's)
+    # multimodal checkpoints (Gemma-3 4B+): the vision tower and projector merged like every
+    # other tensor (merge, as mergekit does), or IT's whatever λ (it); only text is evaluated
+    vision: str = "merge"
 
 
 def validate(model) -> None:
@@ -53,9 +59,12 @@ def validate(model) -> None:
     if model.dtype not in DTYPES:
         raise ConfigError(f"model.dtype={model.dtype!r} is not valid; use float32, bfloat16 or "
                           f"float16")
+    if model.vision not in VISION:
+        raise ConfigError(f"model.vision={model.vision!r} is not valid; use merge (the towers "
+                          f"are merged like every tensor) or it (IT's towers whatever λ)")
     refs = {"model.pt": model.pt, "model.it": model.it}
     refs.update({f"model.extra[{i}].path": e.path for i, e in enumerate(model.extra)})
-    shapes = {key: _check_model_ref(key, ref) for key, ref in refs.items()}
+    shapes = {key: _check_model_ref(key, ref, model.cache_dir) for key, ref in refs.items()}
     base = shapes["model.pt"]
     for key, shape in shapes.items():
         if base is None or shape is None:
@@ -65,12 +74,16 @@ def validate(model) -> None:
             k, (a, b) = next(iter(diff.items()))
             raise ConfigError(f"{key} does not match model.pt's architecture: {k} is {b} there, "
                               f"{a} in model.pt; no merge method or tokenizer policy can fix that")
+    if model.vision != "merge" and base is not None \
+            and not multimodal(base.get("architectures")):
+        raise ConfigError(f"model.vision={model.vision} applies to multimodal checkpoints only; "
+                          f"model.pt is {', '.join(base.get('architectures') or ['?'])}")
     # whose tokenizer is loaded: the chosen parent's, or (union) every model's
     readers = list(refs) if model.tokenizer == "union" else [f"model.{model.tokenizer}"]
     for key, ref in refs.items():
-        path = Path(ref).expanduser()
+        path = local_folder(ref, model.cache_dir)
         if shapes[key] is None:
-            continue  # a hub id
+            continue  # a hub id the hub will serve
         if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
             raise ConfigError(f"{key}={ref!r}: no weights there (*.safetensors or "
                               f"pytorch_model*.bin)")
@@ -108,26 +121,31 @@ def safetensors_problem(path: Path) -> str | None:
     return None
 
 
-def _check_model_ref(key: str, ref: str) -> dict | None:
-    """The model's config.json (local folder) or None (hub id); ConfigError if neither."""
-    path = Path(ref).expanduser()
-    looks_local = ref.startswith(("/", ".", "~")) or path.exists()
-    if looks_local:
-        try:
-            config = json.loads((path / "config.json").read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{key}={ref!r}: no model there (expected a folder with "
-                              f"config.json)") from None
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"{key}={ref!r}: config.json is unreadable ({e})") from None
-        for weights in sorted(path.glob("*.safetensors")):
-            if problem := safetensors_problem(weights):
-                raise ConfigError(f"{key}={ref!r}: {weights.name} is {problem}; copy or "
-                                  f"download the model again")
-        return config
-    if ref.count("/") != 1:
+def _check_model_ref(key: str, ref: str, cache_dir: str | None = None) -> dict | None:
+    """The model's config.json (local folder or cached hub id) or None (a hub id to be
+    downloaded); ConfigError if neither."""
+    if looks_local(ref):
+        path = Path(ref).expanduser()
+    elif ref.count("/") == 1:
+        path = local_snapshot(ref, cache_dir)
+        if path is None:
+            if problem := hub_problem(key, ref, cache_dir):
+                raise ConfigError(f"{key}={ref!r} {problem}")
+            return None
+    else:
         raise ConfigError(f"{key}={ref!r} is neither a local model folder nor a hub id (org/name)")
-    return None
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{key}={ref!r}: no model there (expected a folder with "
+                          f"config.json)") from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{key}={ref!r}: config.json is unreadable ({e})") from None
+    for weights in sorted(path.glob("*.safetensors")):
+        if problem := safetensors_problem(weights):
+            raise ConfigError(f"{key}={ref!r}: {weights.name} is {problem}; copy or "
+                              f"download the model again")
+    return config
 
 
 def load_working_model(cfg, device: str):
@@ -142,9 +160,10 @@ def load_working_model(cfg, device: str):
     union = pair.tokenizer == "union"
     source = pair.it if union else pair[pair.tokenizer]
     tokenizer = union_tokenizer(cfg) if union else AutoTokenizer.from_pretrained(
-        source, trust_remote_code=pair.trust_remote_code)
+        source, trust_remote_code=pair.trust_remote_code, cache_dir=pair.cache_dir)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, pair.dtype),
-                                                 trust_remote_code=pair.trust_remote_code)
+                                                 trust_remote_code=pair.trust_remote_code,
+                                                 cache_dir=pair.cache_dir)
     if union:  # the merge fills every row of the union's embeddings
         model.resize_token_embeddings(len(tokenizer.get_vocab()), mean_resizing=False)
     return model.to(device).eval(), tokenizer

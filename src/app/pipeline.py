@@ -277,14 +277,14 @@ def build_session(cfg: DictConfig, device: str) -> Session:
     from app.evaluate.engine import HFEngine
     from app.evaluate.evaluator import Evaluator
     from app.judge.adapters import JudgeModels
-    from app.merge.merger import Merger
+    from app.merge.merger import merger_for
     from app.models import load_working_model
 
     t0 = time.perf_counter()
     model, tokenizer = load_working_model(cfg, device)
     engine = HFEngine(model, tokenizer, cfg.task.batch_size, cfg.task.scoring)
     evaluator = Evaluator(engine, cfg.task, seed=cfg.seed)
-    merger = Merger(device, cfg.seed, cfg.model.trust_remote_code)
+    merger = merger_for(cfg, device)
     # What this process paid before its first merge, logged by the job that evaluates next:
     # interpreter start and imports up to here, then loading the model and building tasks.
     overhead = {"time/startup_s": t0 - _process_start(),

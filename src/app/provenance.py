@@ -24,6 +24,9 @@ PACKAGES = {"mergekit": "mergekit", "lm_eval": "lm-eval", "torch": "torch",
 def _eval_key(cfg: DictConfig) -> dict:
     task = OmegaConf.to_container(cfg.task, resolve=True)
     task.pop("batch_size", None)  # does not change results
+    for key in ("chat_template", "fewshot_as_multiturn"):  # off: fingerprints as they were
+        if task.get(key) is False:
+            task.pop(key)
     key = {"task": task, "seed": cfg.seed, "tokenizer": cfg.model.tokenizer,
            "metrics": METRICS_VERSION}
     if cfg.judge.name != "none":  # judge=none leaves fingerprints as they were
@@ -36,7 +39,10 @@ def _eval_key(cfg: DictConfig) -> dict:
 def job_fingerprint(cfg: DictConfig, mk: dict) -> str:
     """Hash of everything that determines a job's result: the merge (pair, method, parameters,
     λ, dtype), the seed, the tasks and their settings, the metric definitions' version."""
-    return digest({"merge": mk, **_eval_key(cfg)})
+    key = {"merge": mk, **_eval_key(cfg)}
+    if cfg.model.vision != "merge":  # model.vision=merge leaves fingerprints as they were
+        key["vision"] = cfg.model.vision
+    return digest(key)
 
 
 def reference_fingerprint(cfg: DictConfig, parent: str) -> str:

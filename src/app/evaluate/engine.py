@@ -3,7 +3,8 @@
 An engine scores log-likelihood requests and generates for ``generate_until`` requests, for
 whatever weights the working model holds now. The evaluator builds the requests once and
 hands them to its engine for every merge; ``HFEngine`` (lm-eval's ``HFLM`` over the working
-model) is the one shipped.
+model) is the one shipped. With ``task.chat_template`` the requests are formatted by the
+engine's lm-eval model (``engine.lm``: its ``apply_chat_template`` and ``tokenizer_name``).
 """
 
 from __future__ import annotations

@@ -6,8 +6,10 @@ on the weights. So the Evaluator builds lm-eval's own request ``Instance``s once
 engine tokenise them once; for each merge it only clears the responses, has the engine run
 the model, applies the task's filters and scores each document with the task's
 ``process_results`` and aggregation: lm-eval's metrics, computed by lm-eval. A test checks the
-result equals stock ``simple_evaluate`` on a fresh ``HFLM``. lm-eval's response cache is never
-used (it is keyed on request text, not on weights).
+result equals stock ``simple_evaluate`` on a fresh ``HFLM``. With ``task.chat_template`` the
+requests are built as lm-eval's ``evaluate`` builds them for ``apply_chat_template`` (and
+``fewshot_as_multiturn``), formatted by the engine's ``lm.apply_chat_template``. lm-eval's
+response cache is never used (it is keyed on request text, not on weights).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from omegaconf import DictConfig
 from app.errors import ConfigError
 from app.evaluate.engine import Engine
 from app.evaluate.scoring import TaskResult, score_leaf, task_result
-from app.evaluate.tasks import build_tasks, prepare_leaves
+from app.evaluate.tasks import build_tasks, chat_arguments, prepare_leaves
 
 
 class Evaluator:
@@ -30,9 +32,11 @@ class Evaluator:
     def __init__(self, engine: Engine, task_cfg: DictConfig, seed: int = 0):
         logging.getLogger("lm_eval").setLevel(logging.WARNING)
         self.engine, self.cfg, self.seed = engine, task_cfg, seed
+        chat = chat_arguments(getattr(engine, "lm", None), task_cfg)  # before any task work
         self.manager, self.tasks = build_tasks(task_cfg, seed)
         self.leaves = {spec.name: prepare_leaves(self.tasks[spec.name], task_cfg, seed,
-                                                 spec.calibration) for spec in task_cfg.tasks}
+                                                 spec.calibration, chat)
+                       for spec in task_cfg.tasks}
         instances = [i for ls in self.leaves.values() for leaf in ls for i in leaf.instances]
         other = {i.request_type for i in instances} - {"loglikelihood", "generate_until"}
         if other:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import List, Optional
 
 from omegaconf import MISSING
@@ -41,9 +43,16 @@ class EvalConfig:
     max_gen_toks: Optional[int] = None  # cap on generated tokens (None: the task's own setting)
     nltk_data: Optional[str] = None  # extra NLTK data folder, searched first (IFEval's punkt_tab)
     scoring: str = "lm_eval"  # lm_eval: HFLM's batches | shared_context: one KV-cached context/doc
+    # every request formatted with the working model's tokenizer chat template (lm-eval's
+    # apply_chat_template); off, every λ is scored on the same plain-text prompts
+    chat_template: bool = False
+    # few-shot examples as alternating user/assistant turns (needs chat_template)
+    fewshot_as_multiturn: bool = False
 
 
-def validate(task) -> None:
+def validate(task, model=None) -> None:
+    """The task settings; with the run's ``model``, that its tokenizer can apply a chat
+    template where one is asked for."""
     for key, value, low in (("ece_bins", task.ece_bins, 1), ("batch_size", task.batch_size, 1),
                             ("limit", task.limit, 1), ("bootstrap", task.bootstrap, 0)):
         if value is not None and value < low:
@@ -54,3 +63,44 @@ def validate(task) -> None:
         if value not in valid:
             raise ConfigError(f"task.{key}={value!r} is not valid"
                               f"{suggest(str(value), list(valid))}; use {' or '.join(valid)}")
+    if task.fewshot_as_multiturn and not task.chat_template:
+        raise ConfigError("task.fewshot_as_multiturn=true needs task.chat_template=true (few-shot "
+                          "turns exist only in a chat); set both, or neither")
+    if task.chat_template and model is not None:
+        _check_chat_template(model)
+
+
+# where a tokenizer folder keeps its chat template (transformers 5 reads each of them)
+TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json", "additional_chat_templates")
+
+
+def has_chat_template(folder: str) -> bool | None:
+    """Whether a local tokenizer folder holds a chat template; None when its files cannot tell
+    (a hub id, no tokenizer_config.json)."""
+    path = Path(folder).expanduser()
+    try:
+        config = json.loads((path / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    return bool(config.get("chat_template")) or any((path / f).exists() for f in TEMPLATE_FILES)
+
+
+def no_template_error(where: str) -> ConfigError:
+    return ConfigError(f"task.chat_template=true: the working model's tokenizer ({where}) has no "
+                       f"chat template; set task.chat_template=false (and "
+                       f"task.fewshot_as_multiturn=false) or use a tokenizer that has one")
+
+
+def _check_chat_template(model) -> None:
+    """Before anything is loaded: the tokenizer the working model takes (``model.tokenizer``;
+    union takes IT's template, else PT's) has a chat template, where its local files can tell.
+    The loaded tokenizer is checked again before the first merge (``app.evaluate.evaluator``)."""
+    from app.hub import local_folder
+
+    keys = ["it", "pt"] if model.tokenizer == "union" else [model.tokenizer]
+    folders = {f"model.{k}": str(local_folder(str(model[k]), model.cache_dir)) for k in keys}
+    if not model.trust_remote_code and all(has_chat_template(f) is False
+                                           for f in folders.values()):
+        raise no_template_error(", ".join(f"{k}={f!r}" for k, f in folders.items()))

@@ -18,8 +18,9 @@ def stock_evaluate(model, tokenizer, task_cfg: DictConfig, seed: int = 0,
                    manager=None) -> dict[str, dict]:
     """lm-eval's stock path, for comparison (tests, benchmarks): a fresh HFLM and one
     ``simple_evaluate`` that loads the same task specs itself, with the per-sample outputs
-    calibration needs (``log_samples``); ``{leaf: {"<metric>,<filter>": value}}``. (Documents
-    prepared with `random` differ: simple_evaluate does not freeze them.)"""
+    calibration needs (``log_samples``) and the task's chat-template settings;
+    ``{leaf: {"<metric>,<filter>": value}}``. (Documents prepared with `random` differ:
+    simple_evaluate does not freeze them.)"""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
@@ -38,6 +39,8 @@ def stock_evaluate(model, tokenizer, task_cfg: DictConfig, seed: int = 0,
             model=lm, tasks=specs, task_manager=manager,
             limit=None if samples else task_cfg.limit, samples=samples,
             log_samples=True, bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed,
-            torch_random_seed=seed, fewshot_random_seed=seed, verbosity="WARNING")
+            torch_random_seed=seed, fewshot_random_seed=seed, verbosity="WARNING",
+            apply_chat_template=bool(task_cfg.chat_template),
+            fewshot_as_multiturn=bool(task_cfg.fewshot_as_multiturn))
     return {name: {k: v for k, v in res.items() if "," in k and "_stderr," not in k}
             for name, res in out["results"].items() if not name.startswith(GROUP_PREFIX)}

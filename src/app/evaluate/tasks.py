@@ -206,14 +206,16 @@ def _nltk_data(extra: str | None) -> None:
 
 
 def prepare_leaves(tasks: dict[str, Any], task_cfg: DictConfig, seed: int,
-                   calibrated: bool) -> list[Leaf]:
+                   calibrated: bool, chat: dict[str, Any] | None = None) -> list[Leaf]:
     """Build every leaf's requests once (``limit`` documents: the first ones, or a seeded sample
-    with ``task.subsample_seed``)."""
+    with ``task.subsample_seed``); ``chat``: the chat-template arguments lm-eval's ``evaluate``
+    passes to ``build_all_requests`` (``chat_arguments``), none for plain-text prompts."""
     leaves = []
     for name, task in tasks.items():
         with _seeded_documents(task_cfg.docs_seed):
             indices = subsample(task_cfg, name, task)
-            task.build_all_requests(limit=None if indices else task_cfg.limit, samples=indices)
+            task.build_all_requests(limit=None if indices else task_cfg.limit, samples=indices,
+                                    **(chat or {}))
         by_doc: dict[int, list] = defaultdict(list)
         for inst in task.instances:
             by_doc[inst.doc_id].append(inst)
@@ -225,6 +227,27 @@ def prepare_leaves(tasks: dict[str, Any], task_cfg: DictConfig, seed: int,
             leaf.gold = {d: gold_index(task, doc) for d, _, doc in docs}
         leaves.append(leaf)
     return leaves
+
+
+def chat_arguments(lm, task_cfg: DictConfig) -> dict[str, Any]:
+    """``build_all_requests``' chat-template arguments as lm-eval's ``evaluate`` gives them for
+    ``apply_chat_template=task.chat_template, fewshot_as_multiturn=task.fewshot_as_multiturn``
+    on the model ``lm``; ConfigError when its tokenizer has no chat template to apply."""
+    if not task_cfg.chat_template:
+        return {}
+    from app.evaluate.schema import no_template_error
+
+    tokenizer = getattr(lm, "tokenizer", None)
+    try:
+        template = lm.chat_template(True)
+    except ValueError as e:  # several named templates and no default one
+        raise ConfigError(f"task.chat_template=true: {e}") from None
+    if not template or not hasattr(lm, "apply_chat_template"):
+        raise no_template_error(getattr(tokenizer, "name_or_path", None) or "unnamed")
+    return {"apply_chat_template": True,
+            "fewshot_as_multiturn": bool(task_cfg.fewshot_as_multiturn),
+            "chat_template": lm.apply_chat_template,
+            "tokenizer_name": getattr(lm, "tokenizer_name", "")}
 
 
 def subsample(task_cfg: DictConfig, name: str, task) -> list[int] | None:

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from app.merge.layout import checkpoint_names, parameters
 from app.merge.torch_ops import (
     Buffers,
     chunks,
@@ -84,22 +85,15 @@ def file_key(folder: Path) -> tuple[str, tuple]:
     return str(folder), tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
 
 
-def merged_names(model: torch.nn.Module) -> set[str]:
-    """The parameters a merge must write: all but a head tied to the embeddings."""
-    names = {n for n, _ in model.named_parameters()}
-    if getattr(model.config, "tie_word_embeddings", False):
-        names.discard("lm_head.weight")
-    return names
-
-
 class DirectMerger:
     """Direct merges into a working model; owns the mapped parents, the λ-free values computed
     from them and the float32 work buffers (one per working model, dropped with it)."""
 
-    def __init__(self):
+    def __init__(self, resolve: Callable[[str], Path | None] = lambda ref: None):
         self.mapped: dict[tuple, MappedWeights] = {}
         self.lambda_free: dict[tuple, dict[str, Any]] = {}
-        self.buffers: Buffers = new_buffers()
+        self.resolve = resolve  # a hub id → its local snapshot folder, or None
+        self.buffers: Buffers = new_buffers()  # float32 work buffers on the model's device
 
     def weights(self, folder: Path) -> MappedWeights:
         key = file_key(folder)
@@ -115,16 +109,18 @@ class DirectMerger:
               plan: str) -> int | None:
         """Merge ``mk`` with the direct path ``plan`` (a name in ``PLANS``); None (nothing
         touched) where the config is not one that path takes, for mergekit's executor."""
-        planned = PLANS[plan](mk, device)
+        planned = PLANS[plan](_local(mk, self.resolve), device)
         if planned is None:
             return None
         folders, rule = planned
         models = [self.weights(f) for f in folders]
-        params = dict(model.named_parameters())
+        params = parameters(model)  # by checkpoint name, as the files hold them
         names = sorted(models[0].where)
         out_dtype = getattr(torch, str(mk.get("out_dtype")), None)
+        if self.buffers[0].device != torch.device(device):
+            self.buffers = new_buffers(device)
         if (any(set(names) != set(m.where) for m in models) or not set(names) <= set(params)
-                or merged_names(model) - set(names)
+                or checkpoint_names(model) - set(names)
                 or any(params[n].dtype != out_dtype
                        or any(list(params[n].shape) != m.where[n][4] for m in models)
                        for n in names)):
@@ -140,10 +136,23 @@ class DirectMerger:
 
 # --------------------------------------------------------------------------- plans
 
+def _local(mk: dict[str, Any], resolve: Callable[[str], Path | None]) -> dict[str, Any]:
+    """``mk`` with each hub id that has a local snapshot replaced by that folder."""
+    def local(ref):
+        if ref is None or Path(str(ref)).expanduser().exists():
+            return ref
+        return str(resolve(str(ref)) or ref)
+
+    out = dict(mk, models=[dict(m, model=local(m.get("model"))) for m in mk.get("models") or []])
+    if "base_model" in mk:
+        out["base_model"] = local(mk["base_model"])
+    return out
+
+
 def _local_plan(mk: dict[str, Any], device: str, method: str, top: set[str],
                 per_model: set[str]) -> list[Path] | None:
     """The models' folders (the base model's first, where the method takes one) where ``mk`` is
-    a plain ``method`` merge of local safetensors models on CPU, in float32 maths, with exactly
+    a plain ``method`` merge of local safetensors models on a direct device, in float32 maths, with exactly
     the given parameters; None otherwise."""
     entries = mk.get("models") or []
     paths = [str(m.get("model", "")) for m in entries]
@@ -151,7 +160,7 @@ def _local_plan(mk: dict[str, Any], device: str, method: str, top: set[str],
     if base is not None and method != "linear":  # the base first; it may or may not be listed
         paths = [str(base)] + [p for p in paths if p != str(base)]
     folders = [Path(p).expanduser() for p in paths]
-    if (mk.get("merge_method") != method or not entries or device != "cpu"
+    if (mk.get("merge_method") != method or not entries or not on_device(device)
             or mk.get("dtype") != MATH_DTYPE
             or set(mk) - {"merge_method", "models", "parameters", "dtype", "out_dtype",
                           *([] if method == "linear" else ["base_model"])}
@@ -164,6 +173,12 @@ def _local_plan(mk: dict[str, Any], device: str, method: str, top: set[str],
                        or (f / "model.safetensors.index.json").is_file() for f in folders)):
         return None
     return folders
+
+
+def on_device(device: str) -> bool:
+    """A device the direct paths merge on: the CPU, or a CUDA device (parents stay mapped
+    on the host, each chunk is copied to the device and merged there in float32)."""
+    return device == "cpu" or device.startswith("cuda")
 
 
 def _number(value: Any) -> bool:
@@ -210,7 +225,8 @@ PLANS = {"linear": plan_linear, "slerp": plan_slerp, "task_vector": plan_task_ve
 def _fused(sources: list[torch.Tensor], out: torch.Tensor):
     """The one-pass kernels (``app.merge.kernels``) where they take this tensor, bfloat16 in
     and out and matching the torch path here; else None."""
-    if out.dtype != torch.bfloat16 or any(s.dtype != torch.bfloat16 for s in sources):
+    if (out.device.type != "cpu" or out.dtype != torch.bfloat16
+            or any(s.dtype != torch.bfloat16 for s in sources)):
         return None
     try:
         from app.merge import kernels
@@ -247,7 +263,7 @@ class _Slerp:
         if not out.numel():
             return
         dot = cosine(merger, models[0], models[1], name)
-        t = self.t
+        t = self.t.to(dot.device)
         linear = dot.abs() > self.THRESHOLD
         theta = torch.acos(torch.where(linear, 0, dot))
         sin_theta = torch.sin(theta)
@@ -285,9 +301,10 @@ def kept(merger: DirectMerger, v0: MappedWeights, v1: MappedWeights, name: str,
 
     cache = merger.cache(v0, v1, ("kept", density))
     if name not in cache:
-        delta = v1.tensor(name).float() - v0.tensor(name).float()
+        device = merger.buffers[0].device  # ranked where mergekit's executor would rank it
+        delta = v1.tensor(name).to(device).float() - v0.tensor(name).to(device).float()
         keep = magnitude(delta, density=density) != 0  # a kept exact zero adds +0 either way
-        cache[name] = np.packbits(keep.reshape(-1).numpy(), bitorder="little")
+        cache[name] = np.packbits(keep.reshape(-1).cpu().numpy(), bitorder="little")
     return cache[name]
 
 

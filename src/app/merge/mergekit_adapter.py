@@ -8,8 +8,8 @@ merged tensor (float32 maths, stored in the pair's dtype) where no direct path a
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -54,7 +54,8 @@ def _with_pair_settings(mk: dict[str, Any], cfg: DictConfig) -> dict[str, Any]:
         if any(m["model"] == cfg.model.pt for m in mk["models"]):
             # mergekit orders the union after the base model, else after an arbitrary one
             mk.setdefault("base_model", cfg.model.pt)
-    elif _vocab_size(cfg.model.pt) != _vocab_size(cfg.model.it):
+    elif _vocab_size(cfg.model.pt, cfg.model.cache_dir) != _vocab_size(cfg.model.it,
+                                                                         cfg.model.cache_dir):
         # Different vocabularies: mergekit aligns every model's embeddings to the chosen one.
         mk.setdefault("tokenizer", {"source": cfg.model[cfg.model.tokenizer]})
     return mk
@@ -72,20 +73,25 @@ def union_tokenizer(cfg: DictConfig):
     trust = bool(cfg.model.trust_remote_code)
     tokenizer = build_tokenizer(config.base_model, config.referenced_models(), "union",
                                 trust_remote_code=trust, add_tokens=[]).tokenizer
-    instruct = AutoTokenizer.from_pretrained(cfg.model.it, trust_remote_code=trust)
+    instruct = AutoTokenizer.from_pretrained(cfg.model.it, trust_remote_code=trust,
+                                             cache_dir=cfg.model.cache_dir)
     tokenizer.chat_template = instruct.chat_template or tokenizer.chat_template
     return tokenizer
 
 
-def _vocab_size(ref: str) -> int | None:
+def _vocab_size(ref: str, cache_dir: str | None) -> int | None:
+    from app.hub import local_folder
+
     try:
-        return json.loads((Path(ref).expanduser() / "config.json").read_text()).get("vocab_size")
+        config = json.loads((local_folder(ref, cache_dir) / "config.json").read_text())
     except OSError:
-        return None  # a hub id: mergekit reads its config itself
+        return None  # a hub id to download: mergekit reads its config itself
+    return config.get("vocab_size", (config.get("text_config") or {}).get("vocab_size"))
 
 
 def merged_tensors(mk: dict[str, Any], device: str = "cpu", seed: int | None = None,
-                   trust_remote_code: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+                   trust_remote_code: bool = False,
+                   cache_dir: str | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (tensor name, merged tensor) for every output tensor of a mergekit config."""
     import transformers
     from mergekit.architecture import get_architecture_info
@@ -95,7 +101,7 @@ def merged_tensors(mk: dict[str, Any], device: str = "cpu", seed: int | None = N
     from mergekit.options import MergeOptions
 
     options = MergeOptions(device=device, trust_remote_code=trust_remote_code, quiet=True,
-                           random_seed=seed)
+                           random_seed=seed, transformers_cache=cache_dir)
     if seed is not None:  # DARE/DELLA masks: the same seed gives the same draws
         transformers.trainer_utils.set_seed(seed)
     config = MergeConfiguration.model_validate(mk)  # fresh per merge: the planner mutates it

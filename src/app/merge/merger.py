@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from app.errors import ConfigError
-from app.merge.direct import DirectMerger, merged_names
+from app.merge.direct import DirectMerger
+from app.merge.layout import checkpoint_names, layout_of, parameters
 from app.merge.mergekit_adapter import merged_tensors
 from app.merge.methods import METHODS
 
@@ -31,37 +32,65 @@ class Merger:
     """Writes merges into a working model; owns what its direct paths keep across λ."""
 
     def __init__(self, device: str = "cpu", seed: int | None = None,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, cache_dir: str | None = None,
+                 towers_from: str | None = None):
+        from app.hub import local_snapshot
+
         self.device, self.seed, self.trust_remote_code = device, seed, trust_remote_code
-        self.direct = DirectMerger()
+        self.cache_dir = cache_dir
+        # model.vision=it: a multimodal pair's vision tower and projector are IT's, whatever λ
+        self.towers_from = towers_from
+        self.resolve = lambda ref: local_snapshot(ref, cache_dir)
+        self.direct = DirectMerger(self.resolve)
 
     def merge_into(self, model: torch.nn.Module, mk: dict[str, Any]) -> MergeReport:
         """Overwrite every parameter of ``model`` with the merge described by ``mk``."""
         start = time.perf_counter()
         method = METHODS.get(str(mk.get("merge_method")))
+        written = None
         if method is not None and method.direct is not None:
             written = self.direct.merge(model, mk, self.device, method.direct)
-            if written is not None:
-                return MergeReport(written, time.perf_counter() - start, engine="direct")
-        params = dict(model.named_parameters())
-        params.update(dict(model.named_buffers()))
+        engine = "mergekit" if written is None else "direct"
+        if written is None:
+            written = self._executor_merge(model, mk)
+        if self.towers_from is not None:
+            self._copy_towers(model)
+        return MergeReport(written, time.perf_counter() - start, engine=engine)
+
+    def _executor_merge(self, model: torch.nn.Module, mk: dict[str, Any]) -> int:
+        """Every tensor from mergekit's executor, by its checkpoint name."""
+        params = parameters(model)
+        arch = type(model).__name__
         written_names: set[str] = set()
         with torch.no_grad():
             for name, tensor in merged_tensors(mk, self.device, self.seed,
-                                               self.trust_remote_code):
+                                               self.trust_remote_code, self.cache_dir):
                 target = params.get(name)
                 if target is None:
                     raise RuntimeError(f"merged tensor {name!r} has no parameter in the "
-                                       f"working model")
+                                       f"working model ({arch}; its checkpoint names map to "
+                                       f"parameters in app.merge.layout)")
                 if target.shape != tensor.shape:
                     raise RuntimeError(f"merged tensor {name!r} has shape {tuple(tensor.shape)}"
                                        f", model expects {tuple(target.shape)}")
                 target.copy_(tensor)
                 written_names.add(name)
-        missing = merged_names(model) - written_names
+        missing = checkpoint_names(model) - written_names
         if missing:
             raise RuntimeError(f"merge left parameters unset: {sorted(missing)[:5]}")
-        return MergeReport(len(written_names), time.perf_counter() - start)
+        return len(written_names)
+
+    def _copy_towers(self, model: torch.nn.Module) -> None:
+        """IT's vision tower and projector into the working model (``model.vision=it``)."""
+        layout = layout_of(model)
+        folder = Path(self.towers_from).expanduser()
+        source = self.direct.weights(folder if folder.exists()
+                                     else self.resolve(self.towers_from) or folder)
+        with torch.no_grad():
+            for name, target in parameters(model).items():
+                if layout.is_tower(name):
+                    target.copy_(source.tensor(name))
+                    source.release(name)
 
 
 def save_merged(model, tokenizer, mk: dict[str, Any], save_dir: str) -> Path:
@@ -98,3 +127,10 @@ def merge_into(model: torch.nn.Module, mk: dict[str, Any], device: str = "cpu",
                seed: int | None = None, trust_remote_code: bool = False) -> MergeReport:
     """One merge with a fresh ``Merger`` (nothing kept for a next λ)."""
     return Merger(device, seed, trust_remote_code).merge_into(model, mk)
+
+
+def merger_for(cfg, device: str) -> Merger:
+    """The job's merger, with the pair's settings."""
+    pair = cfg.model
+    return Merger(device, cfg.seed, pair.trust_remote_code, pair.cache_dir,
+                  towers_from=pair.it if pair.vision == "it" else None)

@@ -16,8 +16,8 @@ CHUNK = 1 << 20  # elements per float32 work buffer (4 MB: stays in cache)
 Buffers = tuple[torch.Tensor, torch.Tensor]
 
 
-def new_buffers() -> Buffers:
-    return torch.empty(CHUNK), torch.empty(CHUNK)
+def new_buffers(device: str = "cpu") -> Buffers:
+    return torch.empty(CHUNK, device=device), torch.empty(CHUNK, device=device)
 
 
 def chunks(n: int) -> Iterator[tuple[int, int]]:
@@ -28,7 +28,7 @@ def chunks(n: int) -> Iterator[tuple[int, int]]:
 def torch_linear(sources: list[torch.Tensor], weights: list[float], out: torch.Tensor,
                  buffers: Buffers) -> None:
     """mergekit's linear_merge: float32 zeros, then addcmul_(tensor, weight) per model."""
-    coefficients = [torch.tensor([w], dtype=torch.float32) for w in weights]
+    coefficients = [torch.tensor([w], dtype=torch.float32, device=out.device) for w in weights]
     acc, buf = buffers
     for start, stop in chunks(out.numel()):
         x, y = acc[:stop - start].zero_(), buf[:stop - start]
@@ -51,7 +51,7 @@ def torch_slerp(v0: torch.Tensor, v1: torch.Tensor, a: torch.Tensor, b: torch.Te
 def torch_task_vector(pt: torch.Tensor, it: torch.Tensor, keep: np.ndarray | None,
                       weight: float, out: torch.Tensor, buffers: Buffers) -> None:
     """``PT + λ·(IT − PT)``, +0 where ``keep`` (packed bits, or None for all) is unset."""
-    lam = torch.tensor([weight], dtype=torch.float32)
+    lam = torch.tensor([weight], dtype=torch.float32, device=out.device)
     acc, buf = buffers
     for start, stop in chunks(out.numel()):
         x, y = acc[:stop - start], buf[:stop - start]
@@ -59,6 +59,6 @@ def torch_task_vector(pt: torch.Tensor, it: torch.Tensor, keep: np.ndarray | Non
         if keep is not None:
             bits = np.unpackbits(keep[start // 8:(stop + 7) // 8], count=stop - start,
                                  bitorder="little")  # chunks start on whole bytes
-            x.masked_fill_(torch.from_numpy(bits) == 0, 0.0)
+            x.masked_fill_(torch.from_numpy(bits).to(x.device) == 0, 0.0)
         x.masked_fill_(x == 0, 0.0)  # mergekit sums the masked task vector from +0
         out[start:stop].copy_(y.add_(x))

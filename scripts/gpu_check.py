@@ -1,0 +1,181 @@
+"""The GPU path, checked in one run (under 8 minutes on one GPU): `bash scripts/gpu_check.sh`.
+
+Prints one verdict line per check (PASS, FAIL or INFO) and exits 1 if any check failed.
+Where CUDA is absent the CPU half still runs and every CUDA check fails with a line that
+says so (no traceback).
+
+  merge/<pair>/<method>: the direct path with the working model on CUDA equals mergekit's
+      executor on CUDA bit for bit (both λ), on a Qwen2-0.5B-shape pair (bf16) and on the
+      Gemma-3 multimodal stand-in (scripts/build_layouts.py);
+  merge/<pair>/<method>/cuda-vs-cpu: how far the CUDA merge is from the CPU merge (INFO:
+      reductions and sorts run in another order on the GPU, as in mergekit);
+  time/<pair>: per-λ merge seconds (next λ) on CPU and on CUDA;
+  eval/toy: accuracy and ECE of the toy pair at λ ∈ {0, 0.5, 1} on CUDA equal the CPU ones
+      within TOLERANCE (bf16 working model, log-softmax in float32);
+  memory: peak GPU memory of the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ("linear", "slerp", "task_arithmetic", "ties")
+LAMBDAS = (0.3, 0.7)
+TOLERANCE = {"acc": 0.02, "ece": 0.01}  # |CUDA − CPU| on the toy tasks (≈250 documents)
+FAILED: list[str] = []
+
+
+def verdict(status: str, name: str, detail: str) -> None:
+    if status == "FAIL":
+        FAILED.append(name)
+    print(f"{status:4}  {name}: {detail}", flush=True)
+
+
+def script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Working:
+    """One working model on a device and its merger (what a sweep keeps across λ)."""
+
+    def __init__(self, pt: Path, it: Path, device: str):
+        from transformers import AutoModelForCausalLM
+
+        from app.merge.merger import Merger
+
+        self.pt, self.it, self.device = pt, it, device
+        self.model = AutoModelForCausalLM.from_pretrained(it, dtype=torch.bfloat16).to(device)
+        self.merger = Merger(device)
+
+    def merge(self, method: str, lam: float) -> tuple[dict[str, torch.Tensor], float, str]:
+        """The merge's tensors on the host, its seconds and its engine."""
+        from app.merge.layout import parameters
+
+        report = self.merger.merge_into(self.model, mk_config(method, lam, self.pt, self.it))
+        return ({n: p.detach().cpu() for n, p in parameters(self.model).items()},
+                report.seconds, report.engine)
+
+
+def mk_config(method: str, lam: float, pt: Path, it: Path) -> dict:
+    return script("bench_merge").mk_config(method, lam, pt, it, "bfloat16")
+
+
+def executor(pt: Path, it: Path, method: str, lam: float, device: str) -> dict:
+    from app.merge.mergekit_adapter import merged_tensors
+
+    return {n: v.cpu() for n, v in merged_tensors(mk_config(method, lam, pt, it), device)}
+
+
+def compare(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[int, float]:
+    """(tensors that differ, largest absolute difference) over the names both hold."""
+    names = sorted(set(a) & set(b))
+    unequal = [n for n in names if not torch.equal(a[n], b[n])]
+    worst = max((float((a[n].float() - b[n].float()).abs().max()) for n in unequal), default=0.0)
+    return len(unequal), worst
+
+
+def merge_checks(pairs: dict[str, tuple[Path, Path]], cuda: bool) -> None:
+    for pair, (pt, it) in pairs.items():
+        on_cpu = Working(pt, it, "cpu")
+        on_cuda = Working(pt, it, "cuda") if cuda else None
+        for method in METHODS:
+            name = f"merge/{pair}/{method}"
+            cpu = {lam: on_cpu.merge(method, lam)[0] for lam in LAMBDAS}
+            if on_cuda is None:
+                verdict("FAIL", name, "no CUDA device (torch.cuda.is_available() is False)")
+                continue
+            worst_exec, worst_cpu, bad = 0.0, 0.0, 0
+            for lam in LAMBDAS:
+                direct, _, engine = on_cuda.merge(method, lam)
+                if engine != "direct":
+                    verdict("FAIL", name, f"λ={lam}: took the {engine} path on CUDA, not direct")
+                n, worst = compare(direct, executor(pt, it, method, lam, "cuda"))
+                bad, worst_exec = bad + n, max(worst_exec, worst)
+                worst_cpu = max(worst_cpu, compare(direct, cpu[lam])[1])
+            verdict("PASS" if bad == 0 else "FAIL", name,
+                    f"direct on CUDA vs mergekit's executor on CUDA: {bad} tensors differ "
+                    f"(max |Δ| {worst_exec:.3g}) over λ={LAMBDAS}")
+            verdict("INFO", f"{name}/cuda-vs-cpu", f"max |CUDA − CPU| {worst_cpu:.3g}")
+
+
+def time_checks(pairs: dict[str, tuple[Path, Path]], cuda: bool) -> None:
+    for pair, (pt, it) in pairs.items():
+        seconds = {}
+        for device in ("cpu", "cuda") if cuda else ("cpu",):
+            working = Working(pt, it, device)
+            runs = [working.merge("linear", lam)[1] for lam in (0.2, 0.4, 0.6)]
+            seconds[device] = min(runs[1:])  # next λ: the files are mapped, buffers made
+            del working
+        line = ", ".join(f"{d} {s:.3f} s" for d, s in seconds.items())
+        verdict("INFO" if cuda else "FAIL", f"time/{pair}",
+                f"linear, next λ: {line}" + ("" if cuda else "; no CUDA device"))
+
+
+def eval_checks(cuda: bool, limit: int) -> None:
+    from app.config import compose
+    from app.pipeline import Pipeline
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for device in ("cpu", "cuda") if cuda else ("cpu",):
+            pipeline = Pipeline()
+            for lam in (0.0, 0.5, 1.0):
+                cfg = compose("model.dtype=bfloat16", f"device={device}", f"lambda={lam}",
+                              f"task.limit={limit}", "task.bootstrap=0",
+                              f"tracking.dir={tmp}/{device}")
+                results[device, lam] = pipeline.run_job(cfg)
+    keys = sorted(k for k in results["cpu", 0.5] if k.endswith(("/acc", "/ece")))
+    if not cuda:
+        verdict("FAIL", "eval/toy", "no CUDA device; CPU metrics at λ=0.5: " + ", ".join(
+            f"{k}={results['cpu', 0.5][k]:.4f}" for k in keys))
+        return
+    worst = {"acc": 0.0, "ece": 0.0}
+    for (device, lam), metrics in results.items():
+        if device == "cuda":
+            for k in keys:
+                kind = k.rsplit("/", 1)[1]
+                worst[kind] = max(worst[kind], abs(metrics[k] - results["cpu", lam][k]))
+    ok = all(worst[k] <= TOLERANCE[k] for k in worst)
+    verdict("PASS" if ok else "FAIL", "eval/toy",
+            f"max |CUDA − CPU| acc {worst['acc']:.4f} (≤ {TOLERANCE['acc']}), ECE "
+            f"{worst['ece']:.4f} (≤ {TOLERANCE['ece']}) over λ ∈ {{0, 0.5, 1}}, {keys}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", default=None, help="where the stand-ins are built (temp)")
+    parser.add_argument("--limit", type=int, default=200, help="documents per toy task")
+    args = parser.parse_args()
+    cuda = torch.cuda.is_available()
+    print(f"torch {torch.__version__}; CUDA: "
+          f"{torch.cuda.get_device_name(0) if cuda else 'absent (CPU half only)'}", flush=True)
+    work = Path(args.work or tempfile.mkdtemp(prefix="gpu-check-"))
+    qwen = script("bench_merge").build_pair(work / "qwen2-0.5b", "bfloat16")
+    gemma = script("build_layouts").build("gemma3", work / "layouts")
+    pairs = {"qwen2-0.5b-shape": qwen, "gemma3-multimodal": gemma}
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    merge_checks(pairs, cuda)
+    time_checks(pairs, cuda)
+    eval_checks(cuda, args.limit)
+    if cuda:
+        verdict("INFO", "memory", f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f}"
+                                  f" GiB")
+    print(f"{'FAILED: ' + ', '.join(FAILED) if FAILED else 'all checks passed'}")
+    return 1 if FAILED else 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT / "src"))
+    sys.exit(main())
