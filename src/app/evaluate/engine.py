@@ -50,7 +50,15 @@ class HFEngine:
         return compat.loglikelihood_tokens(self.lm, self.requests)
 
     def generate_until(self, instances: list) -> list[str]:
-        return self.lm.generate_until(instances, disable_tqdm=True)
+        # lm-eval caps a generation with max_length (context + the task's max_gen_toks); a
+        # checkpoint's generation_config.max_new_tokens (Qwen2.5 ships 2048) would take
+        # precedence in transformers, so it is lifted while lm-eval generates.
+        config = self.lm.model.generation_config
+        kept, config.max_new_tokens = config.max_new_tokens, None
+        try:
+            return self.lm.generate_until(instances, disable_tqdm=True)
+        finally:
+            config.max_new_tokens = kept
 
 
 def tokenize_loglikelihood(lm, instances: list) -> list:

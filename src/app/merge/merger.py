@@ -86,10 +86,11 @@ class Merger:
         folder = Path(self.towers_from).expanduser()
         source = self.direct.weights(folder if folder.exists()
                                      else self.resolve(self.towers_from) or folder)
+        params = parameters(model)
         with torch.no_grad():
-            for name, target in parameters(model).items():
+            for name in source.where:
                 if layout.is_tower(name):
-                    target.copy_(source.tensor(name))
+                    params[name].copy_(source.tensor(name))
                     source.release(name)
 
 
