@@ -21,7 +21,6 @@ import argparse
 import importlib.util
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch

@@ -18,9 +18,8 @@ from transformers import AutoModelForCausalLM
 
 from app.config import compose
 from app.merge.layout import checkpoint_names, layout_of, parameters
-from app.merge.merger import Merger
 from app.merge.mergekit_adapter import merged_tensors, mergekit_config
-from app.merge.methods import METHODS
+from app.merge.merger import Merger
 from tests.helpers import child_runs, run_app
 
 ROOT = Path(__file__).resolve().parents[2]
