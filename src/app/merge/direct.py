@@ -1,14 +1,17 @@
 """Direct merges: merged tensors computed straight from the memory-mapped parents, no executor.
 
-For plain linear, slerp, and task arithmetic / TIES with one fine-tuned model on CPU (which
-method has which path is declared in ``app.merge.methods``), every tensor is computed with
-mergekit's arithmetic in mergekit's order (float32, rounded once to the stored dtype), so the
-result is bit-identical to mergekit's executor and ``mergekit-yaml`` (tests check it), an
-order of magnitude faster, and no parent is held in memory: each parent tensor's pages are
-dropped from the process once merged. What does not depend on λ (slerp's norms and cosines,
-the elements TIES keeps) is computed on the first merge of a pair and kept by the
-``DirectMerger`` that owns the mapped files. For bfloat16 models the elementwise arithmetic
-runs in one fused pass (``app.merge.kernels``) where a probe shows it equal to the torch path.
+For plain linear, slerp, and task arithmetic / TIES with one fine-tuned model, on CPU or with
+the working model on CUDA (which method has which path is declared in ``app.merge.methods``),
+every tensor is computed with mergekit's arithmetic in mergekit's order (float32, rounded once
+to the stored dtype), so the result is bit-identical to mergekit's executor on that device and
+to ``mergekit-yaml`` (tests check it on CPU; ``scripts/gpu_check.sh`` on CUDA), an order of
+magnitude faster, and no parent is held in memory: each parent tensor's pages are dropped from
+the process once merged (on CUDA each chunk is copied to the device and merged there). What
+does not depend on λ (slerp's norms and cosines, the elements TIES keeps) is computed on the
+first merge of a pair, on the merge's device, and kept by the ``DirectMerger`` that owns the
+mapped files. Tensors are named as the checkpoint names them (``app.merge.layout``). For
+bfloat16 models on CPU the elementwise arithmetic runs in one fused pass (``app.merge.kernels``)
+where a probe shows it equal to the torch path.
 """
 
 from __future__ import annotations
@@ -152,8 +155,8 @@ def _local(mk: dict[str, Any], resolve: Callable[[str], Path | None]) -> dict[st
 def _local_plan(mk: dict[str, Any], device: str, method: str, top: set[str],
                 per_model: set[str]) -> list[Path] | None:
     """The models' folders (the base model's first, where the method takes one) where ``mk`` is
-    a plain ``method`` merge of local safetensors models on a direct device, in float32 maths, with exactly
-    the given parameters; None otherwise."""
+    a plain ``method`` merge of local safetensors models on CPU or CUDA, in float32 maths, with
+    exactly the given parameters; None otherwise."""
     entries = mk.get("models") or []
     paths = [str(m.get("model", "")) for m in entries]
     base = mk.get("base_model")
