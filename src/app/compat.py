@@ -82,3 +82,23 @@ def planned_tensors(config, arch_info, options, trust_remote_code: bool) -> list
     return [ReturnTensor.model_construct(weight_info=w, tensor_task=t,
                                          dtype=w.force_dtype or config.out_dtype)
             for w, t in planner._tensors]
+
+
+def merge_order(mk: dict[str, Any]) -> list[str]:
+    """The output tensor names in the order mergekit's executor merges them (its schedule of
+    ``ExecuteMergeMethodTask``s): the order in which DARE and DELLA draw their random masks
+    from the global torch generator. Plans only; no tensor is loaded."""
+    from mergekit.architecture import get_architecture_info
+    from mergekit.config import MergeConfiguration
+    from mergekit.graph import Executor
+    from mergekit.io.tasks import LoaderCache
+    from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
+    from mergekit.options import MergeOptions
+
+    options = MergeOptions(quiet=True)
+    config = MergeConfiguration.model_validate(mk)
+    arch_info = get_architecture_info(config, options)
+    LoaderCache().setup(options=options)
+    schedule = Executor(planned_tensors(config, arch_info, options, False)).schedule
+    return [h.task().output_weight.name for h in schedule.tasks
+            if isinstance(h.task(), ExecuteMergeMethodTask)]

@@ -136,7 +136,8 @@ def test_linear_midpoint_is_the_weighted_average(make_cfg, model):
         torch.testing.assert_close(state[name], 0.7 * PT[name] + 0.3 * IT[name], rtol=0, atol=2e-7)
 
 
-@pytest.mark.parametrize("method", ["linear", "slerp", "task_arithmetic", "ties", "dare_ties"])
+@pytest.mark.parametrize("method", ["linear", "slerp", "task_arithmetic", "ties", "dare_ties",
+                                    "dare_linear", "della", "breadcrumbs"])
 def test_in_memory_equals_mergekit_yaml(make_cfg, model, method, tmp_path):
     mk = mergekit_config(make_cfg(f"method={method}", "lambda=0.3"))
     (tmp_path / "merge.yaml").write_text(yaml.safe_dump(mk))
@@ -295,6 +296,25 @@ def task_vector(folders, lam, density=None):
             "models": [{"model": str(folders[1]), "parameters": params}]}
 
 
+def sparse(folders, lam, method, **params):
+    """A sparsifying task-vector merge (DARE, DELLA, breadcrumbs, with or without TIES)."""
+    return {"merge_method": method, "dtype": "float32", "out_dtype": "bfloat16",
+            "base_model": str(folders[0]), "parameters": {"normalize": False},
+            "models": [{"model": str(folders[1]), "parameters": {"weight": lam, **params}}]}
+
+
+SPARSE = {  # each method at two λ and two densities (DARE and DELLA: random masks)
+    "dare_ties 0.3 density 0.5": ("dare_ties", 0.3, dict(density=0.5)),
+    "dare_ties 0.7 density 0.9": ("dare_ties", 0.7, dict(density=0.9)),
+    "dare_linear 0.3 density 0.5": ("dare_linear", 0.3, dict(density=0.5)),
+    "dare_linear 0.7 density 0.9": ("dare_linear", 0.7, dict(density=0.9)),
+    "della 0.3 density 0.5": ("della", 0.3, dict(density=0.5, epsilon=0.1)),
+    "della 0.7 density 0.8": ("della", 0.7, dict(density=0.8, epsilon=0.15)),
+    "della_linear 0.3 density 0.5": ("della_linear", 0.3, dict(density=0.5, epsilon=0.2)),
+    "breadcrumbs 0.3 density 0.9": ("breadcrumbs", 0.3, dict(density=0.9, gamma=0.01)),
+    "breadcrumbs 0.7 density 0.5": ("breadcrumbs", 0.7, dict(density=0.5, gamma=0.1)),
+    "breadcrumbs_ties 0.3 density 0.8": ("breadcrumbs_ties", 0.3, dict(density=0.8, gamma=0.05)),
+}
 DIRECT = {  # two parents at λ, one parent alone (the references), three models (extra models)
     "linear 0.7/0.3": (linear, (0.7, 0.3)), "linear 0.23/0.77": (linear, (0.23, 0.77)),
     "linear 1": (linear, (1.0,)), "linear 0.5/0.3/0.2": (linear, (0.5, 0.3, 0.2)),
@@ -302,7 +322,9 @@ DIRECT = {  # two parents at λ, one parent alone (the references), three models
     "slerp 0": (slerp, 0.0), "slerp 1": (slerp, 1.0),
     "task_arithmetic 0.3": (task_vector, 0.3), "expo 2.5": (task_vector, 2.5),
     "ties 0.3": (task_vector, 0.3, 0.5), "ties 0.8 density 0.9": (task_vector, 0.8, 0.9),
-    "ties 1 density 1": (task_vector, 1.0, 1.0), "ties 0": (task_vector, 0.0, 0.5)}
+    "ties 1 density 1": (task_vector, 1.0, 1.0), "ties 0": (task_vector, 0.0, 0.5),
+    **{case: (lambda f, m, lam, p: sparse(f, lam, m, **p), *args)
+       for case, args in SPARSE.items()}}
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused kernels", "torch"])
@@ -322,13 +344,32 @@ def test_direct_path_is_bit_identical_to_mergekits_executor(bf16_pair, case, fus
         with torch.no_grad():
             for p in model.parameters():
                 p.fill_(float("nan"))
-        report = merge_into(model, mk)
+        report = merge_into(model, mk, seed=0)
         assert report.engine == "direct"  # the fast path took it
         params = dict(model.named_parameters())
-        expected = dict(merged_tensors(mk))
+        expected = dict(merged_tensors(mk, seed=0))  # DARE's and DELLA's draws after seed 0
         assert set(expected) == set(params)
         for name, tensor in expected.items():
             assert torch.equal(params[name], tensor), name
+
+
+@pytest.mark.parametrize("method", ["dare_ties", "della", "breadcrumbs"])
+def test_a_sweep_draws_its_masks_once_and_each_lambda_equals_the_executor(bf16_pair, method):
+    """One merger across λ (a sweep's process): masks and factors come from the cache, not
+    from new draws, and every λ still equals mergekit's executor seeded afresh."""
+    from app.merge.merger import Merger
+    from app.merge.mergekit_adapter import merged_tensors
+
+    _, _, params = SPARSE[next(c for c in SPARSE if c.startswith(method + " "))]
+    model = AutoModelForCausalLM.from_pretrained(bf16_pair[0], dtype=torch.bfloat16)
+    merger = Merger(seed=7)
+    for lam in (0.3, 0.7, 0.3):
+        torch.manual_seed(123)  # whatever ran before: the masks do not depend on it
+        mk = sparse(bf16_pair, lam, method, **params)
+        assert merger.merge_into(model, mk).engine == "direct"
+        state = dict(model.named_parameters())
+        for name, tensor in merged_tensors(mk, seed=7):
+            assert torch.equal(state[name], tensor), (lam, name)
 
 
 def test_kernels_that_differ_from_torch_are_not_used(monkeypatch):
@@ -359,7 +400,8 @@ def test_slerp_pair_takes_both_branches(bf16_pair):
 @pytest.mark.parametrize("mk", [
     linear(["a", "b"], (0.5, 0.5)) | {"parameters": {"normalize": True}},
     task_vector(["a", "b"], 0.5, 0.5) | {"parameters": {"normalize": False, "int8_mask": True}},
-    task_vector(["a", "b"], 0.5) | {"merge_method": "dare_ties"},  # random masks
+    task_vector(["a", "b"], 0.5) | {"merge_method": "della"},  # no epsilon given
+    sparse(["a", "b"], 0.5, "dare_ties", density=0.5),  # random masks, and no seed to draw
     {k: v for k, v in task_vector(["a", "b"], 0.5).items() if k != "base_model"},  # no base
     {k: v for k, v in slerp(["a", "b"], 0.5).items() if k != "base_model"},
     slerp(["a", "b"], [0.2, 0.8]),  # a per-layer gradient

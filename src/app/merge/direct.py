@@ -92,7 +92,9 @@ class DirectMerger:
     """Direct merges into a working model; owns the mapped parents, the λ-free values computed
     from them and the float32 work buffers (one per working model, dropped with it)."""
 
-    def __init__(self, resolve: Callable[[str], Path | None] = lambda ref: None):
+    def __init__(self, resolve: Callable[[str], Path | None] = lambda ref: None,
+                 seed: int | None = None):
+        self.seed = seed  # DARE's and DELLA's masks: mergekit's --random-seed
         self.mapped: dict[tuple, MappedWeights] = {}
         self.lambda_free: dict[tuple, dict[str, Any]] = {}
         self.resolve = resolve  # a hub id → its local snapshot folder, or None
@@ -127,6 +129,8 @@ class DirectMerger:
                 or any(params[n].dtype != out_dtype
                        or any(list(params[n].shape) != m.where[n][4] for m in models)
                        for n in names)):
+            return None
+        if not getattr(rule, "prepare", lambda *a: True)(self, models, names):
             return None
         with torch.no_grad():
             for name in names:
@@ -206,10 +210,14 @@ def plan_slerp(mk: dict[str, Any], device: str) -> tuple[list[Path], Rule] | Non
 
 
 def plan_task_vector(mk: dict[str, Any], device: str) -> tuple[list[Path], Rule] | None:
-    """Task arithmetic or TIES with one fine-tuned model."""
-    method = mk.get("merge_method")
-    per_model = {"weight"} | ({"density"} if method == "ties" else set())
-    folders = _local_plan(mk, device, str(method), {"normalize"}, per_model)
+    """Task arithmetic, or a sparsifying task-vector method (TIES, DARE, DELLA, breadcrumbs,
+    with or without sign election), with one fine-tuned model."""
+    from app.merge.sparsify import KNOBS, SPARSIFICATION, sparsity_of
+
+    method = str(mk.get("merge_method"))
+    kind = SPARSIFICATION.get(method, (None,))[0]
+    per_model = {"weight"} | ({"density", *KNOBS[kind]} if kind else set())
+    folders = _local_plan(mk, device, method, {"normalize"}, per_model)
     last = (mk.get("models") or [{}])[-1]
     entry = last.get("parameters") or {}
     if (folders is None or len(folders) != 2 or mk["parameters"]["normalize"] is not False
@@ -217,7 +225,7 @@ def plan_task_vector(mk: dict[str, Any], device: str) -> tuple[list[Path], Rule]
             or not all(_number(entry[k]) for k in per_model)
             or not 0 < entry.get("density", 1) <= 1):
         return None
-    return folders, _TaskVector(entry["weight"], entry.get("density", 1))
+    return folders, _TaskVector(entry["weight"], sparsity_of(method, entry), mk)
 
 
 PLANS = {"linear": plan_linear, "slerp": plan_slerp, "task_vector": plan_task_vector}
@@ -279,35 +287,61 @@ class _Slerp:
 
 
 class _TaskVector:
-    """mergekit 0.1.5's task arithmetic and TIES with one fine-tuned model, elementwise:
-    ``PT + λ·(IT − PT)`` in float32, the product taken where TIES keeps the task vector (the
-    top-density magnitudes, as mergekit's own ``magnitude`` picks them: cached per pair and
-    density, they do not depend on λ) and +0 elsewhere, rounded once to the stored dtype."""
+    """mergekit 0.1.5's task-vector merges with one fine-tuned model, elementwise:
+    ``PT + λ·(IT − PT)`` in float32, the task vector multiplied first by its L1 rescale factor
+    where the method rescales (DARE, DELLA), taken where the method keeps it and +0 elsewhere,
+    rounded once to the stored dtype. What a method keeps and its factor do not depend on λ
+    (``app.merge.sparsify``): computed on the first merge (for DARE and DELLA, every tensor at
+    once, drawing in mergekit's order after its seed), cached per pair, method, knobs and seed.
+    """
 
-    def __init__(self, weight: float, density: float):
-        self.weight, self.density = weight, density
+    def __init__(self, weight: float, sparsity, mk: dict[str, Any]):
+        self.weight, self.sparsity, self.mk = weight, sparsity, mk
+
+    def prepare(self, merger, models, names: list[str]) -> bool:
+        """DARE's and DELLA's masks for every tensor, drawn in mergekit's order after its seed
+        (once per pair, knobs and seed); False where that order cannot be reproduced."""
+        if self.sparsity is None or not self.sparsity.random:
+            return True
+        import transformers
+
+        from app import compat
+
+        cache = merger.cache(*models, (self.sparsity, merger.seed, str(merger.buffers[0].device)))
+        if set(names) <= set(cache):
+            return True
+        order = compat.merge_order(self.mk)
+        if merger.seed is None or sorted(order) != names:
+            return False
+        transformers.trainer_utils.set_seed(merger.seed)  # as mergekit's executor is seeded
+        for name in order:
+            kept(merger, models, name, self.sparsity)
+        return True
 
     def __call__(self, merger, models, name, sources, out):
         pt, it = sources
-        keep = (None if self.density >= 1
-                else kept(merger, models[0], models[1], name, self.density))
+        state = kept(merger, models, name, self.sparsity)
         if kernels := _fused(sources, out):
-            kernels.task_vector(pt, it, keep, self.weight, out)
+            kernels.task_vector(pt, it, state.bits, self.weight, out, state.factor)
         else:
-            torch_task_vector(pt, it, keep, self.weight, out, merger.buffers)
+            torch_task_vector(pt, it, state.bits, self.weight, out, merger.buffers,
+                              state.factor)
 
 
-def kept(merger: DirectMerger, v0: MappedWeights, v1: MappedWeights, name: str,
-         density: float) -> np.ndarray:
-    """Which elements of one tensor's task vector TIES keeps, as packed bits (little order)."""
-    from mergekit.sparsify import magnitude
+def kept(merger: DirectMerger, models: list[MappedWeights], name: str, sparsity):
+    """One tensor's kept elements and rescale factor (``sparsify.Kept``), computed on the
+    merge's device as mergekit's executor computes them there, and cached."""
+    from app.merge.sparsify import Kept, prepare
 
-    cache = merger.cache(v0, v1, ("kept", density))
+    if sparsity is None:
+        return Kept()
+    v0, v1 = models
+    device = merger.buffers[0].device
+    cache = merger.cache(v0, v1, (sparsity, merger.seed, str(device)))
     if name not in cache:
-        device = merger.buffers[0].device  # ranked where mergekit's executor would rank it
-        delta = v1.tensor(name).to(device).float() - v0.tensor(name).to(device).float()
-        keep = magnitude(delta, density=density) != 0  # a kept exact zero adds +0 either way
-        cache[name] = np.packbits(keep.reshape(-1).cpu().numpy(), bitorder="little")
+        cache[name] = prepare(sparsity, v0.tensor(name), v1.tensor(name), device)
+        v0.release(name)
+        v1.release(name)
     return cache[name]
 
 

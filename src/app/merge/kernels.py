@@ -4,7 +4,8 @@ The torch path (``app.merge.torch_ops``) makes six passes over every chunk (upca
 model, round back); these kernels make one, reading the mapped parents and writing the working
 model's bfloat16 bits directly, with the same float32 operations in the same order: linear is
 ``r = fma(x_k, w_k, r)`` from ``r = 0`` (torch's ``addcmul_``), slerp is ``x·a + y·b`` with two
-roundings, task arithmetic and TIES are ``PT + λ·(IT − PT)`` (+0 where TIES trims), and each
+roundings, the task-vector methods are ``PT + λ·((IT − PT)·f)`` (f: DARE's and DELLA's L1 rescale, +0
+where the method drops an element), and each
 result is rounded to bfloat16 to nearest-even as torch rounds it.
 
 ``usable()`` compiles them (numba caches the machine code on disk) and checks them bit for bit
@@ -79,10 +80,13 @@ def _slerp(v0, v1, a, b, out):
 
 
 @njit(parallel=True, cache=True)
-def _task_vector(pt, it, keep, masked, lam, out):
+def _task_vector(pt, it, keep, masked, scaled, factor, lam, out):
     for i in prange(out.shape[0]):
         base = _load(pt, i)
-        delta = (_load(it, i) - base) * lam
+        delta = _load(it, i) - base
+        if scaled:
+            delta = delta * factor
+        delta = delta * lam
         if masked and not (keep[i >> 3] >> (i & 7)) & 1:
             delta = np.float32(0.0)
         if delta == 0:  # mergekit sums the masked task vector from +0
@@ -104,10 +108,11 @@ def slerp(v0: torch.Tensor, v1: torch.Tensor, a: float, b: float, out: torch.Ten
 
 
 def task_vector(pt: torch.Tensor, it: torch.Tensor, keep: np.ndarray | None, weight: float,
-                out: torch.Tensor) -> None:
-    masked = keep is not None
+                out: torch.Tensor, factor: torch.Tensor | None = None) -> None:
+    masked, scaled = keep is not None, factor is not None
     _task_vector(bits(pt), bits(it), keep if masked else np.zeros(1, np.uint8), masked,
-                 np.float32(weight), bits(out))
+                 scaled, np.float32(factor.item() if scaled else 1.0), np.float32(weight),
+                 bits(out))
 
 
 @functools.cache
@@ -138,10 +143,12 @@ def usable() -> bool:
         it = x.clone()
         it[::3] = z[::3]  # equal to PT (a zero task vector) at two thirds of the elements
         keep = np.packbits(torch.rand(n, generator=g).numpy() < 0.5, bitorder="little")
-        for mask, weight in ((None, 0.3), (keep, 0.7), (keep, 0.0), (None, 2.5)):
+        factor = torch.tensor(1.7320508, dtype=torch.float32)  # an L1 rescale factor
+        for mask, weight, f in ((None, 0.3, None), (keep, 0.7, None), (keep, 0.0, None),
+                                (None, 2.5, None), (keep, 0.3, factor), (keep, 0.9, factor)):
             mine, ref = torch.empty_like(x), torch.empty_like(x)
-            task_vector(x, it, mask, weight, mine)
-            torch_task_vector(x, it, mask, weight, ref, buffers)
+            task_vector(x, it, mask, weight, mine, f)
+            torch_task_vector(x, it, mask, weight, ref, buffers, f)
             if not np.array_equal(bits(mine), bits(ref)):
                 raise ArithmeticError(f"task vector {weight} differs from torch")
     except Exception as e:  # no numba, no compiler for this CPU, or other arithmetic

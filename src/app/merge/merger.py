@@ -41,7 +41,7 @@ class Merger:
         # model.vision=it: a multimodal pair's vision tower and projector are IT's, whatever λ
         self.towers_from = towers_from
         self.resolve = lambda ref: local_snapshot(ref, cache_dir)
-        self.direct = DirectMerger(self.resolve)
+        self.direct = DirectMerger(self.resolve, seed)
 
     def merge_into(self, model: torch.nn.Module, mk: dict[str, Any]) -> MergeReport:
         """Overwrite every parameter of ``model`` with the merge described by ``mk``."""

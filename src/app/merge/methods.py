@@ -65,15 +65,16 @@ METHODS: dict[str, MergeMethod] = {
     "nuslerp": MergeMethod(),
     "task_arithmetic": MergeMethod(task_vector=True, direct="task_vector"),
     "ties": MergeMethod({"density": DENSITY}, task_vector=True, direct="task_vector"),
-    "dare_ties": MergeMethod({"density": DENSITY}, task_vector=True),
-    "dare_linear": MergeMethod({"density": DENSITY}, task_vector=True),
-    "della": MergeMethod({"density": DENSITY, "epsilon": Range(0.0, 1.0)}, task_vector=True),
-    "della_linear": MergeMethod({"density": DENSITY, "epsilon": Range(0.0, 1.0)},
-                                task_vector=True),
+    "dare_ties": MergeMethod({"density": DENSITY}, task_vector=True, direct="task_vector"),
+    "dare_linear": MergeMethod({"density": DENSITY}, task_vector=True, direct="task_vector"),
+    "della": MergeMethod({"density": DENSITY, "epsilon": Range(0.0, 1.0, "[)")},
+                         task_vector=True, direct="task_vector"),
+    "della_linear": MergeMethod({"density": DENSITY, "epsilon": Range(0.0, 1.0, "[)")},
+                                task_vector=True, direct="task_vector"),
     "breadcrumbs": MergeMethod({"density": DENSITY, "gamma": Range(0.0, 1.0, "[)")},
-                               task_vector=True),
+                               task_vector=True, direct="task_vector"),
     "breadcrumbs_ties": MergeMethod({"density": DENSITY, "gamma": Range(0.0, 1.0, "[)")},
-                                    task_vector=True),
+                                    task_vector=True, direct="task_vector"),
 }
 
 
@@ -103,11 +104,12 @@ def validate(cfg) -> None:
                                   f"range [{lo:g}, {hi:g}]")
         elif key in entry.params and float(value) not in entry.params[key]:
             raise ConfigError(f"method.params.{key}={value} must be in {entry.params[key]}")
-    if "epsilon" in method.params:
+    if "epsilon" in method.params:  # DELLA's keep probabilities: density ± epsilon
         eps, dens = float(method.params.epsilon), float(method.params.get("density", 1.0))
-        if not 0.0 <= dens - eps and dens + eps <= 1.0:
-            raise ConfigError(f"method.params.epsilon={method.params.epsilon} must be ≥ 0 with "
-                              f"density ± epsilon inside [0, 1] (density={dens:g})")
+        if dens < 1 and not (0.0 < dens - eps and dens + eps < 1.0):
+            raise ConfigError(f"method.params.epsilon={method.params.epsilon} must leave "
+                              f"density ± epsilon strictly inside (0, 1) (density={dens:g}: "
+                              f"epsilon < {min(dens, 1 - dens):g})")
     if cfg.model.extra and not entry.task_vector:
         raise ConfigError(f"model.extra needs a task-vector method (task_arithmetic, ties, "
                           f"dare_ties, ...); method={method.name} has no base model")

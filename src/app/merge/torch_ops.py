@@ -49,13 +49,18 @@ def torch_slerp(v0: torch.Tensor, v1: torch.Tensor, a: torch.Tensor, b: torch.Te
 
 
 def torch_task_vector(pt: torch.Tensor, it: torch.Tensor, keep: np.ndarray | None,
-                      weight: float, out: torch.Tensor, buffers: Buffers) -> None:
-    """``PT + λ·(IT − PT)``, +0 where ``keep`` (packed bits, or None for all) is unset."""
+                      weight: float, out: torch.Tensor, buffers: Buffers,
+                      factor: torch.Tensor | None = None) -> None:
+    """``PT + λ·((IT − PT)·factor)``, +0 where ``keep`` (packed bits, or None for all) is
+    unset; without a factor ``PT + λ·(IT − PT)``."""
     lam = torch.tensor([weight], dtype=torch.float32, device=out.device)
     acc, buf = buffers
     for start, stop in chunks(out.numel()):
         x, y = acc[:stop - start], buf[:stop - start]
-        x.copy_(it[start:stop]).sub_(y.copy_(pt[start:stop])).mul_(lam)
+        x.copy_(it[start:stop]).sub_(y.copy_(pt[start:stop]))
+        if factor is not None:  # mergekit: masked · (‖delta‖₁ / ‖masked‖₁), then · λ
+            x.mul_(factor)
+        x.mul_(lam)
         if keep is not None:
             bits = np.unpackbits(keep[start // 8:(stop + 7) // 8], count=stop - start,
                                  bitorder="little")  # chunks start on whole bytes
