@@ -2,6 +2,8 @@
 
     python scripts/bench_merge.py                    # Qwen2-0.5B shapes, bf16 (≈1 GB per model)
     python scripts/bench_merge.py --shape toy        # the embedded toy pair, seconds
+    python scripts/bench_merge.py --methods linear slerp nuslerp task_arithmetic ties dare_ties \
+        dare_linear della breadcrumbs --lambdas 0.3 0.5 0.7 --naive-lambdas 1   # every method
 
 Builds (once, under --work) a random-initialised PT of the chosen architecture and an "IT" copy
 perturbed by small noise, then, for each method and λ, measures in one run:
@@ -88,7 +90,7 @@ def in_memory(args) -> dict:
     model = AutoModelForCausalLM.from_pretrained(pt, dtype=getattr(torch, args.dtype))
     load_s = time.perf_counter() - t
     times, engines = {}, set()
-    merger = Merger()  # one per working model: keeps the mapped parents and λ-free values
+    merger = Merger(seed=0)  # one per working model: keeps the mapped parents, λ-free values
     for method in args.methods:
         times[method] = []
         for lam in args.lambdas:
@@ -129,6 +131,8 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["linear", "slerp"],
                     help="any of conf/method/, e.g. ties dare_ties")
     ap.add_argument("--lambdas", nargs="+", type=float, default=[0.1, 0.3, 0.5, 0.7, 0.9])
+    ap.add_argument("--naive-lambdas", type=int, default=None,
+                    help="time the naive path on the first N λ only (it is the slow one)")
     ap.add_argument("--role", choices=["in_memory", "naive"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.role:  # a measured child process
@@ -160,6 +164,8 @@ def main() -> None:
 
     # in-memory: one process per method (a sweep's process), so each gets its own peak RSS
     in_mem = {m: measure("in_memory", [m]) for m in args.methods}
+    naive_lambdas = args.lambdas[:args.naive_lambdas]
+    child[child.index("--lambdas") + 1:] = map(str, naive_lambdas)
     results = {"naive": measure("naive", args.methods)}
     bw = copy_bandwidth_gbs()
     floor_s = 3 * model_bytes / (bw * 1e9)  # read PT and IT, write the merge
@@ -173,7 +179,7 @@ def main() -> None:
     for method in args.methods:
         t = in_mem[method]["per_lambda_s"][method]
         nxt = statistics.median(t[1:] or t)
-        nai = sum(results["naive"]["per_lambda_s"][method]) / len(args.lambdas)
+        nai = statistics.mean(results["naive"]["per_lambda_s"][method])
         rss = in_mem[method]["peak_rss_gb"] / (model_bytes / 1e9)
         print(f"{method:15} {in_mem[method]['engine']:9} {t[0]:9.2f} {nxt:9.2f} {nai:10.2f} "
               f"{nai / nxt:10.1f}× {nxt / floor_s:10.1f}× {rss:8.2f}×")

@@ -28,8 +28,8 @@ BUILD = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(BUILD)
 FAMILIES = sorted(BUILD.FAMILIES)
 METHOD_CONFIGS = sorted(p.stem for p in (ROOT / "conf" / "method").glob("*.yaml"))
-DIRECT = {"linear", "slerp", "task_arithmetic", "ties", "expo", "dare_ties", "dare_linear", "della",
-          "breadcrumbs"}  # the shipped configs with a direct path
+DIRECT = {"linear", "slerp", "nuslerp", "task_arithmetic", "ties", "expo", "dare_ties",
+          "dare_linear", "della", "breadcrumbs"}  # the shipped configs with a direct path
 FEW = "task.limit=20"
 
 

@@ -136,8 +136,8 @@ def test_linear_midpoint_is_the_weighted_average(make_cfg, model):
         torch.testing.assert_close(state[name], 0.7 * PT[name] + 0.3 * IT[name], rtol=0, atol=2e-7)
 
 
-@pytest.mark.parametrize("method", ["linear", "slerp", "task_arithmetic", "ties", "dare_ties",
-                                    "dare_linear", "della", "breadcrumbs"])
+@pytest.mark.parametrize("method", ["linear", "slerp", "nuslerp", "task_arithmetic", "ties",
+                                    "dare_ties", "dare_linear", "della", "breadcrumbs"])
 def test_in_memory_equals_mergekit_yaml(make_cfg, model, method, tmp_path):
     mk = mergekit_config(make_cfg(f"method={method}", "lambda=0.3"))
     (tmp_path / "merge.yaml").write_text(yaml.safe_dump(mk))
@@ -303,6 +303,12 @@ def sparse(folders, lam, method, **params):
             "models": [{"model": str(folders[1]), "parameters": {"weight": lam, **params}}]}
 
 
+def nuslerp(folders, lam):
+    return {"merge_method": "nuslerp", "dtype": "float32", "out_dtype": "bfloat16",
+            "models": [{"model": str(f), "parameters": {"weight": w}}
+                       for f, w in zip(folders, (1 - lam, lam))]}
+
+
 SPARSE = {  # each method at two λ and two densities (DARE and DELLA: random masks)
     "dare_ties 0.3 density 0.5": ("dare_ties", 0.3, dict(density=0.5)),
     "dare_ties 0.7 density 0.9": ("dare_ties", 0.7, dict(density=0.9)),
@@ -323,6 +329,7 @@ DIRECT = {  # two parents at λ, one parent alone (the references), three models
     "task_arithmetic 0.3": (task_vector, 0.3), "expo 2.5": (task_vector, 2.5),
     "ties 0.3": (task_vector, 0.3, 0.5), "ties 0.8 density 0.9": (task_vector, 0.8, 0.9),
     "ties 1 density 1": (task_vector, 1.0, 1.0), "ties 0": (task_vector, 0.0, 0.5),
+    "nuslerp 0.3": (nuslerp, 0.3), "nuslerp 0.9": (nuslerp, 0.9),  # colinear tensors too
     **{case: (lambda f, m, lam, p: sparse(f, lam, m, **p), *args)
        for case, args in SPARSE.items()}}
 

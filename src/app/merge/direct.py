@@ -33,6 +33,7 @@ from app.merge.torch_ops import (
     chunks,
     new_buffers,
     torch_linear,
+    torch_nuslerp,
     torch_slerp,
     torch_task_vector,
 )
@@ -209,6 +210,17 @@ def plan_slerp(mk: dict[str, Any], device: str) -> tuple[list[Path], Rule] | Non
     return folders, _Slerp(mk["parameters"]["t"])
 
 
+def plan_nuslerp(mk: dict[str, Any], device: str) -> tuple[list[Path], Rule] | None:
+    """NuSLERP of two models without a base, flattened (mergekit's defaults)."""
+    folders = _local_plan(mk, device, "nuslerp", set(), {"weight"})
+    weights = [m["parameters"]["weight"] for m in mk.get("models") or []]
+    if (folders is None or len(folders) != 2 or mk.get("base_model") is not None
+            or not all(map(_number, weights))):
+        return None
+    total = sum(weights)  # mergekit: t = w₁ / (w₀ + w₁), ½ where the sum vanishes
+    return folders, _NuSlerp(0.5 if abs(total) < 1e-6 else weights[1] / total)
+
+
 def plan_task_vector(mk: dict[str, Any], device: str) -> tuple[list[Path], Rule] | None:
     """Task arithmetic, or a sparsifying task-vector method (TIES, DARE, DELLA, breadcrumbs,
     with or without sign election), with one fine-tuned model."""
@@ -228,7 +240,8 @@ def plan_task_vector(mk: dict[str, Any], device: str) -> tuple[list[Path], Rule]
     return folders, _TaskVector(entry["weight"], sparsity_of(method, entry), mk)
 
 
-PLANS = {"linear": plan_linear, "slerp": plan_slerp, "task_vector": plan_task_vector}
+PLANS = {"linear": plan_linear, "slerp": plan_slerp, "nuslerp": plan_nuslerp,
+         "task_vector": plan_task_vector}
 
 
 # --------------------------------------------------------------------------- rules
@@ -284,6 +297,34 @@ class _Slerp:
             kernels.slerp(v0, v1, a.item(), b.item(), out)
         else:
             torch_slerp(v0, v1, a.view(1), b.view(1), out, merger.buffers)
+
+
+class _NuSlerp:
+    """mergekit 0.1.5's flattened NuSLERP of one tensor, op for op: each parent's norm and
+    their cosine are torch's reductions over the whole float32 tensor (computed once and
+    cached: they do not depend on λ), then ``(sin((1−t)θ)·v0 + sin(tθ)·v1) / sin θ``
+    elementwise in float32 (``(1−t)·v0 + t·v1`` where the two are colinear), chunk by chunk."""
+
+    EPS, NORM_EPS = 1e-8, 1e-7
+
+    def __init__(self, t: float):
+        self.t = t
+
+    def __call__(self, merger, models, name, sources, out):
+        cos = arc(merger, models[0], models[1], name)
+        t = self.t
+        colinear = (1 - cos.square()) <= self.EPS ** 2
+        if bool(colinear.item()):
+            coefficients, sin_theta = (1 - t, t), None
+        else:
+            theta = torch.acos(cos)
+            coefficients, sin_theta = (torch.sin((1 - t) * theta), torch.sin(t * theta)), \
+                torch.sin(theta)
+        if kernels := _fused(sources, out):
+            kernels.nuslerp(*sources, *map(float, coefficients),
+                            None if sin_theta is None else sin_theta.item(), out)
+        else:
+            torch_nuslerp(*sources, *coefficients, sin_theta, out, merger.buffers)
 
 
 class _TaskVector:
@@ -342,6 +383,26 @@ def kept(merger: DirectMerger, models: list[MappedWeights], name: str, sparsity)
         cache[name] = prepare(sparsity, v0.tensor(name), v1.tensor(name), device)
         v0.release(name)
         v1.release(name)
+    return cache[name]
+
+
+def arc(merger: DirectMerger, v0: MappedWeights, v1: MappedWeights,
+        name: str) -> torch.Tensor:
+    """NuSLERP's clamped cosine of one tensor in two parents, as mergekit computes it: the
+    whole flattened tensors normalised by torch's own norm, their product summed by torch."""
+    cache = merger.cache(v0, v1, "arc")
+    if name not in cache:
+        device = merger.buffers[0].device
+
+        def unit(weights):
+            x = weights.tensor(name).reshape(-1).to(device=device, dtype=torch.float32,
+                                                    copy=True)  # the mapping is read-only
+            norm = torch.norm(x, dim=-1, keepdim=True).clamp(min=_NuSlerp.NORM_EPS)
+            return x.div_(norm)
+
+        a = unit(v0)
+        cache[name] = torch.sum(a.mul_(unit(v1)), dim=-1, keepdim=True).clamp(-1, 1)
+        del a
     return cache[name]
 
 

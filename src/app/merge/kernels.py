@@ -4,7 +4,7 @@ The torch path (``app.merge.torch_ops``) makes six passes over every chunk (upca
 model, round back); these kernels make one, reading the mapped parents and writing the working
 model's bfloat16 bits directly, with the same float32 operations in the same order: linear is
 ``r = fma(x_k, w_k, r)`` from ``r = 0`` (torch's ``addcmul_``), slerp is ``x·a + y·b`` with two
-roundings, the task-vector methods are ``PT + λ·((IT − PT)·f)`` (f: DARE's and DELLA's L1 rescale, +0
+roundings (NuSLERP: then ``/ sin θ``), the task-vector methods are ``PT + λ·((IT − PT)·f)`` (f: DARE's and DELLA's L1 rescale, +0
 where the method drops an element), and each
 result is rounded to bfloat16 to nearest-even as torch rounds it.
 
@@ -23,7 +23,13 @@ import torch
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from app.merge.torch_ops import new_buffers, torch_linear, torch_slerp, torch_task_vector
+from app.merge.torch_ops import (
+    new_buffers,
+    torch_linear,
+    torch_nuslerp,
+    torch_slerp,
+    torch_task_vector,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -80,6 +86,15 @@ def _slerp(v0, v1, a, b, out):
 
 
 @njit(parallel=True, cache=True)
+def _nuslerp(v0, v1, a, b, s, divide, out):
+    for i in prange(out.shape[0]):
+        value = _load(v0, i) * a + _load(v1, i) * b
+        if divide:
+            value = value / s
+        _store(out, i, value)
+
+
+@njit(parallel=True, cache=True)
 def _task_vector(pt, it, keep, masked, scaled, factor, lam, out):
     for i in prange(out.shape[0]):
         base = _load(pt, i)
@@ -105,6 +120,13 @@ def linear(sources: list[torch.Tensor], weights: list[float], out: torch.Tensor)
 
 def slerp(v0: torch.Tensor, v1: torch.Tensor, a: float, b: float, out: torch.Tensor) -> None:
     _slerp(bits(v0), bits(v1), np.float32(a), np.float32(b), bits(out))
+
+
+def nuslerp(v0: torch.Tensor, v1: torch.Tensor, a: float, b: float, sin_theta: float | None,
+            out: torch.Tensor) -> None:
+    _nuslerp(bits(v0), bits(v1), np.float32(a), np.float32(b),
+             np.float32(1.0 if sin_theta is None else sin_theta), sin_theta is not None,
+             bits(out))
 
 
 def task_vector(pt: torch.Tensor, it: torch.Tensor, keep: np.ndarray | None, weight: float,
@@ -140,6 +162,14 @@ def usable() -> bool:
             torch_slerp(x, z, torch.tensor([a]), torch.tensor([b]), ref, buffers)
             if not np.array_equal(bits(mine), bits(ref)):
                 raise ArithmeticError(f"slerp {a}, {b} differs from torch")
+        for a, b, sin_theta in ((0.6, 0.45, 0.83), (0.3, 0.7, None)):  # arc, colinear
+            mine, ref = torch.empty_like(x), torch.empty_like(x)
+            nuslerp(x, z, a, b, sin_theta, mine)
+            tensors = (a, b, None) if sin_theta is None else tuple(
+                torch.tensor([v], dtype=torch.float32) for v in (a, b, sin_theta))
+            torch_nuslerp(x, z, *tensors, ref, buffers)
+            if not np.array_equal(bits(mine), bits(ref)):
+                raise ArithmeticError(f"nuslerp {a}, {b}, {sin_theta} differs from torch")
         it = x.clone()
         it[::3] = z[::3]  # equal to PT (a zero task vector) at two thirds of the elements
         keep = np.packbits(torch.rand(n, generator=g).numpy() < 0.5, bitorder="little")

@@ -62,7 +62,7 @@ DENSITY = Range(0.0, 1.0, "(]")
 METHODS: dict[str, MergeMethod] = {
     "linear": MergeMethod(direct="linear"),
     "slerp": MergeMethod(direct="slerp"),
-    "nuslerp": MergeMethod(),
+    "nuslerp": MergeMethod(direct="nuslerp"),
     "task_arithmetic": MergeMethod(task_vector=True, direct="task_vector"),
     "ties": MergeMethod({"density": DENSITY}, task_vector=True, direct="task_vector"),
     "dare_ties": MergeMethod({"density": DENSITY}, task_vector=True, direct="task_vector"),

@@ -48,6 +48,20 @@ def torch_slerp(v0: torch.Tensor, v1: torch.Tensor, a: torch.Tensor, b: torch.Te
         out[start:stop].copy_(x)
 
 
+def torch_nuslerp(v0: torch.Tensor, v1: torch.Tensor, a, b, sin_theta: torch.Tensor | None,
+                  out: torch.Tensor, buffers: Buffers) -> None:
+    """mergekit's NuSLERP step: ``(a·v0 + b·v1) / sin θ`` (``a``, ``b``: 1-element tensors), or
+    ``a·v0 + b·v1`` with Python scalars where the parents are colinear."""
+    acc, buf = buffers
+    for start, stop in chunks(out.numel()):
+        x, y = acc[:stop - start], buf[:stop - start]
+        x.copy_(v0[start:stop]).mul_(a)
+        x.add_(y.copy_(v1[start:stop]).mul_(b))
+        if sin_theta is not None:
+            x.div_(sin_theta)
+        out[start:stop].copy_(x)
+
+
 def torch_task_vector(pt: torch.Tensor, it: torch.Tensor, keep: np.ndarray | None,
                       weight: float, out: torch.Tensor, buffers: Buffers,
                       factor: torch.Tensor | None = None) -> None:
