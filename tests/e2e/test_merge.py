@@ -379,6 +379,44 @@ def test_a_sweep_draws_its_masks_once_and_each_lambda_equals_the_executor(bf16_p
             assert torch.equal(state[name], tensor), (lam, name)
 
 
+@pytest.fixture(scope="module")
+def three_tunes(bf16_pair, tmp_path_factory):
+    """The bf16 pair plus a second fine-tune whose task vector disagrees in sign with IT's
+    on about a third of the elements (sign election has something to elect)."""
+    out = tmp_path_factory.mktemp("tune2")
+    model = AutoModelForCausalLM.from_pretrained(bf16_pair[0], dtype=torch.bfloat16)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_((torch.randn_like(p, dtype=torch.float32) * 0.3 * p.float().std())
+                   .to(p.dtype))
+    model.save_pretrained(out)
+    return bf16_pair[0], bf16_pair[1], out
+
+
+@pytest.mark.parametrize("method,params", [
+    ("task_arithmetic", {}), ("ties", dict(density=0.5)), ("dare_ties", dict(density=0.7)),
+    ("dare_linear", dict(density=0.5)), ("della", dict(density=0.6, epsilon=0.1)),
+    ("breadcrumbs_ties", dict(density=0.8, gamma=0.05))])
+def test_several_fine_tunes_merge_directly_as_mergekits_executor(three_tunes, method, params):
+    """MergeBench's setting (model.extra): one base, two fine-tunes with their own weights."""
+    from app.merge.merger import Merger
+    from app.merge.mergekit_adapter import merged_tensors
+
+    base, a, b = three_tunes
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
+    merger = Merger(seed=3)
+    for lam in (0.3, 0.8):
+        mk = {"merge_method": method, "dtype": "float32", "out_dtype": "bfloat16",
+              "base_model": str(base), "parameters": {"normalize": False},
+              "models": [{"model": str(a), "parameters": {"weight": lam, **params}},
+                         {"model": str(b), "parameters": {"weight": 0.4, **params}}]}
+        assert merger.merge_into(model, mk).engine == "direct"
+        state = dict(model.named_parameters())
+        for name, tensor in merged_tensors(mk, seed=3):
+            assert torch.equal(state[name], tensor), (method, lam, name)
+
+
 def test_kernels_that_differ_from_torch_are_not_used(monkeypatch):
     from app.merge import kernels
 

@@ -36,6 +36,7 @@ from app.merge.torch_ops import (
     torch_nuslerp,
     torch_slerp,
     torch_task_vector,
+    torch_task_vectors,
 )
 
 LOG = logging.getLogger(__name__)
@@ -223,21 +224,23 @@ def plan_nuslerp(mk: dict[str, Any], device: str) -> tuple[list[Path], Rule] | N
 
 def plan_task_vector(mk: dict[str, Any], device: str) -> tuple[list[Path], Rule] | None:
     """Task arithmetic, or a sparsifying task-vector method (TIES, DARE, DELLA, breadcrumbs,
-    with or without sign election), with one fine-tuned model."""
+    with or without sign election), of one or more fine-tuned models of one base."""
     from app.merge.sparsify import KNOBS, SPARSIFICATION, sparsity_of
 
     method = str(mk.get("merge_method"))
     kind = SPARSIFICATION.get(method, (None,))[0]
     per_model = {"weight"} | ({"density", *KNOBS[kind]} if kind else set())
     folders = _local_plan(mk, device, method, {"normalize"}, per_model)
-    last = (mk.get("models") or [{}])[-1]
-    entry = last.get("parameters") or {}
-    if (folders is None or len(folders) != 2 or mk["parameters"]["normalize"] is not False
-            or mk.get("base_model") is None or str(last["model"]) == str(mk["base_model"])
-            or not all(_number(entry[k]) for k in per_model)
-            or not 0 < entry.get("density", 1) <= 1):
+    base = str(mk.get("base_model"))
+    entries = [m.get("parameters") or {} for m in mk.get("models") or []
+               if str(m.get("model")) != base]
+    if (folders is None or len(folders) != len(entries) + 1
+            or mk["parameters"]["normalize"] is not False or mk.get("base_model") is None
+            or not all(_number(e[k]) for e in entries for k in per_model)
+            or not all(0 < e.get("density", 1) <= 1 for e in entries)):
         return None
-    return folders, _TaskVector(entry["weight"], sparsity_of(method, entry), mk)
+    return folders, _TaskVector([e["weight"] for e in entries],
+                                [sparsity_of(method, e) for e in entries], method, mk)
 
 
 PLANS = {"linear": plan_linear, "slerp": plan_slerp, "nuslerp": plan_nuslerp,
@@ -328,61 +331,74 @@ class _NuSlerp:
 
 
 class _TaskVector:
-    """mergekit 0.1.5's task-vector merges with one fine-tuned model, elementwise:
-    ``PT + λ·(IT − PT)`` in float32, the task vector multiplied first by its L1 rescale factor
-    where the method rescales (DARE, DELLA), taken where the method keeps it and +0 elsewhere,
-    rounded once to the stored dtype. What a method keeps and its factor do not depend on λ
+    """mergekit 0.1.5's task-vector merges, elementwise: each fine-tune's task vector
+    ``IT_k − PT`` in float32, multiplied by its L1 rescale factor where the method rescales
+    (DARE, DELLA), kept where the method keeps it (+0 elsewhere), times its weight (λ); with
+    several fine-tunes and sign election (TIES' "sum" consensus) only the entries agreeing with
+    the sign of their sum count; the sum over fine-tunes is added to PT and rounded once to the
+    stored dtype. What a method keeps and its factors do not depend on λ
     (``app.merge.sparsify``): computed on the first merge (for DARE and DELLA, every tensor at
-    once, drawing in mergekit's order after its seed), cached per pair, method, knobs and seed.
+    once, drawing in mergekit's order after its seed) and cached per pair, knobs and seed.
     """
 
-    def __init__(self, weight: float, sparsity, mk: dict[str, Any]):
-        self.weight, self.sparsity, self.mk = weight, sparsity, mk
+    def __init__(self, weights: list[float], sparsities: list, method: str,
+                 mk: dict[str, Any]):
+        from app.merge.sparsify import CONSENSUS
+
+        self.weights, self.sparsities, self.mk = weights, sparsities, mk
+        self.consensus = method in CONSENSUS
 
     def prepare(self, merger, models, names: list[str]) -> bool:
         """DARE's and DELLA's masks for every tensor, drawn in mergekit's order after its seed
-        (once per pair, knobs and seed); False where that order cannot be reproduced."""
-        if self.sparsity is None or not self.sparsity.random:
+        (tensor after tensor, fine-tune after fine-tune); False where that order cannot be
+        reproduced."""
+        if not any(s is not None and s.random for s in self.sparsities):
             return True
         import transformers
 
         from app import compat
 
-        cache = merger.cache(*models, (self.sparsity, merger.seed, str(merger.buffers[0].device)))
-        if set(names) <= set(cache):
+        device = str(merger.buffers[0].device)
+        if all(set(names) <= set(merger.cache(models[0], m, (s, merger.seed, device)))
+               for m, s in zip(models[1:], self.sparsities)):
             return True
         order = compat.merge_order(self.mk)
         if merger.seed is None or sorted(order) != names:
             return False
         transformers.trainer_utils.set_seed(merger.seed)  # as mergekit's executor is seeded
         for name in order:
-            kept(merger, models, name, self.sparsity)
+            for k, sparsity in enumerate(self.sparsities):
+                kept(merger, models[0], models[k + 1], name, sparsity)
+            models[0].release(name)
         return True
 
     def __call__(self, merger, models, name, sources, out):
-        pt, it = sources
-        state = kept(merger, models, name, self.sparsity)
-        if kernels := _fused(sources, out):
-            kernels.task_vector(pt, it, state.bits, self.weight, out, state.factor)
+        states = [kept(merger, models[0], m, name, s)
+                  for m, s in zip(models[1:], self.sparsities)]
+        if len(states) > 1:
+            torch_task_vectors(sources[0], sources[1:], [s.bits for s in states],
+                               [s.factor for s in states], self.weights, self.consensus, out,
+                               merger.buffers)
+        elif kernels := _fused(sources, out):
+            kernels.task_vector(*sources, states[0].bits, self.weights[0], out,
+                                states[0].factor)
         else:
-            torch_task_vector(pt, it, state.bits, self.weight, out, merger.buffers,
-                              state.factor)
+            torch_task_vector(*sources, states[0].bits, self.weights[0], out, merger.buffers,
+                              states[0].factor)
 
 
-def kept(merger: DirectMerger, models: list[MappedWeights], name: str, sparsity):
-    """One tensor's kept elements and rescale factor (``sparsify.Kept``), computed on the
-    merge's device as mergekit's executor computes them there, and cached."""
+def kept(merger: DirectMerger, base: MappedWeights, tuned: MappedWeights, name: str, sparsity):
+    """One tensor's kept elements and rescale factor (``sparsify.Kept``) for one fine-tune,
+    computed on the merge's device as mergekit's executor computes them there, and cached."""
     from app.merge.sparsify import Kept, prepare
 
     if sparsity is None:
         return Kept()
-    v0, v1 = models
     device = merger.buffers[0].device
-    cache = merger.cache(v0, v1, (sparsity, merger.seed, str(device)))
+    cache = merger.cache(base, tuned, (sparsity, merger.seed, str(device)))
     if name not in cache:
-        cache[name] = prepare(sparsity, v0.tensor(name), v1.tensor(name), device)
-        v0.release(name)
-        v1.release(name)
+        cache[name] = prepare(sparsity, base.tensor(name), tuned.tensor(name), device)
+        tuned.release(name)
     return cache[name]
 
 

@@ -22,8 +22,9 @@ What is exact, and how:
 - The L1 sums are torch's own reduction over the whole tensor, whose order cannot be rebuilt
   from chunks: the float32 |delta| of the tensor being prepared is held meanwhile (first λ).
 - TIES and breadcrumbs rank the whole tensor with torch's unstable sort, whose order among
-  equal magnitudes cannot be rebuilt from chunks either: mergekit's own ``magnitude`` and
-  ``magnitude_outliers`` run on the tensor (first λ; their sort's memory is the peak).
+  equal magnitudes cannot be rebuilt from chunks either: the same sort call runs on the same
+  float32 magnitudes of the whole tensor (first λ; the sort's indices, 8 bytes per element of
+  the largest tensor, set the peak).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ SPARSIFICATION = {
     "della": ("della_magprune", True),
     "della_linear": ("della_magprune", True),
 }
+CONSENSUS = {"ties", "dare_ties", "della", "breadcrumbs_ties"}  # TIES' sign election ("sum")
 KNOBS = {"magnitude": (), "magnitude_outliers": ("gamma",), "random": (),
          "della_magprune": ("epsilon",)}  # per-model parameters besides weight and density
 
@@ -89,12 +91,7 @@ def prepare(sparsity: Sparsity, pt: torch.Tensor, it: torch.Tensor,
     if sparsity.density >= 1:  # mergekit returns the task vector untouched, drawing nothing
         return Kept()
     if sparsity.kind in ("magnitude", "magnitude_outliers"):
-        from mergekit.sparsify import magnitude, magnitude_outliers
-
-        delta = _delta(pt, it, device)
-        kept = (magnitude(delta, sparsity.density) if sparsity.kind == "magnitude"
-                else magnitude_outliers(delta, sparsity.density, gamma=sparsity.gamma))
-        return Kept(_pack(kept.reshape(-1) != 0))  # a kept exact zero adds +0 either way
+        return Kept(_pack(_ranked(sparsity, _delta(pt, it, device).abs_().reshape(-1))))
     magnitudes = _delta(pt, it, device).abs_()
     before = magnitudes.sum()
     draw = _dare if sparsity.kind == "random" else _della
@@ -105,6 +102,24 @@ def prepare(sparsity: Sparsity, pt: torch.Tensor, it: torch.Tensor,
     if before < EPS or after < EPS:
         return Kept(bits)
     return Kept(bits, before / after)
+
+
+def _ranked(sparsity: Sparsity, magnitudes: torch.Tensor) -> torch.Tensor:
+    """Which elements mergekit's ``magnitude`` (the top ``density``) or ``magnitude_outliers``
+    (above the smallest, below the largest ``gamma``) keeps: the same sort call on the same
+    float32 magnitudes, so the same order among equal ones, without mergekit's float32 mask
+    and masked copy (a kept exact zero adds +0 either way)."""
+    n = magnitudes.numel()
+    keep = torch.zeros(n, dtype=torch.bool, device=magnitudes.device)
+    if n == 0:
+        return keep
+    if sparsity.kind == "magnitude":
+        keep[torch.argsort(magnitudes, descending=True)[:max(1, int(sparsity.density * n))]] = True
+    else:
+        target, top = int(sparsity.density * n), int(sparsity.gamma * n)
+        bottom = max(0, n - target - top)
+        keep[torch.sort(magnitudes, descending=False).indices[bottom:bottom + target]] = True
+    return keep
 
 
 def _delta(pt: torch.Tensor, it: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -81,3 +81,34 @@ def torch_task_vector(pt: torch.Tensor, it: torch.Tensor, keep: np.ndarray | Non
             x.masked_fill_(torch.from_numpy(bits).to(x.device) == 0, 0.0)
         x.masked_fill_(x == 0, 0.0)  # mergekit sums the masked task vector from +0
         out[start:stop].copy_(y.add_(x))
+
+
+def torch_task_vectors(pt: torch.Tensor, its: list[torch.Tensor], keeps: list, factors: list,
+                       weights: list[float], consensus: bool, out: torch.Tensor,
+                       buffers: Buffers) -> None:
+    """mergekit's generalized task arithmetic over several fine-tunes: per fine-tune
+    ``(IT_k − PT)·factor_k`` where kept (+0 elsewhere), times its weight; with sign election
+    only the entries whose sign matches their sum's; summed over the fine-tunes (torch's sum
+    over the models' axis, as mergekit's) and added to PT in float32."""
+    base_buf, _ = buffers
+    n = out.numel()
+    deltas = torch.empty((len(its), min(CHUNK, n)), dtype=torch.float32, device=out.device)
+    w = torch.tensor(weights, dtype=torch.float32, device=out.device).unsqueeze(-1)
+    for start, stop in chunks(n):
+        base = base_buf[:stop - start].copy_(pt[start:stop])
+        x = deltas[:, :stop - start]
+        for row, it, keep, factor in zip(x, its, keeps, factors):
+            row.copy_(it[start:stop]).sub_(base)
+            if factor is not None:
+                row.mul_(factor)
+            if keep is not None:
+                bits = np.unpackbits(keep[start // 8:(stop + 7) // 8], count=stop - start,
+                                     bitorder="little")
+                row.masked_fill_(torch.from_numpy(bits).to(row.device) == 0, 0.0)
+        x.mul_(w)
+        if consensus:  # mergekit's get_mask(method="sum")
+            majority = (x.sum(dim=0) >= 0).to(x.dtype) * 2 - 1
+            mixed = (x * (x.sign() == majority)).sum(dim=0)
+        else:
+            mixed = x.sum(dim=0)
+        out[start:stop].copy_(base.add_(mixed))
