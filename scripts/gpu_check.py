@@ -8,7 +8,8 @@ says so (no traceback).
       executor on CUDA bit for bit (both λ), on a Qwen2-0.5B-shape pair (bf16) and on the
       Gemma-3 multimodal stand-in (scripts/build_layouts.py);
   merge/<pair>/<method>/cuda-vs-cpu: how far the CUDA merge is from the CPU merge (INFO:
-      reductions and sorts run in another order on the GPU, as in mergekit);
+      reductions and sorts run in another order on the GPU, and DARE's and DELLA's masks come
+      from CUDA's generator, as in mergekit);
   time/<pair>: per-λ merge seconds (next λ) on CPU and on CUDA;
   eval/toy: accuracy and ECE of the toy pair at λ ∈ {0, 0.5, 1} on CUDA equal the CPU ones
       within TOLERANCE (bf16 working model, log-softmax in float32);
@@ -26,7 +27,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("linear", "slerp", "task_arithmetic", "ties")
+METHODS = ("linear", "slerp", "nuslerp", "task_arithmetic", "ties", "dare_ties", "della",
+           "breadcrumbs")
 LAMBDAS = (0.3, 0.7)
 TOLERANCE = {"acc": 0.02, "ece": 0.01}  # |CUDA − CPU| on the toy tasks (≈250 documents)
 FAILED: list[str] = []
@@ -55,7 +57,7 @@ class Working:
 
         self.pt, self.it, self.device = pt, it, device
         self.model = AutoModelForCausalLM.from_pretrained(it, dtype=torch.bfloat16).to(device)
-        self.merger = Merger(device)
+        self.merger = Merger(device, seed=0)  # DARE's and DELLA's masks drawn on ``device``
 
     def merge(self, method: str, lam: float) -> tuple[dict[str, torch.Tensor], float, str]:
         """The merge's tensors on the host, its seconds and its engine."""
@@ -73,7 +75,8 @@ def mk_config(method: str, lam: float, pt: Path, it: Path) -> dict:
 def executor(pt: Path, it: Path, method: str, lam: float, device: str) -> dict:
     from app.merge.mergekit_adapter import merged_tensors
 
-    return {n: v.cpu() for n, v in merged_tensors(mk_config(method, lam, pt, it), device)}
+    mk = mk_config(method, lam, pt, it)
+    return {n: v.cpu() for n, v in merged_tensors(mk, device, seed=0)}
 
 
 def compare(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[int, float]:

@@ -23,7 +23,8 @@ from app.merge.merger import Merger
 from tests.helpers import child_runs, run_app
 
 ROOT = Path(__file__).resolve().parents[2]
-SPEC = importlib.util.spec_from_file_location("build_layouts", ROOT / "scripts" / "build_layouts.py")
+SPEC = importlib.util.spec_from_file_location("build_layouts",
+                                              ROOT / "scripts" / "build_layouts.py")
 BUILD = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(BUILD)
 FAMILIES = sorted(BUILD.FAMILIES)

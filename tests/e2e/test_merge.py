@@ -364,8 +364,8 @@ def test_direct_path_is_bit_identical_to_mergekits_executor(bf16_pair, case, fus
 def test_a_sweep_draws_its_masks_once_and_each_lambda_equals_the_executor(bf16_pair, method):
     """One merger across λ (a sweep's process): masks and factors come from the cache, not
     from new draws, and every λ still equals mergekit's executor seeded afresh."""
-    from app.merge.merger import Merger
     from app.merge.mergekit_adapter import merged_tensors
+    from app.merge.merger import Merger
 
     _, _, params = SPARSE[next(c for c in SPARSE if c.startswith(method + " "))]
     model = AutoModelForCausalLM.from_pretrained(bf16_pair[0], dtype=torch.bfloat16)
@@ -400,8 +400,8 @@ def three_tunes(bf16_pair, tmp_path_factory):
     ("breadcrumbs_ties", dict(density=0.8, gamma=0.05))])
 def test_several_fine_tunes_merge_directly_as_mergekits_executor(three_tunes, method, params):
     """MergeBench's setting (model.extra): one base, two fine-tunes with their own weights."""
-    from app.merge.merger import Merger
     from app.merge.mergekit_adapter import merged_tensors
+    from app.merge.merger import Merger
 
     base, a, b = three_tunes
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)

@@ -93,3 +93,23 @@ def test_extra_models_need_a_task_vector_method(make_cfg):
 def test_density_range(make_cfg, override, match):
     with pytest.raises(ConfigError, match=match):
         validate(make_cfg("method=dare_ties", override))
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["method=della", "method.params.epsilon=0.5"],  # density 0.5: 0.5 − 0.5 is not > 0
+     r"^method.params.epsilon=0.5 must leave density ± epsilon strictly inside \(0, 1\) "
+     r"\(density=0.5: epsilon < 0.5\)$"),
+    (["method=della", "method.params.density=0.9", "method.params.epsilon=0.1"],
+     r"epsilon=0.1 must leave density ± epsilon strictly inside \(0, 1\)"),
+    (["method=della", "method.params.epsilon=-0.1"], r"epsilon=-0.1 must be in \[0, 1\)"),
+    (["method=breadcrumbs", "method.params.gamma=1"], r"^method.params.gamma=1 must be in \[0, 1\)$"),
+    (["method=breadcrumbs", "method.params.density=0"], r"density=0 must be in \(0, 1\]"),
+])
+def test_sparsification_knobs_fail_in_one_line_before_any_tensor(make_cfg, overrides, match):
+    """mergekit itself would raise mid-merge (DELLA) or silently clip (breadcrumbs)."""
+    with pytest.raises(ConfigError, match=match):
+        validate(make_cfg(*overrides))
+
+
+def test_della_at_density_one_takes_any_epsilon(make_cfg):
+    validate(make_cfg("method=della", "method.params.density=1", "method.params.epsilon=0.3"))

@@ -24,7 +24,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from app.merge.layout import checkpoint_names, parameters

@@ -4,9 +4,9 @@ The torch path (``app.merge.torch_ops``) makes six passes over every chunk (upca
 model, round back); these kernels make one, reading the mapped parents and writing the working
 model's bfloat16 bits directly, with the same float32 operations in the same order: linear is
 ``r = fma(x_k, w_k, r)`` from ``r = 0`` (torch's ``addcmul_``), slerp is ``x·a + y·b`` with two
-roundings (NuSLERP: then ``/ sin θ``), the task-vector methods are ``PT + λ·((IT − PT)·f)`` (f: DARE's and DELLA's L1 rescale, +0
-where the method drops an element), and each
-result is rounded to bfloat16 to nearest-even as torch rounds it.
+roundings (NuSLERP: then ``/ sin θ``), the task-vector methods are ``PT + λ·((IT − PT)·f)``
+(f: DARE's and DELLA's L1 rescale; +0 where the method drops an element), and each result is
+rounded to bfloat16 to nearest-even as torch rounds it.
 
 ``usable()`` compiles them (numba caches the machine code on disk) and checks them bit for bit
 against the torch path on a probe, once per process; where numba is missing or any bit differs
