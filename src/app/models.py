@@ -64,6 +64,7 @@ def validate(model) -> None:
                           f"are merged like every tensor) or it (IT's towers whatever λ)")
     refs = {"model.pt": model.pt, "model.it": model.it}
     refs.update({f"model.extra[{i}].path": e.path for i, e in enumerate(model.extra)})
+    _check_hub_ids(refs, model.cache_dir)
     shapes = {key: _check_model_ref(key, ref, model.cache_dir) for key, ref in refs.items()}
     base = shapes["model.pt"]
     for key, shape in shapes.items():
@@ -119,6 +120,20 @@ def safetensors_problem(path: Path) -> str | None:
     if 8 + n + end > size:
         return f"truncated ({size} bytes of {8 + n + end})"
     return None
+
+
+def _check_hub_ids(refs: dict[str, str], cache_dir: str | None) -> None:
+    """Every hub id that is not in the local cache and cannot be fetched, in one line (a
+    user downloads them all at once)."""
+    uncached = {key: ref for key, ref in refs.items()
+                if not looks_local(ref) and ref.count("/") == 1
+                and local_snapshot(ref, cache_dir) is None}
+    problems = {key: p for key, ref in uncached.items()
+                if (p := hub_problem(key, ref, cache_dir))}
+    if problems:
+        first, *others = problems
+        also = "".join(f"; the same for {key}={uncached[key]!r}" for key in others)
+        raise ConfigError(f"{first}={uncached[first]!r} {problems[first]}{also}")
 
 
 def _check_model_ref(key: str, ref: str, cache_dir: str | None = None) -> dict | None:

@@ -174,6 +174,7 @@ def test_an_uncached_preset_offline_stops_in_one_line_with_the_download_command(
                            "Hugging Face cache and HF_HUB_OFFLINE is set")
     assert "`hf download google/gemma-3-12b-pt --local-dir DIR`" in line
     assert "model.pt=DIR" in line
+    assert line.endswith("; the same for model.it='google/gemma-3-12b-it'")  # both at once
     assert not (tmp_path / "mlruns").exists()  # no run, no store
 
 
