@@ -42,7 +42,25 @@ def job_fingerprint(cfg: DictConfig, mk: dict) -> str:
     key = {"merge": mk, **_eval_key(cfg)}
     if cfg.model.vision != "merge":  # model.vision=merge leaves fingerprints as they were
         key["vision"] = cfg.model.vision
+    if _masks_on_cuda(cfg, mk):  # CPU-drawn masks leave fingerprints as they were
+        key["masks"] = "cuda"
     return digest(key)
+
+
+def _masks_on_cuda(cfg: DictConfig, mk: dict) -> bool:
+    """Whether this merge draws random masks (DARE, DELLA) with CUDA's generator: the same seed
+    gives other masks than on CPU, so it is another merge."""
+    from app.merge.sparsify import SPARSIFICATION
+
+    kind = SPARSIFICATION.get(str(mk.get("merge_method")), ("",))[0]
+    if kind not in ("random", "della_magprune"):
+        return False
+    device = str(cfg.device)
+    if device == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return device.startswith("cuda")
 
 
 def reference_fingerprint(cfg: DictConfig, parent: str) -> str:

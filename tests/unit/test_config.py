@@ -113,3 +113,26 @@ def test_sparsification_knobs_fail_in_one_line_before_any_tensor(make_cfg, overr
 
 def test_della_at_density_one_takes_any_epsilon(make_cfg):
     validate(make_cfg("method=della", "method.params.density=1", "method.params.epsilon=0.3"))
+
+
+def test_masks_drawn_on_cuda_make_another_fingerprint(make_cfg):
+    """DARE's and DELLA's masks from CUDA's generator differ from CPU's for the same seed: a
+    sweep merged on a GPU is not taken for one merged on CPU. Other methods, and every CPU
+    fingerprint, are unchanged."""
+    from app.merge.mergekit_adapter import mergekit_config
+    from app.provenance import job_fingerprint
+
+    def fingerprint(*overrides):
+        cfg = make_cfg(*overrides)
+        return job_fingerprint(cfg, mergekit_config(cfg))
+
+    for method in ("dare_ties", "della"):
+        assert fingerprint(f"method={method}", "device=cuda") != fingerprint(f"method={method}")
+        assert fingerprint(f"method={method}", "device=cuda:1") == \
+            fingerprint(f"method={method}", "device=cuda")
+        import torch
+
+        auto_on = "device=cuda" if torch.cuda.is_available() else "device=cpu"
+        assert fingerprint(f"method={method}", "device=auto") == \
+            fingerprint(f"method={method}", auto_on)
+    assert fingerprint("method=ties", "device=cuda") == fingerprint("method=ties")
