@@ -2,16 +2,9 @@
 
 import time
 
-from helpers import free_port, run_app, runs
+from helpers import free_port, one_line, run_app, runs
 
 FAST = "task.limit=10"
-
-
-def one_line(proc) -> str:
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), \
-        proc.stderr[-2000:]
-    return lines[0]
 
 
 def test_save_dir_with_the_users_files_is_refused_and_untouched(tmp_path):

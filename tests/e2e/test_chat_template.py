@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from helpers import run_app, runs
+from helpers import one_line, run_app, runs
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -153,13 +153,6 @@ def test_the_loaded_tokenizer_without_a_template_fails_before_any_task_is_built(
 
 
 # ----------------------------------------------------------------- bad combinations, one line
-
-def one_line(proc) -> str:
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), \
-        proc.stderr[-2000:]
-    return lines[0]
-
 
 def test_multiturn_without_the_chat_template_fails_in_one_line_before_loading(tmp_path):
     start = time.perf_counter()

@@ -20,7 +20,7 @@ from app.config import compose
 from app.merge.layout import checkpoint_names, layout_of, parameters
 from app.merge.mergekit_adapter import merged_tensors, mergekit_config
 from app.merge.merger import Merger
-from tests.helpers import child_runs, run_app
+from tests.helpers import child_runs, one_line, run_app
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = importlib.util.spec_from_file_location("build_layouts",
@@ -137,10 +137,8 @@ def test_vision_it_keeps_its_towers_and_merges_the_language_model(standins):
 def test_vision_it_on_a_text_only_pair_is_refused_in_one_line(standins, tmp_path):
     pt, it = standins["llama"]
     proc = run_app(tmp_path, f"model.pt={pt}", f"model.it={it}", "model.vision=it", check=False)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        "error: model.vision=it applies to multimodal checkpoints only; model.pt is "
-        "LlamaForCausalLM"]
+    assert one_line(proc) == ("error: model.vision=it applies to multimodal checkpoints only; "
+                              "model.pt is LlamaForCausalLM")
 
 
 def hub_cache(tmp_path: Path, repos: dict[str, Path]) -> Path:
@@ -168,8 +166,7 @@ def test_a_preset_in_the_local_cache_runs_offline_on_the_direct_path(standins, t
 def test_an_uncached_preset_offline_stops_in_one_line_with_the_download_command(tmp_path):
     proc = run_app(tmp_path, "model=gemma-3-12b", check=False,
                    env={"HF_HOME": str(tmp_path / "empty-cache")})
-    assert proc.returncode == 2
-    [line] = proc.stderr.strip().splitlines()
+    line = one_line(proc)
     assert line.startswith("error: model.pt='google/gemma-3-12b-pt' is not in the local "
                            "Hugging Face cache and HF_HUB_OFFLINE is set")
     assert "`hf download google/gemma-3-12b-pt --local-dir DIR`" in line

@@ -288,19 +288,17 @@ def slerp(folders, t, base=0):
             "models": [{"model": str(f)} for f in folders[:2]]}
 
 
-def task_vector(folders, lam, density=None):
-    method = "task_arithmetic" if density is None else "ties"
-    params = {"weight": lam} | ({} if density is None else {"density": density})
-    return {"merge_method": method, "dtype": "float32", "out_dtype": "bfloat16",
-            "base_model": str(folders[0]), "parameters": {"normalize": False},
-            "models": [{"model": str(folders[1]), "parameters": params}]}
-
-
 def sparse(folders, lam, method, **params):
-    """A sparsifying task-vector merge (DARE, DELLA, breadcrumbs, with or without TIES)."""
+    """A task-vector merge of one fine-tune (TIES, DARE, DELLA, breadcrumbs: their knobs)."""
     return {"merge_method": method, "dtype": "float32", "out_dtype": "bfloat16",
             "base_model": str(folders[0]), "parameters": {"normalize": False},
             "models": [{"model": str(folders[1]), "parameters": {"weight": lam, **params}}]}
+
+
+def task_vector(folders, lam, density=None):
+    if density is None:
+        return sparse(folders, lam, "task_arithmetic")
+    return sparse(folders, lam, "ties", density=density)
 
 
 def nuslerp(folders, lam):

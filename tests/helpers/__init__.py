@@ -32,6 +32,14 @@ def run_app(tmp_path, *args, check=True, env=None):
     return proc
 
 
+def one_line(proc) -> str:
+    """The single ``error: …`` line a refused command printed (exit code 2)."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), \
+        proc.stderr[-2000:]
+    return lines[0]
+
+
 def runs(tmp_path):
     """(client, every run) of the store under ``tmp_path``, read with MLflow itself."""
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
