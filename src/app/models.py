@@ -144,9 +144,7 @@ def _check_model_ref(key: str, ref: str, cache_dir: str | None = None) -> dict |
     elif ref.count("/") == 1:
         path = local_snapshot(ref, cache_dir)
         if path is None:
-            if problem := hub_problem(key, ref, cache_dir):
-                raise ConfigError(f"{key}={ref!r} {problem}")
-            return None
+            return None  # to be downloaded (_check_hub_ids refused those that cannot be)
     else:
         raise ConfigError(f"{key}={ref!r} is neither a local model folder nor a hub id (org/name)")
     try:
