@@ -93,12 +93,11 @@ class DirectMerger:
     """Direct merges into a working model; owns the mapped parents, the λ-free values computed
     from them and the float32 work buffers (one per working model, dropped with it)."""
 
-    def __init__(self, resolve: Callable[[str], Path | None] = lambda ref: None,
-                 seed: int | None = None):
+    def __init__(self, cache_dir: str | None = None, seed: int | None = None):
+        self.cache_dir = cache_dir  # where hub ids' snapshots are (None: HF_HOME's cache)
         self.seed = seed  # DARE's and DELLA's masks: mergekit's --random-seed
         self.mapped: dict[tuple, MappedWeights] = {}
         self.lambda_free: dict[tuple, dict[str, Any]] = {}
-        self.resolve = resolve  # a hub id → its local snapshot folder, or None
         self.buffers: Buffers = new_buffers()  # float32 work buffers on the model's device
 
     def weights(self, folder: Path) -> MappedWeights:
@@ -115,7 +114,7 @@ class DirectMerger:
               plan: str) -> int | None:
         """Merge ``mk`` with the direct path ``plan`` (a name in ``PLANS``); None (nothing
         touched) where the config is not one that path takes, for mergekit's executor."""
-        planned = PLANS[plan](_local(mk, self.resolve), device)
+        planned = PLANS[plan](_local(mk, self.cache_dir), device)
         if planned is None:
             return None
         folders, rule = planned
@@ -144,12 +143,12 @@ class DirectMerger:
 
 # --------------------------------------------------------------------------- plans
 
-def _local(mk: dict[str, Any], resolve: Callable[[str], Path | None]) -> dict[str, Any]:
+def _local(mk: dict[str, Any], cache_dir: str | None) -> dict[str, Any]:
     """``mk`` with each hub id that has a local snapshot replaced by that folder."""
+    from app.hub import local_snapshot
+
     def local(ref):
-        if ref is None or Path(str(ref)).expanduser().exists():
-            return ref
-        return str(resolve(str(ref)) or ref)
+        return ref if ref is None else str(local_snapshot(str(ref), cache_dir) or ref)
 
     out = dict(mk, models=[dict(m, model=local(m.get("model"))) for m in mk.get("models") or []])
     if "base_model" in mk:
@@ -357,8 +356,7 @@ class _TaskVector:
 
         from app import compat
 
-        device = str(merger.buffers[0].device)
-        if all(set(names) <= set(merger.cache(models[0], m, (s, merger.seed, device)))
+        if all(set(names) <= set(kept_cache(merger, models[0], m, s))
                for m, s in zip(models[1:], self.sparsities)):
             return True
         order = compat.merge_order(self.mk)
@@ -393,12 +391,18 @@ def kept(merger: DirectMerger, base: MappedWeights, tuned: MappedWeights, name: 
 
     if sparsity is None:
         return Kept()
-    device = merger.buffers[0].device
-    cache = merger.cache(base, tuned, (sparsity, merger.seed, str(device)))
+    cache = kept_cache(merger, base, tuned, sparsity)
     if name not in cache:
-        cache[name] = prepare(sparsity, base.tensor(name), tuned.tensor(name), device)
+        cache[name] = prepare(sparsity, base.tensor(name), tuned.tensor(name),
+                              merger.buffers[0].device)
         tuned.release(name)
     return cache[name]
+
+
+def kept_cache(merger: DirectMerger, base: MappedWeights, tuned: MappedWeights,
+               sparsity) -> dict:
+    """The kept elements of a fine-tune, per tensor, for these knobs, seed and device."""
+    return merger.cache(base, tuned, (sparsity, merger.seed, str(merger.buffers[0].device)))
 
 
 def arc(merger: DirectMerger, v0: MappedWeights, v1: MappedWeights,

@@ -34,14 +34,11 @@ class Merger:
     def __init__(self, device: str = "cpu", seed: int | None = None,
                  trust_remote_code: bool = False, cache_dir: str | None = None,
                  towers_from: str | None = None):
-        from app.hub import local_snapshot
-
         self.device, self.seed, self.trust_remote_code = device, seed, trust_remote_code
         self.cache_dir = cache_dir
         # model.vision=it: a multimodal pair's vision tower and projector are IT's, whatever λ
         self.towers_from = towers_from
-        self.resolve = lambda ref: local_snapshot(ref, cache_dir)
-        self.direct = DirectMerger(self.resolve, seed)
+        self.direct = DirectMerger(cache_dir, seed)
 
     def merge_into(self, model: torch.nn.Module, mk: dict[str, Any]) -> MergeReport:
         """Overwrite every parameter of ``model`` with the merge described by ``mk``."""
@@ -82,10 +79,10 @@ class Merger:
 
     def _copy_towers(self, model: torch.nn.Module) -> None:
         """IT's vision tower and projector into the working model (``model.vision=it``)."""
+        from app.hub import local_folder
+
         layout = layout_of(model)
-        folder = Path(self.towers_from).expanduser()
-        source = self.direct.weights(folder if folder.exists()
-                                     else self.resolve(self.towers_from) or folder)
+        source = self.direct.weights(local_folder(self.towers_from, self.cache_dir))
         params = parameters(model)
         with torch.no_grad():
             for name in source.where:

@@ -90,9 +90,9 @@ def prepare(sparsity: Sparsity, pt: torch.Tensor, it: torch.Tensor,
     generator now."""
     if sparsity.density >= 1:  # mergekit returns the task vector untouched, drawing nothing
         return Kept()
-    if sparsity.kind in ("magnitude", "magnitude_outliers"):
-        return Kept(_pack(_ranked(sparsity, _delta(pt, it, device).abs_().reshape(-1))))
     magnitudes = _delta(pt, it, device).abs_()
+    if sparsity.kind in ("magnitude", "magnitude_outliers"):
+        return Kept(_pack(_ranked(sparsity, magnitudes.reshape(-1))))
     before = magnitudes.sum()
     draw = _dare if sparsity.kind == "random" else _della
     bits = draw(sparsity, magnitudes, device)  # and zeroes the dropped magnitudes

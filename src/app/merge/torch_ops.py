@@ -25,6 +25,13 @@ def chunks(n: int) -> Iterator[tuple[int, int]]:
         yield start, min(start + CHUNK, n)
 
 
+def dropped(keep: np.ndarray, start: int, stop: int, device) -> torch.Tensor:
+    """Where packed kept-bits (little order) are unset, for elements ``start:stop`` (chunks
+    start on whole bytes), as a bool mask on ``device``."""
+    bits = np.unpackbits(keep[start // 8:(stop + 7) // 8], count=stop - start, bitorder="little")
+    return torch.from_numpy(bits).to(device) == 0
+
+
 def torch_linear(sources: list[torch.Tensor], weights: list[float], out: torch.Tensor,
                  buffers: Buffers) -> None:
     """mergekit's linear_merge: float32 zeros, then addcmul_(tensor, weight) per model."""
@@ -76,9 +83,7 @@ def torch_task_vector(pt: torch.Tensor, it: torch.Tensor, keep: np.ndarray | Non
             x.mul_(factor)
         x.mul_(lam)
         if keep is not None:
-            bits = np.unpackbits(keep[start // 8:(stop + 7) // 8], count=stop - start,
-                                 bitorder="little")  # chunks start on whole bytes
-            x.masked_fill_(torch.from_numpy(bits).to(x.device) == 0, 0.0)
+            x.masked_fill_(dropped(keep, start, stop, x.device), 0.0)
         x.masked_fill_(x == 0, 0.0)  # mergekit sums the masked task vector from +0
         out[start:stop].copy_(y.add_(x))
 
@@ -102,9 +107,7 @@ def torch_task_vectors(pt: torch.Tensor, its: list[torch.Tensor], keeps: list, f
             if factor is not None:
                 row.mul_(factor)
             if keep is not None:
-                bits = np.unpackbits(keep[start // 8:(stop + 7) // 8], count=stop - start,
-                                     bitorder="little")
-                row.masked_fill_(torch.from_numpy(bits).to(row.device) == 0, 0.0)
+                row.masked_fill_(dropped(keep, start, stop, row.device), 0.0)
         x.mul_(w)
         if consensus:  # mergekit's get_mask(method="sum")
             majority = (x.sum(dim=0) >= 0).to(x.dtype) * 2 - 1
