@@ -10,7 +10,8 @@ so the presets in conf/task run offline end to end. The rows are questions with 
 answers, not the real benchmark items; scores on them mean nothing.
 
 ``python scripts/build_standins.py --out DIR --mmlu-pro-test N`` writes a larger MMLU-Pro
-stand-in (the benchmark script uses it).
+stand-in (the benchmark script uses it). ``--out DIR --shaped`` writes ``build_shaped``'s
+MMLU-Pro and BBH stand-ins, shaped like the real sets (categories, option counts, prompt lengths).
 """
 
 from __future__ import annotations
@@ -190,6 +191,107 @@ def build(out: Path, mmlu_pro_test: int = 30) -> None:
     write_punkt_standin(out / "nltk_data")
 
 
+MMLU_PRO_CATEGORIES = ("biology", "business", "chemistry", "computer science", "economics",
+                       "engineering", "health", "history", "law", "math", "other", "philosophy",
+                       "physics", "psychology")
+NUMERIC = {"chemistry", "engineering", "math", "physics"}
+WORDS = (
+    "the of and a to in is that for it as was with be by on not he this are or his from at which "
+    "but have an they one had you were there all we can her has been if more when will would who "
+    "so no time people new year work state world water number day part place case group system "
+    "market price cost rate law court right party theory model cell body energy force heat light "
+    "value change power form level point city river land child patient doctor student book house "
+    "company firm bank trade money income tax demand supply growth test study result method data "
+    "process question answer reason effect cause first second small large long high low early late "
+    "public social human local general common main clear strong simple given following each other "
+    "increase reduce measure show find take make give keep hold move turn play run use need follow"
+).split()
+
+
+def prose(rng: random.Random, n_chars: int) -> str:
+    """Sentences of common English words, about ``n_chars`` characters in all."""
+    out: list[str] = []
+    while (length := sum(len(x) + 1 for x in out)) < n_chars:
+        words = rng.choices(WORDS, k=rng.randint(6, 16))
+        while len(words) > 3 and length + len(" ".join(words)) > n_chars:
+            words.pop()
+        out.append(" ".join(words).capitalize() + ".")
+    return " ".join(out)
+
+
+def shaped_options(rng: random.Random, k: int, numeric: bool = False,
+                   max_words: int = 5) -> list[str]:
+    """``k`` distinct options: numbers with units, or phrases of 1 to ``max_words`` words."""
+    options: list[str] = []
+    while len(options) < k:
+        option = (f"{rng.randint(1, 99999) / 100:g} {rng.choice(['J', 'm/s', 'mol', 'kg', 'N'])}"
+                  if numeric else " ".join(rng.choices(WORDS, k=rng.randint(1, max_words))))
+        if option not in options:
+            options.append(option)
+    return options
+
+
+def mmlu_pro_shaped_rows(category: str, n: int, rng: random.Random, start_id: int,
+                         n_chars: tuple[int, int], cot: bool) -> list[dict]:
+    """MMLU-Pro rows of one category, question and options together ``n_chars`` (a range)
+    characters long, about 1.3 characters a toy-tokenizer token; most have 10 options, some 3
+    to 9, as in the real set, ``answer`` naming the one right option."""
+    rows = []
+    for i in range(n):
+        k = rng.choices(range(3, 11), weights=(1, 2, 1, 1, 1, 2, 3, 39))[0]
+        options = shaped_options(rng, k, category in NUMERIC and rng.random() < 0.5)
+        ask = f" Which of the following is {rng.choice(['correct', 'true', 'most likely'])}?"
+        budget = rng.randint(*n_chars) - sum(len(o) + 4 for o in options) - len(ask)
+        question = prose(rng, max(budget, 40)) + ask
+        idx = rng.randrange(k)
+        letter = string.ascii_uppercase[idx]
+        rows.append({"question_id": start_id + i, "question": question, "options": options,
+                     "answer": letter, "answer_index": idx,
+                     "cot_content": (f"A: Let's think step by step. {prose(rng, 300)} The "
+                                     f"answer is ({letter})." if cot else ""),
+                     "category": category, "src": f"ori_mmlu-{category.replace(' ', '_')}"})
+    return rows
+
+
+def bbh_shaped_rows(subtask: str, n: int, rng: random.Random) -> list[dict]:
+    """BBH rows of ``subtask`` with inputs of 160 to 420 characters (100 to 300 toy-tokenizer
+    tokens): prose, then for lettered choices an ``Options:`` listing of all of them."""
+    import lm_eval.tasks.leaderboard as lb
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    cfg = load_yaml(Path(lb.__path__[0]) / "bbh_mc" / f"{subtask}.yaml", resolve_func=False)
+    choices = cfg["doc_to_choice"]
+    lettered = choices[0].startswith("(")
+    rows = []
+    for _ in range(n):
+        listing = ("\nOptions:\n" + "\n".join(
+            f"{c} {o}" for c, o in zip(choices, shaped_options(rng, len(choices), max_words=3)))
+            if lettered else "")
+        body = prose(rng, max(rng.randint(160, 420) - len(listing), 60))
+        rows.append({"input": body + listing, "target": rng.choice(choices)})
+    return rows
+
+
+def build_shaped(out: Path, mmlu_pro_per_category: int = 20, bbh_per_subtask: int = 10,
+                 seed: int = SEED) -> None:
+    """MMLU-Pro and BBH stand-ins shaped like the real sets, for benchmarks of evaluation speed:
+    MMLU-Pro's 14 categories, each with 5 validation questions (the task's 5-shot block, the
+    first five, renders to 1,000 to 1,500 toy-tokenizer tokens) and ``mmlu_pro_per_category``
+    test questions of 100 to 250 tokens; BBH's subtasks with ``bbh_per_subtask`` inputs each."""
+    rng = random.Random(f"{seed}:mmlu_pro")
+    validation, test = [], []
+    for c, category in enumerate(MMLU_PRO_CATEGORIES):
+        validation += mmlu_pro_shaped_rows(category, 5, rng, 5 * c, (270, 400), cot=True)
+        test += mmlu_pro_shaped_rows(category, mmlu_pro_per_category, rng,
+                                     70 + mmlu_pro_per_category * c, (130, 330), cot=False)
+    write_dataset(out / "TIGER-Lab" / "MMLU-Pro", {"default": {
+        "validation": validation, "test": test}})
+    rng = random.Random(f"{seed}:bbh")
+    write_dataset(out / "SaylorTwift" / "bbh",
+                  {sub: {"test": bbh_shaped_rows(sub, bbh_per_subtask, rng)}
+                   for sub in BBH_SUBTASKS})
+
+
 def write_punkt_standin(folder: Path) -> None:
     """An English punkt_tab model with no learned abbreviations or collocations: IFEval's
     sentence and word checks run offline with it (NLTK's trained model splits after known
@@ -206,6 +308,13 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--mmlu-pro-test", type=int, default=30)
+    parser.add_argument("--shaped", action="store_true",
+                        help="write build_shaped's MMLU-Pro and BBH stand-ins (needs --out)")
     args = parser.parse_args()
-    build(args.out, args.mmlu_pro_test)
+    if args.shaped and args.out == OUT:
+        parser.error("--shaped needs --out (it would replace the committed stand-ins)")
+    if args.shaped:
+        build_shaped(args.out)
+    else:
+        build(args.out, args.mmlu_pro_test)
     print(f"wrote {args.out}")

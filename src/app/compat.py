@@ -64,6 +64,24 @@ def index_kinds():
     return Kind
 
 
+# ------------------------------------------------------------------------- transformers
+
+
+def kv_cache(layers: list | None):
+    """A key/value cache holding ``layers`` (per layer ``(keys, values)``, ``[rows, heads,
+    length, head_dim]``), or an empty one. Built without the model's config, every layer keeps
+    all its positions (a sliding-window layer's own cache would drop old ones; the model's
+    attention mask still applies the window)."""
+    from transformers import DynamicCache
+
+    return DynamicCache() if layers is None else DynamicCache(ddp_cache_data=layers)
+
+
+def kv_tensors(cache) -> list[tuple[Any, Any]]:
+    """Per layer ``(keys, values)`` of a cache, ``[rows, heads, length, head_dim]``."""
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
 # ------------------------------------------------------------------------- mergekit
 
 def planned_tensors(config, arch_info, options, trust_remote_code: bool) -> list:

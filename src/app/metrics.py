@@ -105,6 +105,12 @@ REGISTRY: tuple[Metric, ...] = (
     Metric("time/eval_s", "wall time of the evaluation", "", "job",
            optional="not for a job that reuses a parent's reference"),
     Metric("time/total_s", "wall time of the whole job", "", "job"),
+    Metric("eval/tokens_forwarded", "tokens the log-likelihood scoring ran through the model "
+           "(padding included)", "lower", "job",
+           optional="not for a job that reuses a parent's reference"),
+    Metric("eval/trie_tokens", "distinct prefixes of the scored inputs: the floor of "
+           "`eval/tokens_forwarded`", "", "job",
+           optional="not for a job that reuses a parent's reference"),
     Metric("time/startup_s", "interpreter start and imports before the process's first job",
            "", "job", optional="only the first evaluated job of a process"),
     Metric("time/load_s", "loading the working model and building the tasks", "", "job",
@@ -184,9 +190,12 @@ def headline(metrics: dict[str, float]) -> tuple[float, float]:
     return metrics["mean/acc"], metrics.get("mean/ece", 0.0)
 
 
-def without_times(metrics: dict[str, float]) -> dict[str, float]:
-    """The metrics a result consists of: all but the ``time/*`` ones (what it cost)."""
-    return {k: v for k, v in metrics.items() if not k.startswith("time/")}
+COSTS = ("time/", "eval/")  # what a result cost, not what it is
+
+
+def without_costs(metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics a result consists of: all but the ``time/*`` and ``eval/*`` ones."""
+    return {k: v for k, v in metrics.items() if not k.startswith(COSTS)}
 
 
 def markdown_table() -> str:

@@ -26,7 +26,7 @@ from app.errors import ConfigError, clean_lambda
 from app.faults import JobFailed, check_finite, faults_explained
 from app.lease import Held, Leases
 from app.merge.methods import reference_for
-from app.metrics import summary_line, without_times
+from app.metrics import summary_line, without_costs
 from app.provenance import job_fingerprint, job_tags, log_config, reference_fingerprint
 
 
@@ -122,7 +122,7 @@ class Pipeline:
                 if fault is not None:
                     raise fault
                 if reference is not None:
-                    metrics = without_times(reference.metrics)
+                    metrics = without_costs(reference.metrics)
                     run.tag("reused_from", reference.run_id)
                     metrics["time/total_s"] = time.perf_counter() - start
                     run.log_metrics(metrics)
@@ -163,6 +163,7 @@ class Pipeline:
         metrics.update(aggregate(results))
         metrics["time/merge_s"] = report.seconds
         metrics["time/eval_s"] = time.perf_counter() - t_eval
+        metrics.update(session.evaluator.costs())
         metrics.update(session.overhead)
         session.overhead = {}
         judge = JudgeContext(session.device, cfg.model.pt,
@@ -236,7 +237,7 @@ class Pipeline:
 
 def skipped(method: str, lam: float, done, saved: str = "") -> dict[str, float]:
     """A job whose fingerprint has a FINISHED run: say so, return that run's metrics."""
-    print(summary_line(method, lam, without_times(done.metrics)) + f"  [done: run {done.run_id}{saved}]", flush=True)
+    print(summary_line(method, lam, without_costs(done.metrics)) + f"  [done: run {done.run_id}{saved}]", flush=True)
     return dict(done.metrics)
 
 

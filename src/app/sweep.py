@@ -25,7 +25,7 @@ from app.errors import Abort, ConfigError, suggest
 from app.faults import JobFailed
 from app.frontier import Point, best
 from app.messages import user_error
-from app.metrics import headline, job_metric_names, without_times
+from app.metrics import headline, job_metric_names, without_costs
 from app.pipeline import JobContext, this_process
 from app.provenance import digest, process_tags
 
@@ -248,7 +248,7 @@ def log_sweep_summary(tracker, parent_id: str) -> dict[str, float]:
         run = next(r for p, r in points if p is star)
         chosen[method] = star.lam
         params[f"best/{method}/lambda"] = run.params.get("lambda")
-        metrics.update({f"best/{method}/{k}": v for k, v in without_times(run.metrics).items()})
+        metrics.update({f"best/{method}/{k}": v for k, v in without_costs(run.metrics).items()})
     handle = tracker.run(parent_id)
     log_params_or_tags(handle, params)
     handle.log_metrics(metrics)
@@ -292,7 +292,7 @@ def summarize_study(study, sweeper) -> dict:
     else:
         raise RuntimeError("no trial completed")
     constraints = [f"{m} {op} {b:g}" for m, op, b in sweeper.constraints]
-    metrics = without_times(chosen.user_attrs.get("metrics", {}))
+    metrics = without_costs(chosen.user_attrs.get("metrics", {}))
     summary = {
         "study": study.study_name, "objective": sweeper.objective, "direction": sweeper.direction,
         "constraints": constraints, "verdict": verdict, "best_params": chosen.params,

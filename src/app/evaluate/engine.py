@@ -36,18 +36,40 @@ class HFEngine:
         self.scoring = scoring
         self.requests: list = []
         self.scorer = None
+        self.costs = {"eval/tokens_forwarded": 0, "eval/trie_tokens": 0}
 
     def prepare(self, loglikelihood: list) -> None:
+        from app.evaluate.trie import model_input, trie_tokens
+
         self.requests = tokenize_loglikelihood(self.lm, loglikelihood)
+        self.costs["eval/trie_tokens"] = trie_tokens(
+            model_input(ctx, cont, self.lm.max_length) for _, ctx, cont in self.requests)
         if self.scoring == "shared_context":
             from app.evaluate.shared_context import SharedContextScorer
 
             self.scorer = SharedContextScorer(self.lm, self.requests)
+        elif self.scoring == "trie":
+            from app.evaluate.trie import TrieScorer
+
+            self.scorer = TrieScorer(self.lm, self.requests)
 
     def loglikelihood(self) -> list[tuple[float, bool]]:
-        if self.scorer is not None:
-            return self.scorer.loglikelihood()
-        return compat.loglikelihood_tokens(self.lm, self.requests)
+        """The answers; ``costs["eval/tokens_forwarded"]``: the model inputs' tokens (padding
+        included) it took."""
+        forwarded = [0]
+
+        def count(module, args, kwargs):
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            forwarded[0] += ids.numel() if ids is not None else 0
+
+        hook = self.lm.model.register_forward_pre_hook(count, with_kwargs=True)
+        try:
+            if self.scorer is not None:
+                return self.scorer.loglikelihood()
+            return compat.loglikelihood_tokens(self.lm, self.requests)
+        finally:
+            hook.remove()
+            self.costs["eval/tokens_forwarded"] = forwarded[0]
 
     def generate_until(self, instances: list) -> list[str]:
         # lm-eval caps a generation with max_length (context + the task's max_gen_toks); a

@@ -68,6 +68,11 @@ class Evaluator:
                                              self.seed)
         return results, lm_out
 
+    def costs(self) -> dict[str, float]:
+        """What the last evaluation's scoring forwarded (``eval/tokens_forwarded``) and the
+        floor for these requests (``eval/trie_tokens``)."""
+        return {k: float(v) for k, v in getattr(self.engine, "costs", {}).items()}
+
 
 def _seed_everything(seed: int) -> None:
     """The seeds simple_evaluate sets before a run (sampled generation depends on them)."""

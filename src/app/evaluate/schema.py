@@ -12,7 +12,7 @@ from omegaconf import MISSING
 from app.errors import ConfigError, suggest
 
 BINNINGS = ("width", "mass")
-SCORINGS = ("lm_eval", "shared_context")
+SCORINGS = ("lm_eval", "shared_context", "trie")
 
 
 @dataclass

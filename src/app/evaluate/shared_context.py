@@ -63,7 +63,7 @@ class SharedContextScorer:
                 mask[row, prefix.shape[1]: prefix.shape[1] + len(tail)] = 1
             if len(conts) > 1:
                 cache.batch_repeat_interleave(len(conts))
-            logits = model(tails, past_key_values=cache, attention_mask=mask,
+            logits = model(tails, cache=cache, attention_mask=mask,
                            use_cache=True).logits
             logprobs = F.log_softmax(logits, dim=-1, dtype=self.lm.softmax_dtype)
             for row, (i, cont) in enumerate(zip(members, conts)):
