@@ -25,6 +25,11 @@ import torch.nn.functional as F
 from app import compat
 
 
+# a batch grows while its padding stays within 10% of its tokens or 4 tokens a row (short
+# spans: another forward pass would cost more than the padding)
+PADDING_SHARE, PADDING_ROW = 0.1, 4
+
+
 @dataclass(eq=False)
 class Node:
     """Tokens ``seq[start:end]`` of the inputs through this node; ``slots``: offset in the span
@@ -127,13 +132,23 @@ class TrieScorer:
         pad, size = self.lm.tokenizer.pad_token_id or 0, self.lm.batch_size
         steps, stack, last_use = [], [], {}
 
-        def push(node):
-            stack.extend(sorted(node.children, key=lambda c: c.end - c.start))
+        def push(nodes):  # the next batches take the longest first
+            stack.extend(sorted((c for n in nodes for c in n.children),
+                                key=lambda c: c.end - c.start))
 
-        push(self.root)
+        push([self.root])
         while stack:
-            nodes = [stack.pop() for _ in range(min(size, len(stack)))]
-            width = max(n.end - n.start for n in nodes)
+            nodes = [stack.pop()]
+            width, real = nodes[0].end - nodes[0].start, nodes[0].end - nodes[0].start
+            while stack and len(nodes) < size and \
+                    (stack[-1].parent is self.root) == (nodes[0].parent is self.root):
+                span = stack[-1].end - stack[-1].start
+                wider = max(width, span)
+                padding = wider * (len(nodes) + 1) - real - span
+                if padding > max(PADDING_SHARE * (real + span), PADDING_ROW * (len(nodes) + 1)):
+                    break
+                nodes.append(stack.pop())
+                width, real = wider, real + span
             ids = torch.full((len(nodes), width), pad, dtype=torch.long)
             keep = torch.zeros(ids.shape, dtype=torch.bool)
             rows, targets, owners = [], [], []  # projected rows are row-major
@@ -148,8 +163,7 @@ class TrieScorer:
                 last_use[id(node.parent)] = len(steps)
             steps.append(Step(nodes, ids, keep, torch.tensor(rows, dtype=torch.long),
                               torch.tensor(targets, dtype=torch.long), owners, []))
-            for node in reversed(nodes):
-                push(node)
+            push(nodes)
         for step in steps:
             for node in step.nodes:
                 if node.children:
