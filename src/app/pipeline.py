@@ -143,6 +143,7 @@ class Pipeline:
         from app.plots import reliability_figure
 
         run.tag("device", session.device)
+        run.tag("scoring", session.evaluator.scoring)
         report = session.merger.merge_into(session.model, mk)
         run.tag("merge_engine", report.engine)
         if cfg.merge.save_dir:

@@ -185,6 +185,7 @@ def key_before_these_settings(cfg) -> dict:
     task = OmegaConf.to_container(cfg.task, resolve=True)
     for key in ("batch_size", "chat_template", "fewshot_as_multiturn"):
         task.pop(key)
+    task["scoring"] = "lm_eval"  # the default then; every scoring keys as it now
     return {"task": task, "seed": cfg.seed, "tokenizer": cfg.model.tokenizer,
             "metrics": METRICS_VERSION}
 

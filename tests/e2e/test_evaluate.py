@@ -117,7 +117,7 @@ def test_reused_requests_give_stock_simple_evaluate_metrics_for_every_merge(toy,
     for overrides in (["task.limit=40"],  # toy tasks: multiple choice and generation
                       ["task=mmlu_pro", "task.data_dir=${standins:}", "task.limit=6"]):
         cfg = make_cfg(*overrides).task
-        evaluator = Evaluator(HFEngine(model, tok, cfg.batch_size, cfg.scoring), cfg)
+        evaluator = Evaluator(HFEngine(model, tok, cfg.batch_size, "lm_eval"), cfg)
         for lam in (0.0, 0.7):  # the weights change in place between evaluations
             with torch.no_grad():
                 for (name, p), q in zip(model.named_parameters(), it.parameters()):
@@ -187,7 +187,7 @@ def test_shared_context_scoring_gives_lm_evals_loglikelihoods(toy, make_cfg):
                              (qwen, ["task=mmlu_pro", "task.data_dir=${standins:}",
                                      "task.limit=4"])):
         cfg = make_cfg(*overrides).task
-        plain = Evaluator(HFEngine(model, tok, cfg.batch_size, cfg.scoring), cfg)
+        plain = Evaluator(HFEngine(model, tok, cfg.batch_size, "lm_eval"), cfg)
         shared = Evaluator(HFEngine(model, tok, cfg.batch_size, "shared_context"), cfg)
         (res_a, _), (res_b, _) = plain.evaluate(), shared.evaluate()
         contexts = {tuple(c) for _, c, _ in plain.engine.requests}

@@ -23,8 +23,13 @@ class Merger:
 
 
 class Evaluator:
+    scoring = "trie"
+
     def __init__(self, acc=0.7, ece=0.1):
         self.acc, self.ece, self.calls = acc, ece, 0
+
+    def costs(self):
+        return {"eval/tokens_forwarded": 10.0, "eval/trie_tokens": 9.0}
 
     def evaluate(self):
         self.calls += 1

@@ -28,12 +28,12 @@ class Engine(Protocol):
 class HFEngine:
     """lm-eval's HFLM over the (in-place updated) working model; float32 log-softmax."""
 
-    def __init__(self, model, tokenizer, batch_size: int, scoring: str = "lm_eval"):
+    def __init__(self, model, tokenizer, batch_size: int, scoring: str = "auto"):
         from lm_eval.models.huggingface import HFLM
 
         self.lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
                        softmax_dtype="float32")
-        self.scoring = scoring
+        self.scoring = resolve_scoring(scoring, model)
         self.requests: list = []
         self.scorer = None
         self.costs = {"eval/tokens_forwarded": 0, "eval/trie_tokens": 0}
@@ -81,6 +81,18 @@ class HFEngine:
             return self.lm.generate_until(instances, disable_tqdm=True)
         finally:
             config.max_new_tokens = kept
+
+
+def resolve_scoring(scoring: str, model) -> str:
+    """``auto``: prefix-tree scoring where the model's forward takes a key/value cache and
+    ``logits_to_keep`` (it was never slower than lm-eval's batches on any task shape measured,
+    docs/benchmarks.md), else lm-eval's own."""
+    if scoring != "auto":
+        return scoring
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return "trie" if {"cache", "logits_to_keep"} <= set(params) else "lm_eval"
 
 
 def tokenize_loglikelihood(lm, instances: list) -> list:

@@ -68,6 +68,11 @@ class Evaluator:
                                              self.seed)
         return results, lm_out
 
+    @property
+    def scoring(self) -> str:
+        """How the engine scores log-likelihoods (``task.scoring`` with ``auto`` resolved)."""
+        return getattr(self.engine, "scoring", "")
+
     def costs(self) -> dict[str, float]:
         """What the last evaluation's scoring forwarded (``eval/tokens_forwarded``) and the
         floor for these requests (``eval/trie_tokens``)."""

@@ -12,7 +12,7 @@ from omegaconf import MISSING
 from app.errors import ConfigError, suggest
 
 BINNINGS = ("width", "mass")
-SCORINGS = ("lm_eval", "shared_context", "trie")
+SCORINGS = ("auto", "trie", "lm_eval", "shared_context")
 
 
 @dataclass
@@ -42,7 +42,10 @@ class EvalConfig:
     data_dir: Optional[str] = None  # local copies of hub datasets, as <data_dir>/<org>/<name>/
     max_gen_toks: Optional[int] = None  # cap on generated tokens (None: the task's own setting)
     nltk_data: Optional[str] = None  # extra NLTK data folder, searched first (IFEval's punkt_tab)
-    scoring: str = "lm_eval"  # lm_eval: HFLM's batches | shared_context: one KV-cached context/doc
+    # trie: each distinct prefix of the requests forwarded once | lm_eval: HFLM's own batches |
+    # shared_context: one KV-cached pass per document context | auto: trie where the model
+    # takes a cache and logits_to_keep (every transformers decoder), else lm_eval
+    scoring: str = "auto"
     # every request formatted with the working model's tokenizer chat template (lm-eval's
     # apply_chat_template); off, every λ is scored on the same plain-text prompts
     chat_template: bool = False
