@@ -23,8 +23,9 @@ growth during one of its evaluations (sampled every 5 ms; the largest over the �
 Setups: ``toy`` — the embedded pair on its tasks (300 multiple-choice + 300 generative
 questions, 0-shot); ``mmlu_pro`` / ``bbh`` — a random-initialised Qwen2-architecture pair
 (4 layers, hidden 256) with the toy tokenizer on MMLU-Pro- and BBH-shaped stand-ins
-(``build_standins.build_shaped``: 14 categories × 20 questions under one ≈1.2k-token 5-shot
-block, up to 10 options; 24 subtasks × 10 inputs under their 3-shot blocks) through lm-eval's
+(``build_standins.build_shaped``: 14 categories × ``--per-category`` questions (8) under one
+≈1.2k-token 5-shot block, up to 10 options; 24 subtasks × as many inputs under their 3-shot
+blocks) through lm-eval's
 own ``leaderboard_mmlu_pro`` / ``leaderboard_bbh``; ``mmlu_pro_05b`` — the same MMLU-Pro
 stand-in, 1 question per category, at Qwen2-0.5B's shapes (24 layers, hidden 896, the toy
 tokenizer's 640-token vocabulary). Results: docs/benchmarks.md.
@@ -74,7 +75,7 @@ def shaped_setup(work: Path, preset: str, shape: str, per_category: int):
 
     from app.config import TOY_DIR
 
-    build_shaped(work / "data", mmlu_pro_per_category=per_category)
+    build_shaped(work / "data", mmlu_pro_per_category=per_category, bbh_per_subtask=per_category)
     tokenizer = AutoTokenizer.from_pretrained(TOY_DIR / "pt")
     config = Qwen2Config(vocab_size=len(tokenizer), max_position_embeddings=4096,
                          tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
@@ -196,6 +197,8 @@ def main() -> None:
     parser.add_argument("--setups", default="toy,mmlu_pro,bbh")
     parser.add_argument("--paths", default="stock,reused,shared,trie")
     parser.add_argument("--lambdas", type=int, default=11, help="points on [0, 1]")
+    parser.add_argument("--per-category", type=int, default=8,
+                        help="MMLU-Pro test questions per category (BBH: inputs per subtask)")
     args = parser.parse_args()
     import logging
 
@@ -205,8 +208,8 @@ def main() -> None:
     print(f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     setups = {"toy": lambda w: toy_setup(w),
-              "mmlu_pro": lambda w: shaped_setup(w, "mmlu_pro", "small", 20),
-              "bbh": lambda w: shaped_setup(w, "bbh", "small", 20),
+              "mmlu_pro": lambda w: shaped_setup(w, "mmlu_pro", "small", args.per_category),
+              "bbh": lambda w: shaped_setup(w, "bbh", "small", args.per_category),
               "mmlu_pro_05b": lambda w: shaped_setup(w, "mmlu_pro", "0.5b", 1)}
     for name in args.setups.split(","):
         with tempfile.TemporaryDirectory() as tmp:

@@ -13,6 +13,9 @@ says so (no traceback).
   time/<pair>: per-λ merge seconds (next λ) on CPU and on CUDA;
   eval/toy: accuracy and ECE of the toy pair at λ ∈ {0, 0.5, 1} on CUDA equal the CPU ones
       within TOLERANCE (bf16 working model, log-softmax in float32);
+  eval/scoring: on the MMLU-Pro-shaped stand-in (random Qwen2, 4 layers, hidden 256, float32)
+      prefix-tree scoring's log-likelihoods equal lm-eval's within 1e-4 nats with the same
+      accuracy on CUDA, and its time per λ against lm-eval's;
   memory: peak GPU memory of the run.
 """
 
@@ -154,6 +157,46 @@ def eval_checks(cuda: bool, limit: int) -> None:
             f"{worst['ece']:.4f} (≤ {TOLERANCE['ece']}) over λ ∈ {{0, 0.5, 1}}, {keys}")
 
 
+def scoring_check(cuda: bool, work: Path) -> None:
+    import time
+
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from app.config import TOY_DIR, compose
+    from app.evaluate.engine import HFEngine
+    from app.evaluate.evaluator import Evaluator
+
+    if not cuda:
+        verdict("FAIL", "eval/scoring", "no CUDA device (the CPU comparison: "
+                                        "scripts/bench_eval.py, tests/e2e/test_trie.py)")
+        return
+    script("build_standins").build_shaped(work / "shaped", mmlu_pro_per_category=8)
+    tok = AutoTokenizer.from_pretrained(TOY_DIR / "pt")
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=len(tok), hidden_size=256, intermediate_size=704, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+        pad_token_id=tok.pad_token_id)).eval().to("cuda")
+    cfg = compose("task=mmlu_pro", f"task.data_dir={work / 'shaped'}").task
+    out, seconds = {}, {}
+    for scoring in ("lm_eval", "trie", "lm_eval", "trie"):
+        evaluator = out.get(scoring) or Evaluator(HFEngine(model, tok, cfg.batch_size, scoring),
+                                                  cfg)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        evaluator.evaluate()
+        torch.cuda.synchronize()
+        seconds[scoring] = time.perf_counter() - start  # the second run of each
+        out[scoring] = evaluator
+    a, b = (out[s] for s in ("lm_eval", "trie"))
+    gap = max(abs(x.resps[0][0] - y.resps[0][0]) for x, y in zip(a._ll, b._ll))
+    same = all(x.resps[0][1] == y.resps[0][1] for x, y in zip(a._ll, b._ll))
+    verdict("PASS" if gap < 1e-4 and same else "FAIL", "eval/scoring",
+            f"max |Δ loglik| {gap:.2e} nats, greedy flags {'equal' if same else 'DIFFER'}; "
+            f"per λ lm_eval {seconds['lm_eval']:.2f} s, trie {seconds['trie']:.2f} s "
+            f"({seconds['lm_eval'] / seconds['trie']:.2f}×)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=None, help="where the stand-ins are built (temp)")
@@ -171,6 +214,7 @@ def main() -> int:
     merge_checks(pairs, cuda)
     time_checks(pairs, cuda)
     eval_checks(cuda, args.limit)
+    scoring_check(cuda, work)
     if cuda:
         verdict("INFO", "memory", f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f}"
                                   f" GiB")
