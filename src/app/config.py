@@ -23,12 +23,14 @@ from app.errors import ConfigError, clean_lambda, suggest  # noqa: F401 - re-exp
 from app.evaluate import schema as task_schema
 from app.judge import schema as judge_schema
 from app.merge import methods
+from app.probe import schema as probe_schema
 from app.tracking import TrackingConfig
 
 TOY_DIR = Path(__file__).resolve().parent / "toy"
 STANDINS_DIR = Path(__file__).resolve().parent / "standins"  # local leaderboard dataset stand-ins
 GROUPS = {"model": models.PairConfig, "method": methods.MethodConfig,
-          "task": task_schema.EvalConfig, "tracking": TrackingConfig}
+          "task": task_schema.EvalConfig, "tracking": TrackingConfig,
+          "probe": probe_schema.ProbeConfig}
 
 
 def _app_config_class() -> type:
@@ -37,11 +39,11 @@ def _app_config_class() -> type:
     annotations = {
         "model": models.PairConfig, "method": methods.MethodConfig,
         "task": task_schema.EvalConfig, "judge": Any, "tracking": TrackingConfig,
-        "merge": methods.MergeSettings, "lambda": float, "seed": int, "device": str,
+        "probe": probe_schema.ProbeConfig, "merge": methods.MergeSettings, "lambda": float, "seed": int, "device": str,
         "force": bool,
     }
     defaults = {
-        "model": MISSING, "method": MISSING, "task": MISSING, "judge": MISSING,
+        "model": MISSING, "method": MISSING, "task": MISSING, "judge": MISSING, "probe": MISSING,
         "tracking": field(default_factory=TrackingConfig),
         "merge": field(default_factory=methods.MergeSettings), "lambda": 0.5, "seed": 0,
         "device": "cpu", "force": False,
@@ -124,6 +126,7 @@ def validate(cfg) -> None:
     models.validate(cfg.model)
     task_schema.validate(cfg.task, cfg.model)
     judge_schema.validate(cfg.judge)
+    probe_schema.validate(cfg.probe)
 
 
 def check_keys(node, path: str = "") -> None:

@@ -30,6 +30,10 @@ def _bootstrap(cfg, spec) -> bool:
     return cfg.task.bootstrap > 0
 
 
+def _probed(cfg, spec) -> bool:
+    return cfg.probe.name != "none"
+
+
 def _judged(cfg, spec) -> bool:
     return cfg.judge.name != "none"
 
@@ -55,7 +59,7 @@ class Metric:
     name: str  # "{task}/ece", "mean/acc", "judge/degeneration_rate"
     meaning: str
     better: str  # "higher", "lower" or "" (a count, a time or a bound)
-    producer: str  # "calibrated task", "generative task", "every task", "job", "judge"
+    producer: str  # "calibrated task", "generative task", "every task", "job", "judge", "probe"
     when: Callable = _always  # (cfg, task spec) -> whether a job of cfg returns it
     optional: str = ""  # why a job may leave it out ("" = always there when ``when`` holds)
     summary: bool = False  # shown in the one-line job summary
@@ -97,6 +101,18 @@ REGISTRY: tuple[Metric, ...] = (
            _bootstrap),
     Metric("{task}/<extra>", "each of `task.tasks[].extra_metrics`, as lm-eval reports it",
            "", "every task"),
+    Metric("probe/<task>/acc", "test accuracy of the linear probe on a probing task's hidden "
+           "states (`probe.layers`' deepest, `probe.representation`)", "higher", "probe",
+           _probed),
+    Metric("probe/<task>/f1", "its macro-F1", "higher", "probe", _probed),
+    Metric("probe/<task>/control_acc", "the same probe on the control task (a random label per "
+           "word type)", "", "probe", _probed),
+    Metric("probe/<task>/selectivity", "probe accuracy − control accuracy", "higher", "probe",
+           _probed),
+    Metric("probe/<phenomenon>/acc", "mean probe accuracy over the phenomenon's tasks", "higher",
+           "probe", _probed),
+    Metric("time/probe_s", "wall time of extracting hidden states and fitting the probes", "",
+           "probe", _probed),
     Metric("mean/acc", "unweighted mean of `<task>/acc` over the tasks", "higher", "job"),
     Metric("mean/ece", "unweighted mean of `<task>/ece` over the calibrated tasks", "lower",
            "job", _any_calibrated),
@@ -159,6 +175,16 @@ def predict(cfg) -> Prediction:
     for metric in REGISTRY:
         if metric.name == "{task}/<extra>":
             names = [f"{s.name}/{m}" for s in cfg.task.tasks for m in s.extra_metrics]
+        elif metric.name.startswith("probe/<") and _probed(cfg, None):
+            from app.probe.data import select
+
+            chosen = select(cfg.probe)
+            kind, values = (("<phenomenon>", {p for _, p, _ in chosen})
+                            if "<phenomenon>" in metric.name
+                            else ("<task>", [t for t, _, _ in chosen]))
+            names = [metric.name.replace(kind, v) for v in values]
+        elif metric.name.startswith("probe/<"):
+            names = []
         else:
             names = metric.names(cfg)
         (optional if metric.optional else required).update(names)
@@ -204,10 +230,10 @@ def markdown_table() -> str:
     for m in REGISTRY:
         when = {"calibrated task": "each calibrated task", "generative task":
                 "each generative task", "every task": "each task", "job": "every job",
-                "judge": "with a judge"}[m.producer]
+                "judge": "with a judge", "probe": "with a probe set (`probe` ≠ none)"}[m.producer]
         if m.when is _bootstrap:
             when += ", `task.bootstrap` > 0"
-        elif m.when not in (_always, _judged):
+        elif m.when not in (_always, _judged, _probed):
             when += {"_any_calibrated": ", a calibrated task", "_llm": " (`hf`, `openai`)",
                      "_rated": " (not an LLM judge with a reward model)",
                      "_rewarded": " and a reward model"}[m.when.__name__]

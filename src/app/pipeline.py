@@ -141,6 +141,7 @@ class Pipeline:
         from app.judge.adapters import JudgeContext
         from app.merge.merger import save_merged
         from app.plots import reliability_figure
+        from app.probe import probe_run
 
         run.tag("device", session.device)
         run.tag("scoring", session.evaluator.scoring)
@@ -170,6 +171,7 @@ class Pipeline:
         judge = JudgeContext(session.device, cfg.model.pt,
                              Path(cfg.tracking.dir) / "judge_cache.sqlite", session.judge_models)
         metrics.update(judge_run(session.model, session.tokenizer, cfg, run, judge))
+        metrics.update(probe_run(session.model, session.tokenizer, cfg, run, session.device))
         metrics["time/total_s"] = time.perf_counter() - start
         run.log_metrics(metrics)
         run.log_json(lm_eval_out, "lm_eval_results.json")

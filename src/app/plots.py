@@ -50,3 +50,16 @@ def trials_figure(trials, sweeper, best, violation):
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+def probe_layers_figure(per_layer: dict[str, dict[int, float]], title: str):
+    """Probe accuracy against layer, one line per task."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for task, layers in sorted(per_layer.items()):
+        xs = sorted(layers)
+        ax.plot(xs, [layers[x] for x in xs], marker="o", label=task)
+    ax.set(xlabel="layer (0: embeddings)", ylabel="probe accuracy", title=title, ylim=(0, 1))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

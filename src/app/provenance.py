@@ -34,6 +34,11 @@ def _eval_key(cfg: DictConfig) -> dict:
         from app.judge import fingerprint as judge_fingerprint
 
         key["judge"] = judge_fingerprint(cfg.judge)
+    if cfg.probe.name != "none":  # probe=none leaves fingerprints as they were
+        from app.probe.data import select
+
+        key["probe"] = {**OmegaConf.to_container(cfg.probe, resolve=True),
+                        "data": {t: digest(path.read_text()) for t, _, path in select(cfg.probe)}}
     return key
 
 

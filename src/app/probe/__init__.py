@@ -187,3 +187,24 @@ def rescore(folder) -> dict[str, float]:
     scores = {name: (f.phenomenon, *_score_task(f, settings["C_grid"], settings["seed"]))
               for name, f in features.items()}
     return metrics_of(scores)
+
+
+def probe_run(model, tokenizer, cfg, run, device: str = "cpu") -> dict[str, float]:
+    """Probe the working model as it is now and log to ``run``: the ``probe/*`` metrics
+    (returned), ``probes/`` (settings, metrics, per-layer accuracies and the features that
+    re-score them: ``rescore``) and ``probes/layers.png``; nothing with ``probe=none``."""
+    if cfg.probe.name == "none":
+        return {}
+    import tempfile
+
+    result = run_probes(model, tokenizer, cfg.probe, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        result.save(tmp)
+        run.log_artifacts(tmp, "probes")
+    if any(len(layers) > 1 for layers in result.per_layer.values()):
+        from app.plots import probe_layers_figure
+
+        run.log_figure(probe_layers_figure(result.per_layer, f"λ={cfg['lambda']:g}"),
+                       "probes/layers.png")
+    return result.metrics
+
