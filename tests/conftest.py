@@ -20,3 +20,17 @@ def make_cfg():
     """Compose the real shipped config with overrides, as `python -m app` would."""
 
     return compose
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """The embedded toy (PT model, IT model, tokenizer), float32, in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from app.config import TOY_DIR
+
+    tok = AutoTokenizer.from_pretrained(TOY_DIR / "pt")
+    pt = AutoModelForCausalLM.from_pretrained(TOY_DIR / "pt", dtype=torch.float32).eval()
+    it = AutoModelForCausalLM.from_pretrained(TOY_DIR / "it", dtype=torch.float32).eval()
+    return pt, it, tok

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from app.calibration import calibration_metrics
 from app.config import TOY_DIR, ConfigError, group_options
@@ -24,14 +24,6 @@ MC = ["leaderboard_mmlu_pro", "leaderboard_gpqa_main", "leaderboard_gpqa_diamond
       "leaderboard_bbh"]
 GEN = ["leaderboard_math_hard", "leaderboard_ifeval"]
 PRESETS = ["mmlu_pro", "gpqa", "bbh", "math_hard", "ifeval"]
-
-
-@pytest.fixture(scope="module")
-def toy():
-    tok = AutoTokenizer.from_pretrained(TOY_DIR / "pt")
-    pt = AutoModelForCausalLM.from_pretrained(TOY_DIR / "pt", dtype=torch.float32).eval()
-    it = AutoModelForCausalLM.from_pretrained(TOY_DIR / "it", dtype=torch.float32).eval()
-    return pt, it, tok
 
 
 def test_presets_name_leaderboard_tasks_with_shots_metric_and_calibration(make_cfg):

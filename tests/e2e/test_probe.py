@@ -223,3 +223,25 @@ def test_the_shipped_toy_tasks_are_small_and_complete():
     for task in load_tasks(probe_cfg()):
         assert 200 <= len(task.labels) <= 1000
         assert len(set(task.labels)) >= 3
+
+
+def test_a_job_with_a_probe_set_logs_metrics_that_rescore_from_its_artifact(tmp_path):
+    from helpers import run_app, runs
+
+    from app.config import compose
+    from app.merge.mergekit_adapter import mergekit_config
+    from app.provenance import job_fingerprint
+
+    run_app(tmp_path, "probe=toy", "probe.layers=all", "task.limit=10", "task.bootstrap=0")
+    client, found = runs(tmp_path)
+    [job] = [r for r in found if r.data.tags.get("role") == "job"]
+    m = job.data.metrics
+    folder = client.download_artifacts(job.info.run_id, "probes", str(tmp_path))
+    again = rescore(folder)
+    assert {k: v for k, v in m.items() if k.startswith("probe/")} == again
+    assert {"probe/morphology/acc", "time/probe_s", "toy_mc/acc"} <= set(m)
+    assert "layers.png" in {a.path.rsplit("/", 1)[-1]
+                            for a in client.list_artifacts(job.info.run_id, "probes")}
+    plain, probed = compose("lambda=0.3"), compose("lambda=0.3", "probe=toy")
+    mk = mergekit_config(plain)
+    assert job_fingerprint(plain, mk) != job_fingerprint(probed, mk)

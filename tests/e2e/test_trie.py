@@ -8,7 +8,7 @@ import random
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from app.config import TOY_DIR
 from app.evaluate.engine import HFEngine
@@ -42,14 +42,6 @@ def test_the_tree_holds_every_distinct_prefix_once():
             path[:0] = seq[node.start: node.end]
             node = node.parent
         assert tuple(path) == seq
-
-
-@pytest.fixture(scope="module")
-def toy():
-    tok = AutoTokenizer.from_pretrained(TOY_DIR / "pt")
-    pt = AutoModelForCausalLM.from_pretrained(TOY_DIR / "pt", dtype=torch.float32).eval()
-    it = AutoModelForCausalLM.from_pretrained(TOY_DIR / "it", dtype=torch.float32).eval()
-    return pt, it, tok
 
 
 def random_model(tok, arch="qwen2", **extra):
@@ -107,7 +99,7 @@ def compare(model, tok, cfg, lambdas=(None,), other=None, padding="right"):
 @pytest.mark.parametrize(("padding", "bos"), [("right", False), ("left", True)])
 def test_trie_scoring_gives_lm_evals_answers_on_the_toy_at_every_lambda(toy, make_cfg,
                                                                        padding, bos):
-    pt, it, tok = toy
+    _, it, tok = toy
     tok = with_bos(tok) if bos else copy.deepcopy(tok)
     model = AutoModelForCausalLM.from_pretrained(TOY_DIR / "pt", dtype=torch.float32).eval()
     plain, tree = compare(model, tok, make_cfg("task.limit=60").task, (0.0, 0.4, 1.0), it,

@@ -24,7 +24,6 @@ import torch.nn.functional as F
 
 from app import compat
 
-
 # a batch grows while its padding stays within 10% of its tokens or 4 tokens a row (short
 # spans: another forward pass would cost more than the padding)
 PADDING_SHARE, PADDING_ROW = 0.1, 4
