@@ -1,6 +1,6 @@
 """Evaluation over a λ sweep: stock lm-eval per λ vs the project's scorings, side by side.
 
-    python scripts/bench_eval.py                          # toy, MMLU-Pro- and BBH-shaped (≈15 min)
+    python scripts/bench_eval.py --per-category 4         # toy, MMLU-Pro-, BBH-shaped (≈40 min)
     python scripts/bench_eval.py --setups mmlu_pro_05b --lambdas 3   # Qwen2-0.5B shapes
 
 Per λ the working model gets (1−λ)·PT + λ·IT, then, side by side in one process (their order

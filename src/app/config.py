@@ -39,11 +39,12 @@ def _app_config_class() -> type:
     annotations = {
         "model": models.PairConfig, "method": methods.MethodConfig,
         "task": task_schema.EvalConfig, "judge": Any, "tracking": TrackingConfig,
-        "probe": probe_schema.ProbeConfig, "merge": methods.MergeSettings, "lambda": float, "seed": int, "device": str,
-        "force": bool,
+        "probe": probe_schema.ProbeConfig, "merge": methods.MergeSettings, "lambda": float,
+        "seed": int, "device": str, "force": bool,
     }
     defaults = {
-        "model": MISSING, "method": MISSING, "task": MISSING, "judge": MISSING, "probe": MISSING,
+        "model": MISSING, "method": MISSING, "task": MISSING, "judge": MISSING,
+        "probe": MISSING,
         "tracking": field(default_factory=TrackingConfig),
         "merge": field(default_factory=methods.MergeSettings), "lambda": 0.5, "seed": 0,
         "device": "cpu", "force": False,

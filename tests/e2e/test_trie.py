@@ -23,8 +23,8 @@ def distinct_prefixes(seqs) -> int:
 def test_the_tree_holds_every_distinct_prefix_once():
     rng = random.Random(0)
     shared = [rng.randrange(5) for _ in range(6)]
-    seqs = [tuple(shared[: rng.randrange(7)] + [rng.randrange(3) for _ in range(rng.randrange(1, 5))])
-            for _ in range(60)]
+    seqs = [tuple(shared[: rng.randrange(7)]
+                  + [rng.randrange(3) for _ in range(rng.randrange(1, 5))]) for _ in range(60)]
     seqs += seqs[:5] + [seqs[0][:2]]  # repeats and a prefix of another input
     root, ends = build_tree(seqs)
     spans, stack = [], [root]

@@ -126,8 +126,9 @@ class TrieScorer:
 
     def _schedule(self) -> list[Step]:
         """The walk, fixed once: depth first over batches — take up to ``batch_size`` nodes
-        from the top of a stack (children of one node longest first, so a batch's spans are
-        alike in length), forward them, push their children."""
+        from the top of a stack (the children of one batch, longest first, so a batch's spans
+        are alike in length) while the padding stays within bounds, forward them, push their
+        children; a node's cache is released after the last step that reads it."""
         pad, size = self.lm.tokenizer.pad_token_id or 0, self.lm.batch_size
         steps, stack, last_use = [], [], {}
 
@@ -150,15 +151,17 @@ class TrieScorer:
                 width, real = wider, real + span
             ids = torch.full((len(nodes), width), pad, dtype=torch.long)
             keep = torch.zeros(ids.shape, dtype=torch.bool)
-            rows, targets, owners = [], [], []  # projected rows are row-major
+            rows, targets, owners = [], [], []
+            projected = 0  # rows of the projected logits, in row-major order of ``keep``
             for r, node in enumerate(nodes):
                 ids[r, : node.end - node.start] = torch.tensor(node.seq[node.start: node.end])
                 for offset in sorted(node.slots):
                     keep[r, offset] = True
                     for i, k, target in node.slots[offset]:
-                        rows.append(int(keep.sum()) - 1)
+                        rows.append(projected)
                         targets.append(target)
                         owners.append((i, k))
+                    projected += 1
                 last_use[id(node.parent)] = len(steps)
             steps.append(Step(nodes, ids, keep, torch.tensor(rows, dtype=torch.long),
                               torch.tensor(targets, dtype=torch.long), owners, []))
