@@ -127,7 +127,8 @@ def validate(cfg) -> None:
     models.validate(cfg.model)
     task_schema.validate(cfg.task, cfg.model)
     judge_schema.validate(cfg.judge)
-    probe_schema.validate(cfg.probe)
+    probe_schema.validate(cfg.probe, models.num_layers(cfg.model)
+                          if cfg.probe.name != "none" else None)
 
 
 def check_keys(node, path: str = "") -> None:

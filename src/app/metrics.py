@@ -99,6 +99,9 @@ REGISTRY: tuple[Metric, ...] = (
            _bootstrap),
     Metric("{task}/ece_ci_high", "ECE: high end of the interval", "", "calibrated task",
            _bootstrap),
+    Metric("{task}/<part>/acc", "accuracy over one part of the task's documents: a group's "
+           "subtask (BBH's 24), a category (MMLU-Pro's 14)", "higher", "every task",
+           optional="only for a task whose documents fall in parts"),
     Metric("{task}/<extra>", "each of `task.tasks[].extra_metrics`, as lm-eval reports it",
            "", "every task"),
     Metric("probe/<task>/acc", "test accuracy of the linear probe on a probing task's hidden "
@@ -164,9 +167,17 @@ class Prediction:
     required: frozenset[str]  # every such job returns these
     optional: frozenset[str]  # and may return these
 
+    tasks: frozenset[str] = frozenset()  # the configured tasks, whose parts may be returned
+
     @property
     def all(self) -> list[str]:
         return sorted(self.required | self.optional)
+
+    def covers(self, name: str) -> bool:
+        """Whether a job may return ``name``: predicted, or a task's part accuracy."""
+        task, _, rest = name.partition("/")
+        return name in self.required or name in self.optional or (
+            task in self.tasks and rest.endswith("/acc") and rest.count("/") == 1)
 
 
 def predict(cfg) -> Prediction:
@@ -183,12 +194,13 @@ def predict(cfg) -> Prediction:
                             if "<phenomenon>" in metric.name
                             else ("<task>", [t for t, _, _ in chosen]))
             names = [metric.name.replace(kind, v) for v in values]
-        elif metric.name.startswith("probe/<"):
-            names = []
+        elif metric.name.startswith("probe/<") or metric.name == "{task}/<part>/acc":
+            names = []  # parts are known once lm-eval has loaded the documents: ``covers``
         else:
             names = metric.names(cfg)
         (optional if metric.optional else required).update(names)
-    return Prediction(frozenset(required), frozenset(optional - required))
+    return Prediction(frozenset(required), frozenset(optional - required),
+                      frozenset(s.name for s in cfg.task.tasks))
 
 
 def job_metric_names(cfg) -> list[str]:

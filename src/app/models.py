@@ -94,6 +94,17 @@ def validate(model) -> None:
                               f"too")
 
 
+def num_layers(model) -> int | None:
+    """The pair's decoder layer count (``num_hidden_layers``, a multimodal checkpoint's text
+    config's), read from model.pt's config.json; None for a hub id not downloaded yet."""
+    config = _check_model_ref("model.pt", model.pt, model.cache_dir)
+    if config is None:
+        return None
+    text = config.get("text_config") or config
+    n = text.get("num_hidden_layers", config.get("num_hidden_layers"))
+    return int(n) if n is not None else None
+
+
 def safetensors_problem(path: Path) -> str | None:
     """Why a safetensors file cannot be complete (header unreadable, data past its end), or
     None. Reads the header only: milliseconds, whatever the model's size."""

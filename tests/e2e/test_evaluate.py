@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM
 
 from app.calibration import calibration_metrics
-from app.config import TOY_DIR, ConfigError, group_options
+from app.config import STANDINS_DIR, TOY_DIR, ConfigError, group_options
 from app.evaluate.engine import HFEngine
 from app.evaluate.evaluator import Evaluator
 from app.evaluate.stock import stock_evaluate
@@ -101,6 +101,19 @@ def test_per_sample_artifacts_reproduce_the_logged_metrics(standin_run):
             assert m[f"{task}/acc"] == pytest.approx(np.mean([r["score"] for r in rows]),
                                                      abs=1e-12)
     assert len({r["task"] for r in rows_of["leaderboard_bbh"]}) == 24
+    # each part's accuracy is its documents' mean: BBH's subtasks, MMLU-Pro's categories
+    bbh = rows_of["leaderboard_bbh"]
+    assert {r["part"] for r in bbh} == {r["task"].removeprefix("leaderboard_bbh_") for r in bbh}
+    categories = [json.loads(line)["category"] for line in
+                  open(STANDINS_DIR / "TIGER-Lab" / "MMLU-Pro" / "test.jsonl")][:3]
+    assert [r["part"] for r in rows_of["leaderboard_mmlu_pro"]] == categories
+    for task in ("leaderboard_bbh", "leaderboard_mmlu_pro"):
+        parts = {r["part"] for r in rows_of[task]}
+        assert len(parts) > 1
+        for part in parts:
+            mine = [r["correct"] for r in rows_of[task] if r["part"] == part]
+            assert m[f"{task}/{part}/acc"] == pytest.approx(np.mean(mine), abs=1e-12)
+    assert not any(k.startswith("leaderboard_gpqa_main/") and k.count("/") == 2 for k in m)
 
 
 def test_reused_requests_give_stock_simple_evaluate_metrics_for_every_merge(toy, make_cfg):

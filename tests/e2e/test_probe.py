@@ -192,6 +192,24 @@ def test_run_probes_checks_the_layers_against_the_model_before_reading_it(models
         run_probes(model, tokenizer, probe_cfg(layers=[0, 3]))
 
 
+@pytest.mark.parametrize("args,needle", [
+    (["probe=toy", "probe.layers=[9]"], "probe.layers: 9 is outside the model, which has hidden "
+                                        "states 0 (embeddings) to 2"),
+    (["probe=toy", "probe.tasks=[morphology,sintax]"], "probe.tasks: 'sintax' is not a probing "
+                                                       "task or phenomenon"),
+    (["probe=toy", "probe.data_dir=BROKEN", "probe.tasks=[no_label]"],
+     "no_label.jsonl' line 1 has no 'label' column"),
+])
+def test_the_command_refuses_bad_probe_settings_before_any_run(tmp_path, broken_data, args,
+                                                               needle):
+    from helpers import one_line, run_app
+
+    args = [a.replace("BROKEN", str(broken_data)) for a in args]
+    line = one_line(run_app(tmp_path, *args, check=False))
+    assert needle in line, line
+    assert not (tmp_path / "mlruns").exists()  # no model loaded, no run, no store
+
+
 @pytest.mark.parametrize("name,source", [("holmes", "data/holmes/README.md"),
                                          ("flash", "data/flash-holmes/README.md")])
 def test_missing_holmes_data_says_how_to_provide_it(name, source, tmp_path):

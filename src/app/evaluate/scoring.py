@@ -2,11 +2,16 @@
 
 Each document is scored by the task's own ``process_results`` and aggregated by lm-eval
 (``weight_by_size`` across the leaves of a group); a calibrated (multiple-choice) task adds
-ECE and friends from the per-choice log-likelihoods (``app.calibration``).
+ECE and friends from the per-choice log-likelihoods (``app.calibration``). A task whose
+documents fall in parts also gets each part's accuracy (``<part>/acc``, the mean of its
+documents' scores): a group's parts are its leaves (BBH's subtasks, named without the common
+prefix), a single task's the values of its documents' ``category`` field (MMLU-Pro's 14).
 """
 
 from __future__ import annotations
 
+import os
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,7 +90,39 @@ def task_result(spec, leaves: list[Leaf], per_leaf: list, task_cfg: DictConfig,
     for rec, c, k in zip(records, conf, correct):
         rec["confidence"], rec["correct"] = float(c), bool(k)
     rel = calibration.reliability(conf, correct, task_cfg.ece_bins, task_cfg.ece_binning)
+    cal.update(part_accuracies(leaves, [float(c) for c in correct], records))
     return TaskResult(cal, records, {k: [float(x) for x in v] for k, v in rel.items()})
+
+
+def document_parts(leaves: list[Leaf]) -> list[str] | None:
+    """Each document's part, in the order the leaves hold them, or None for a task in one
+    part: the leaf (without the leaves' common name prefix) where there are several, else
+    the document's ``category`` where every document has one and there are several."""
+    if len(leaves) > 1:
+        names = [leaf.name for leaf in leaves]
+        prefix = os.path.commonprefix(names)
+        prefix = prefix[:prefix.rfind("_") + 1] if "_" in prefix else ""
+        return [leaf.name[len(prefix):] or leaf.name for leaf in leaves for _ in leaf.docs]
+    docs = [doc for _, _, doc in leaves[0].docs]
+    if not docs or not all(isinstance(d, dict) and isinstance(d.get("category"), str)
+                           for d in docs):
+        return None
+    parts = [d["category"] for d in docs]
+    return parts if len(set(parts)) > 1 else None
+
+
+def part_accuracies(leaves: list[Leaf], scores: list[float],
+                    records: list[dict]) -> dict[str, float]:
+    """``{"<part>/acc": mean score}`` over each part's documents (see ``document_parts``);
+    each document's record gets its ``part``."""
+    parts = document_parts(leaves)
+    if parts is None:
+        return {}
+    by_part: dict[str, list[float]] = defaultdict(list)
+    for part, score, record in zip(parts, scores, records, strict=True):
+        record["part"] = part = re.sub(r"[^\w.\- ]", "_", part)
+        by_part[part].append(score)
+    return {f"{part}/acc": sum(v) / len(v) for part, v in sorted(by_part.items())}
 
 
 def _generative_result(spec, leaves, per_leaf, pooled, task_cfg, seed, multi) -> TaskResult:
@@ -101,6 +138,7 @@ def _generative_result(spec, leaves, per_leaf, pooled, task_cfg, seed, multi) ->
             records.append({"doc_id": true_id, **({"task": leaf.name} if multi else {}),
                             "score": score, "response": response})
     metrics["n"] = float(len(scores))
+    metrics.update(part_accuracies(leaves, scores, records))
     if task_cfg.bootstrap > 0:
         metrics["acc_ci_low"], metrics["acc_ci_high"] = calibration.bootstrap_mean_ci(
             scores, task_cfg.bootstrap, seed=seed)
