@@ -88,3 +88,52 @@ def test_errors_are_one_line(swept, tmp_path):
         assert proc.returncode == 2
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and expect in lines[0], proc.stderr
+
+
+@pytest.fixture(scope="module")
+def probed(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("probed")
+    run_app(tmp, "-m", "probe=toy", "task.limit=40", "task.bootstrap=0", "method=linear,slerp",
+            "lambda=0.25,0.5,0.75")
+    return tmp
+
+
+def test_a_probed_sweep_reports_behaviour_next_to_internals(probed):
+    from scipy import stats
+
+    from app.report.internals import verdict
+
+    out = probed / "out"
+    proc = report(probed, "--out", str(out))
+    assert {"verdicts.png", "probe_curves.png", "correlations.png", "correlations.csv"} <= \
+        {p.name for p in out.iterdir()}
+    _, found = runs(probed)
+    merges = [(r.data.tags["method"], r.data.metrics) for r in found
+              if r.data.tags.get("role") == "job"]
+    refs = {r.data.tags["lambda"]: r.data.metrics for r in found
+            if r.data.tags.get("role") == "reference"}
+    pt, it = refs["0"], refs["1"]
+    phenomena = ["discourse", "morphology", "reasoning", "semantics"]
+    assert "probe" not in open(out / "table.csv").readline()  # probes are not tasks
+    # the shares in the summary, counted here straight from the runs
+    for method in ("linear", "slerp"):
+        for side, keys in (("behaviour", ["toy_mc/acc", "toy_gen/acc"]),
+                           ("internals", [f"probe/{p}/acc" for p in phenomena])):
+            said = [verdict(m[k], pt[k], it[k]) for meth, m in merges if meth == method
+                    for k in keys]
+            cells = " | ".join(f"{said.count(v) / len(said):.0%}"
+                               for v in ("better", "between", "worse"))
+            assert f"| {method} | {side} | {cells} | {len(said)} |" in proc.stdout
+    rows = list(csv.DictReader(open(out / "correlations.csv")))
+    assert {(r["task"], r["phenomenon"]) for r in rows} == {
+        (t, p) for t in ("toy_mc", "toy_gen") for p in phenomena}
+    for r in rows:
+        x = [m[f"{r['task']}/acc"] for _, m in merges]
+        y = [m[f"probe/{r['phenomenon']}/acc"] for _, m in merges]
+        assert int(r["n_merges"]) == len(x) == 6
+        if len(set(y)) > 1:
+            assert float(r["pearson"]) == pytest.approx(stats.pearsonr(x, y).statistic,
+                                                        abs=5e-5)
+            assert float(r["spearman"]) == pytest.approx(stats.spearmanr(x, y).statistic,
+                                                         abs=5e-5)
+            assert float(r["pearson_ci_low"]) <= float(r["pearson"]) + 5e-5

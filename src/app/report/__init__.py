@@ -8,7 +8,10 @@ task (accuracy vs ECE, one path per method ordered by λ, the naive PT–IT line
 starred, the parents marked), accuracy / ECE / mean-confidence curves over λ (95% bootstrap bands), a grid of
 reliability diagrams across λ, ``table.md`` / ``table.csv`` (parents, then method × λ),
 ``summary.md`` (Pareto sets, dominance over IT, peak gain, λ*), and one self-contained
-``report.html``.
+``report.html``. A sweep with probes (``probe`` ≠ none) adds behaviour next to internals
+(``app.report.internals``): the better/between/worse bars (``verdicts.png``), probe accuracy
+against λ per phenomenon (``probe_curves.png``), and the task–probe correlation heatmap
+(``correlations.png``, ``correlations.csv``), summarised in ``summary.md``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.frontier import Point, dominance_over_it, lambda_star, pareto_front, peak_gain
+from app.report import internals
 
 
 class ReportError(ValueError):
@@ -49,7 +53,7 @@ class Sweep:
     def tasks(self) -> tuple[list[str], list[str]]:
         """(calibrated tasks, generative tasks) found in the metrics."""
         keys = set().union(*(r.metrics for r in self.merges + list(self.parents.values())))
-        tasks = sorted({k.split("/")[0] for k in keys if k.endswith("/acc")} - {"mean"})
+        tasks = sorted({k.split("/")[0] for k in keys if k.endswith("/acc")} - {"mean", "probe"})
         calibrated = [t for t in tasks if f"{t}/ece" in keys]
         return calibrated, [t for t in tasks if t not in calibrated]
 
@@ -247,6 +251,63 @@ def analysis(sweep: Sweep, task: str, ece_limit: float) -> str:
     return "\n".join(lines)
 
 
+def _interior(sweep: Sweep) -> list[Row]:
+    """The merges that are not a parent: λ other than 0 and 1."""
+    return [r for r in sweep.merges if r.lam not in (0.0, 1.0)]
+
+
+def internals_section(sweep: Sweep, tasks: list[str], out: Path,
+                      n_boot: int = 1000) -> tuple[str, list[str]]:
+    """Behaviour next to internals (``app.report.internals``): writes verdicts.png,
+    probe_curves.png, correlations.png and correlations.csv; (markdown, figure names)."""
+    pt, it = sweep.parents["PT"].metrics, sweep.parents["IT"].metrics
+    phenomena = internals.phenomenon_keys(pt)
+    behaviour = internals.behaviour_keys(pt, tasks)
+    lines = ["### Behaviour and internals", "",
+             f"Units: {len(behaviour)} behaviour (tasks, parts where a task has them), "
+             f"{len(phenomena)} probing phenomena; a merge is better/worse than both parents "
+             f"on a unit, or between them.", "",
+             "| method | side | better | between | worse | (merge, unit) pairs |",
+             "|---|---|---|---|---|---|"]
+    counts = {}
+    for method in sweep.methods():
+        merges = [r.metrics for r in _interior(sweep) if r.method == method]
+        counts[method] = {side: internals.verdict_counts(merges, pt, it, keys)
+                          for side, keys in (("behaviour", behaviour), ("internals", phenomena))}
+        for side, c in counts[method].items():
+            total = sum(c.values()) or 1
+            lines.append(f"| {method} | {side} | " + " | ".join(
+                f"{c[v] / total:.0%}" for v in internals.VERDICTS) + f" | {sum(c.values())} |")
+    series = {p.split("/")[1]: {m: [(r.lam, r.metrics[p]) for r in _rows_with_parents(sweep, m)
+                                    if p in r.metrics] for m in sweep.methods()}
+              for p in phenomena}
+    parents = {p.split("/")[1]: (pt[p], it[p]) for p in phenomena}
+    accuracy = [f"{t}/acc" for t in tasks]
+    merges = [r.metrics for r in _interior(sweep)]
+    corr = internals.correlations(merges, accuracy, phenomena, n_boot=n_boot)
+    drawn = {"verdicts.png": internals.verdict_figure(counts),
+             "probe_curves.png": internals.probe_curves_figure(series, parents),
+             "correlations.png": internals.correlation_figure(corr, accuracy, phenomena)}
+    for name, fig in drawn.items():
+        fig.savefig(out / name, dpi=110)
+    with open(out / "correlations.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["task", "phenomenon", "n_merges", "pearson", "pearson_ci_low",
+                    "pearson_ci_high", "spearman", "spearman_ci_low", "spearman_ci_high"])
+        for (t, p), c in corr.items():
+            w.writerow([t.rsplit("/", 1)[0], p.split("/")[1], c.n, *(f"{x:.4f}" for x in (
+                c.pearson, *c.pearson_ci, c.spearman, *c.spearman_ci))])
+    finite = {k: [v for c in corr.values() if (v := getattr(c, k)) == v]
+              for k in ("pearson", "spearman")}
+    if finite["pearson"] and finite["spearman"]:
+        lines += ["", f"Correlations over {len(merges)} merges (task accuracy vs phenomenon "
+                  f"probe accuracy): Pearson r from {min(finite['pearson']):.2f} to "
+                  f"{max(finite['pearson']):.2f}, Spearman ρ from {min(finite['spearman']):.2f} "
+                  f"to {max(finite['spearman']):.2f}; correlations.csv has each with its 95% "
+                  f"bootstrap interval."]
+    return "\n".join(lines) + "\n", list(drawn)
+
+
 # ---------------------------------------------------------------- output
 
 def write_report(sweep: Sweep, reader, out: Path, ece_limit: float,
@@ -276,6 +337,10 @@ def write_report(sweep: Sweep, reader, out: Path, ece_limit: float,
     with open(out / "table.csv", "w", newline="") as fh:
         csv.writer(fh).writerows([header, *rows])
     summary = "\n".join(analysis(sweep, t, ece_limit) for t in calibrated)
+    if internals.phenomenon_keys(sweep.parents["PT"].metrics):
+        text, drawn = internals_section(sweep, calibrated + generative, out)
+        summary += "\n" + text
+        figures += drawn
     (out / "summary.md").write_text(summary)
     (out / "report.html").write_text(_html(sweep, out, figures, header, rows, summary))
     reader.tracker(sweep.experiment).run(sweep.parent_id).log_artifacts(str(out), "report")
