@@ -1,6 +1,14 @@
 """Build the toy probing tasks from the toy world, deterministically (seconds, no model needed).
 
     python scripts/build_probes.py         # writes src/app/toy/probes/<phenomenon>/<task>.jsonl
+    python scripts/build_probes.py --holmes-layout DIR   # the same tasks in Holmes' layout
+
+``--holmes-layout`` writes a local stand-in of the Holmes data as its archives unpack
+(``DIR/holmes/<dataset>/samples.csv`` + ``config-none.yaml``, the subfields in
+``DIR/leaderboards/holmes.csv``; layout in ``app.probe.data``): the toy tasks as sentence and
+sentence-pair datasets, ``set-0`` holding the split the project's layout gets by default;
+``entity_kind_tokens``, entity_kind again as a token task (the given name probed in its
+context); and ``name_length``, a regression dataset (``num_labels: 1``) the reader leaves out.
 
 The entities come from the toy world's own generator (``build_toy.make_world``), drawn with
 another seed and kept only where neither model ever saw them (not in the corpus, not in the
@@ -37,6 +45,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np  # noqa: E402
 from build_toy import RELATIONS, SEED, make_world  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "src" / "app" / "toy" / "probes"
@@ -160,10 +169,71 @@ def readme(tasks: dict[tuple[str, str], list[dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def holmes_layout(out: Path, source: Path = OUT) -> Path:
+    """The toy tasks at ``source`` in Holmes' published layout under ``out`` (see the module
+    doc); ``out / "holmes"``, the data folder."""
+    import csv
+
+    import yaml
+    from omegaconf import OmegaConf
+
+    from app.probe.data import load_tasks, split
+    from app.probe.schema import ProbeConfig
+
+    cfg = OmegaConf.structured(ProbeConfig(name="toy", data_dir=str(source)))
+    sets = {0: "train", 1: "dev", 2: "test"}
+    data, table = out / "holmes", []
+
+    def write(name, phenomenon, rows, num_labels, kind):
+        folder = data / name
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "samples.csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, ["inputs", "context", "label", "set-0", "id"])
+            w.writeheader()
+            w.writerows(rows)
+        (folder / "config-none.yaml").write_text(yaml.safe_dump(
+            {"probe_name": name, "probe_task_type": kind, "control_task_type": "NONE",
+             "num_labels": num_labels}))
+        table.append({"": len(table), "probing dataset": name, "linguistic subfield": phenomenon,
+                      "linguistic phenomena": name, "probe type": kind.lower(),
+                      "train portion": 1, "probe": "linear"})
+
+    for task in load_tasks(cfg):
+        s = split(task, cfg.seed, cfg.test_share, cfg.validation_share)
+        where = np.zeros(len(task.labels), dtype=int)
+        where[s.test] = 2
+        where[s.train[s.validation]] = 1
+        labels = {c: i for i, c in enumerate(sorted(set(task.labels)))}
+        rows = [{"inputs": repr((t,) if p is None else (t, p)), "context": "",
+                 "label": labels[y], "set-0": sets[where[i]], "id": i}
+                for i, (t, p, y) in enumerate(zip(task.texts, task.pairs, task.labels))]
+        kind = "SENTENCE" if task.pairs[0] is None else "SENTENCE_PAIR_BI"
+        write(task.name, task.phenomenon, rows, len(labels), kind)
+        if task.name == "entity_kind":  # the given name probed as a token of its context
+            tokens = [{**r, "context": repr([t]), "inputs": repr([(k, 0, 0, len(k))])}
+                      for r, t, k in zip(rows, task.texts, task.control_keys)]
+            write("entity_kind_tokens", task.phenomenon, tokens, len(labels), "SENTENCE_TOKENS")
+            lengths = [{**r, "label": float(len(t))} for r, t in zip(rows, task.texts)]
+            write("name_length", task.phenomenon, lengths, 1, "SENTENCE")
+    (out / "leaderboards").mkdir(parents=True, exist_ok=True)
+    with open(out / "leaderboards" / "holmes.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, list(table[0]))
+        w.writeheader()
+        w.writerows(table)
+    return data
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--holmes-layout", type=Path, metavar="DIR",
+                        help="write the shipped toy tasks in Holmes' published layout to DIR")
     args = parser.parse_args()
+    if args.holmes_layout:
+        data = holmes_layout(args.holmes_layout)
+        print(f"wrote {len(list(data.iterdir()))} datasets to {data} and "
+              f"{args.holmes_layout / 'leaderboards' / 'holmes.csv'}")
+        return
     tasks = build()
     shutil.rmtree(args.out, ignore_errors=True)
     for (phenomenon, name), rows in tasks.items():

@@ -219,10 +219,71 @@ def test_missing_holmes_data_says_how_to_provide_it(name, source, tmp_path):
     message = str(e.value)
     assert "\n" not in message
     for needle in (f"probe={name}", "absent", "is missing", "holmes-evaluation", source,
-                   "<phenomenon>/<task>.jsonl", "probe.data_dir=DIR"):
+                   "DIR/<dataset>/samples.csv", "probe.data_dir=DIR"):
         assert needle in message, message
     with pytest.raises(ConfigError, match="is missing"):
         validate(cfg)
+
+
+@pytest.fixture(scope="module")
+def holmes_standin(tmp_path_factory):
+    """The toy tasks in Holmes' published layout (scripts/build_probes.py --holmes-layout)."""
+    import importlib.util
+
+    path = TOY_DIR.parents[2] / "scripts" / "build_probes.py"
+    spec = importlib.util.spec_from_file_location("build_probes", path)
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    return build.holmes_layout(tmp_path_factory.mktemp("holmes"))
+
+
+def test_holmes_published_layout_probes_as_the_same_tasks_in_the_projects(holmes_standin,
+                                                                        models, results):
+    cfg = probe_cfg("holmes", data_dir=str(holmes_standin), batch_size=32)  # toy's batches
+    validate(cfg, N_LAYERS)
+    tasks = {t.name: t for t in load_tasks(cfg)}
+    # the regression dataset is left out; subfields come from the leaderboard table
+    assert sorted(tasks) == ["ellipsis", "entity_kind", "entity_kind_tokens",
+                             "question_attribute", "rule_inference"]
+    assert tasks["entity_kind_tokens"].phenomenon == "morphology"
+    # set-0 is the split: the one the project's layout draws for these rows by default
+    toy_tasks = {t.name: t for t in load_tasks(probe_cfg())}
+    for name, task in tasks.items():
+        mine = split(task, 0, 0.2, 0.2)
+        theirs = split(toy_tasks[name.removesuffix("_tokens")], 0, 0.2, 0.2)
+        assert np.array_equal(mine.test, theirs.test) and np.array_equal(mine.train,
+                                                                          theirs.train)
+    got = run_probes(*models["pt"], cfg).metrics
+    want = results["pt"].metrics
+    for name in tasks:  # the same inputs, labels and split: the same probe
+        for metric in ("acc", "f1"):
+            assert got[f"probe/{name}/{metric}"] == \
+                want[f"probe/{name.removesuffix('_tokens')}/{metric}"], (name, metric)
+    # a token task's control key is its probed token: here the given name, as in the toy file
+    assert tasks["entity_kind_tokens"].control_keys == toy_tasks["entity_kind"].control_keys
+    assert tasks["entity_kind_tokens"].texts == toy_tasks["entity_kind"].texts
+
+
+def test_a_holmes_file_or_table_that_is_wrong_fails_in_one_line(holmes_standin, tmp_path):
+    import csv
+    import shutil
+
+    data = tmp_path / "holmes"
+    shutil.copytree(holmes_standin, data)
+    table = holmes_standin.parent / "leaderboards" / "holmes.csv"
+    samples = data / "ellipsis" / "samples.csv"
+    rows = list(csv.DictReader(open(samples)))
+    with open(samples, "w", newline="") as fh:
+        w = csv.DictWriter(fh, ["inputs", "context", "set-0", "id"], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    with pytest.raises(ConfigError, match=r"ellipsis/samples\.csv' has no 'label' column"):
+        validate(probe_cfg("holmes", data_dir=str(data), phenomena=str(table),
+                           tasks=["ellipsis"]))
+    with pytest.raises(ConfigError) as e:
+        validate(probe_cfg("holmes", data_dir=str(data)))  # no leaderboards/ beside this copy
+    assert "probe.phenomena: no phenomena table at" in str(e.value) and "\n" not in str(e.value)
+    validate(probe_cfg("holmes", data_dir=str(holmes_standin), phenomena=str(table)))
 
 
 def test_validation_needs_no_model_torch_or_scikit_learn():

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.probe.data import ProbeTask, control_labels, load_tasks, split
+from app.probe.data import ProbeTask, classes_of, control_labels, load_tasks, split
 from app.probe.schema import ProbeConfig, resolve_layers, validate
 
 __all__ = ["ProbeConfig", "ProbeResult", "TaskFeatures", "load_tasks", "rescore", "run_probes",
@@ -120,7 +120,7 @@ def _probe_task(model, tokenizer, task: ProbeTask, probe_cfg, layers: list[int],
     from app.probe.encode import encode
 
     s = split(task, probe_cfg.seed, probe_cfg.test_share, probe_cfg.validation_share)
-    classes = sorted(set(task.labels))
+    classes = classes_of(task.labels)
     index = {c: i for i, c in enumerate(classes)}
     y = np.array([index[c] for c in task.labels], dtype=np.int64)
     control = np.array([index[c] for c in control_labels(task, probe_cfg.seed)], dtype=np.int64)

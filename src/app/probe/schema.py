@@ -1,8 +1,8 @@
 """The probe group's schema and its checks (no model, no torch, no scikit-learn needed).
 
 ``probe=none`` probes nothing. ``toy`` probes the shipped toy tasks (``data_dir: null``);
-``holmes`` and ``flash`` the Holmes and FlashHolmes datasets, converted to the project's layout
-(``app.probe.data``) and put in ``data_dir``. ``validate`` reads the data folder's listing and
+``holmes`` and ``flash`` the Holmes and FlashHolmes datasets in their published layout
+(``app.probe.data``), unpacked at ``data_dir``. ``validate`` reads the data folder's listing and
 each chosen file's first row, never a model; given the model's layer count it also checks
 ``layers``.
 """
@@ -23,7 +23,12 @@ class ProbeConfig:
     """Linear probes on the working model's hidden states, one per probing task."""
 
     name: str = "none"  # none | toy | holmes | flash
-    data_dir: Optional[str] = None  # <data_dir>/<phenomenon>/<task>.jsonl; null: the toy tasks
+    # <data_dir>/<phenomenon>/<task>.jsonl, or Holmes' <data_dir>/<dataset>/samples.csv;
+    # null: the toy tasks
+    data_dir: Optional[str] = None
+    # Holmes only: the CSV mapping each dataset to its subfield (null: the leaderboard table
+    # beside the data, <data_dir>/../leaderboards/<data_dir name>.csv)
+    phenomena: Optional[str] = None
     tasks: List[str] = field(default_factory=list)  # task or phenomenon names; empty: all
     # "last" | "all" | [ints]: hidden-state indices, 0 the embeddings, -1 the last layer; the
     # metrics are read at the deepest one, every one's accuracy goes to per_layer
