@@ -189,6 +189,46 @@ def build(out: Path, mmlu_pro_test: int = 30) -> None:
     write_dataset(out / "wis-k" / "instruction-following-eval", {"default": {
         "train": ifeval_rows()}})
     write_punkt_standin(out / "nltk_data")
+    musr_rng = random.Random(SEED + 1)  # its own draws: the other stand-ins stay as they were
+    write_dataset(out / "TAUR-Lab" / "MuSR", {"default": {
+        split: musr_rows(split, 2, musr_rng) for split in MUSR_SPLITS}})
+
+
+MUSR_SPLITS = ("murder_mysteries", "object_placements", "team_allocation")
+MUSR_NAMES = ("Ada", "Bruno", "Chen", "Dara", "Emil", "Faye")
+
+
+def musr_rows(split: str, n: int, rng: random.Random) -> list[dict]:
+    """MuSR's columns (narrative, question, choices as a Python list literal, answer_index,
+    answer_choice): a short story whose last sentence gives the answer away."""
+    rows = []
+    for _ in range(n):
+        if split == "murder_mysteries":
+            choices = rng.sample(MUSR_NAMES, 2)
+            answer = rng.randrange(2)
+            narrative = (f"{choices[0]} and {choices[1]} were at the manor that night. The "
+                         f"knife was found in {choices[answer]}'s coat.")
+            question = "Who is the most likely murderer?"
+        elif split == "object_placements":
+            choices = rng.sample(["kitchen", "garden", "attic", "garage", "office"], 4)
+            answer = rng.randrange(4)
+            who = rng.choice(MUSR_NAMES)
+            narrative = (f"{who} left the keys in the {choices[(answer + 1) % 4]}. Later the keys "
+                         f"were moved to the {choices[answer]} while {who} was away.")
+            question = f"Which location is the most likely place {who} would look to find the keys?"
+        else:
+            a, b, c = rng.sample(MUSR_NAMES, 3)
+            choices = [f"Painting: {a}, Cooking: {b} and {c}",
+                       f"Painting: {b}, Cooking: {a} and {c}",
+                       f"Painting: {c}, Cooking: {a} and {b}"]
+            answer = rng.randrange(3)
+            painter = (a, b, c)[answer]
+            narrative = f"Only {painter} has ever painted; the other two love to cook."
+            question = ("Given the story, how would you uniquely allocate each person to make "
+                        "sure both tasks are accomplished efficiently?")
+        rows.append({"narrative": narrative, "question": question, "choices": repr(choices),
+                     "answer_index": answer, "answer_choice": choices[answer]})
+    return rows
 
 
 MMLU_PRO_CATEGORIES = ("biology", "business", "chemistry", "computer science", "economics",

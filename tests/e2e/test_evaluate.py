@@ -21,9 +21,9 @@ from app.evaluate.stock import stock_evaluate
 from app.evaluate.tasks import build_tasks, prepare_leaves, task_manager
 
 MC = ["leaderboard_mmlu_pro", "leaderboard_gpqa_main", "leaderboard_gpqa_diamond",
-      "leaderboard_bbh"]
+      "leaderboard_bbh", "leaderboard_musr"]
 GEN = ["leaderboard_math_hard", "leaderboard_ifeval"]
-PRESETS = ["mmlu_pro", "gpqa", "bbh", "math_hard", "ifeval"]
+PRESETS = ["mmlu_pro", "gpqa", "bbh", "musr", "math_hard", "ifeval"]
 
 
 def test_presets_name_leaderboard_tasks_with_shots_metric_and_calibration(make_cfg):
@@ -33,7 +33,7 @@ def test_presets_name_leaderboard_tasks_with_shots_metric_and_calibration(make_c
     shots = {t.name: t.num_fewshot for t in suite.tasks}
     assert shots == {"leaderboard_mmlu_pro": 5, "leaderboard_gpqa_main": 0,
                      "leaderboard_gpqa_diamond": 0, "leaderboard_bbh": 3,
-                     "leaderboard_math_hard": 4, "leaderboard_ifeval": 0}
+                     "leaderboard_musr": 0, "leaderboard_math_hard": 4, "leaderboard_ifeval": 0}
     assert {t.name for t in suite.tasks if t.calibration} == set(MC)
     assert {t.name: t.metric for t in suite.tasks if not t.calibration} == {
         "leaderboard_math_hard": "exact_match", "leaderboard_ifeval": "prompt_level_strict_acc"}
@@ -73,9 +73,14 @@ def test_standin_leaderboard_logs_calibration_for_mc_and_accuracy_for_generation
             assert f"{task}/{key}" in m, (task, key)
         assert m[f"{task}/acc"] == m[f"{task}/acc_lm_eval"]  # our accuracy is lm-eval's acc
         assert m[f"{task}/acc_ci_low"] <= m[f"{task}/acc"] <= m[f"{task}/acc_ci_high"]
-    for task in ("leaderboard_gpqa_main", "leaderboard_gpqa_diamond", "leaderboard_bbh"):
+    for task in ("leaderboard_gpqa_main", "leaderboard_gpqa_diamond", "leaderboard_bbh",
+                 "leaderboard_musr"):
         assert f"{task}/acc_norm" in m  # the leaderboard's own metric, next to raw acc
     assert m["leaderboard_bbh/n"] == 24 * 2  # every subtask (2 stand-in rows each), pooled
+    assert m["leaderboard_musr/n"] == 3 * 2  # murder mysteries, object placements, teams
+    assert {k for k in m if k.startswith("leaderboard_musr/") and k.count("/") == 2} == {
+        f"leaderboard_musr/{s}/acc" for s in ("murder_mysteries", "object_placements",
+                                              "team_allocation")}
     assert m["leaderboard_math_hard/n"] == 7 * 2  # Level 5 only: 2 of each subject's 3 rows
     for task in GEN:
         assert 0 <= m[f"{task}/acc"] <= 1 and f"{task}/ece" not in m
@@ -107,7 +112,7 @@ def test_per_sample_artifacts_reproduce_the_logged_metrics(standin_run):
     categories = [json.loads(line)["category"] for line in
                   open(STANDINS_DIR / "TIGER-Lab" / "MMLU-Pro" / "test.jsonl")][:3]
     assert [r["part"] for r in rows_of["leaderboard_mmlu_pro"]] == categories
-    for task in ("leaderboard_bbh", "leaderboard_mmlu_pro"):
+    for task in ("leaderboard_bbh", "leaderboard_mmlu_pro", "leaderboard_musr"):
         parts = {r["part"] for r in rows_of[task]}
         assert len(parts) > 1
         for part in parts:
