@@ -3,7 +3,8 @@
 Inputs are tokenised as the model reads them (the tokenizer's own special tokens), truncated
 to the model's context, sorted by length and right-padded by hand (a tokenizer without a pad
 token works too). Each batch is one forward pass with ``output_hidden_states=True``, all
-requested layers at once, under ``torch.no_grad()``. Pooling follows the attention mask, so a
+requested layers at once, under ``torch.no_grad()``; where the model's forward takes
+``logits_to_keep`` it projects one position's logits, not every token's over the vocabulary. Pooling follows the attention mask, so a
 row's features do not depend on the padding its batch needed. The model is put in eval mode
 for the passes and every module's training flag restored after; nothing else is touched.
 """
@@ -11,6 +12,7 @@ for the passes and every module's training flag restored after; nothing else is 
 from __future__ import annotations
 
 import contextlib
+import inspect
 
 import numpy as np
 import torch
@@ -54,6 +56,8 @@ def encode(model, tokenizer, inputs: list[str], layers: list[int], representatio
                     max_length=limit)["input_ids"]
     pad = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
     order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(
+        model.forward).parameters else {}
     out: dict[int, np.ndarray] = {}
     with evaluating(model), torch.no_grad():
         for start in range(0, len(order), batch_size):
@@ -65,7 +69,7 @@ def encode(model, tokenizer, inputs: list[str], layers: list[int], representatio
                 batch[j, :len(ids[i])] = torch.tensor(ids[i])
                 mask[j, :len(ids[i])] = 1
             hidden = model(input_ids=batch.to(device), attention_mask=mask.to(device),
-                           output_hidden_states=True, use_cache=False).hidden_states
+                           output_hidden_states=True, use_cache=False, **extra).hidden_states
             mask = mask.to(device)
             for layer in layers:
                 pooled = pool(hidden[layer], mask, representation).cpu().numpy()
