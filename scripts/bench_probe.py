@@ -1,7 +1,7 @@
 """What probing costs per λ, next to the evaluation, and against the naive way and the floor.
 
-    python scripts/bench_probe.py                         # toy and Qwen2-0.5B shapes (≈15 min)
-    python scripts/bench_probe.py --setups toy --lambdas 3
+    python scripts/bench_probe.py --lambdas 3                    # the toy pair (≈1 min)
+    python scripts/bench_probe.py --setups 0.5b --lambdas 1      # Qwen2-0.5B shapes (≈22 min)
 
 Per λ the working model gets (1−λ)·PT + λ·IT, then, side by side in one process:
   eval     the project's Evaluator on the toy tasks (requests built once, not counted);
@@ -122,7 +122,7 @@ def run(name: str, lambdas: list[float], n_naive: int, eval_limit: int | None) -
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--setups", default="toy,0.5b")
+    ap.add_argument("--setups", default="toy", help="toy and/or 0.5b, comma-separated")
     ap.add_argument("--lambdas", type=int, default=2, help="λ values per setup (evenly spaced)")
     ap.add_argument("--naive", type=int, default=200, help="inputs the naive way is timed on")
     ap.add_argument("--eval-limit", type=int, default=None,

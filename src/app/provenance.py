@@ -35,10 +35,10 @@ def _eval_key(cfg: DictConfig) -> dict:
 
         key["judge"] = judge_fingerprint(cfg.judge)
     if cfg.probe.name != "none":  # probe=none leaves fingerprints as they were
-        from app.probe.data import select
+        from app.probe.data import file_digest, select
 
         key["probe"] = {**OmegaConf.to_container(cfg.probe, resolve=True),
-                        "data": {t: digest(path.read_text()) for t, _, path in select(cfg.probe)}}
+                        "data": {t: file_digest(path) for t, _, path in select(cfg.probe)}}
     return key
 
 

@@ -28,9 +28,9 @@ table next to the data (``<data_dir>/../leaderboards/<data_dir name>.csv``). Reg
 datasets (``num_labels: 1``, scored by Pearson there) are left out with a warning: probes here
 are classifiers. Unlike Holmes, the representation pools the whole input, not the probed span.
 
-Without a ``set-0`` column the split depends only on the seed and each row's text: distinct inputs are ordered by a
-seeded hash, the first ``test_share`` of them are test, the next ``validation_share`` of the
-rest validation (for choosing C), the remainder train. Identical inputs share a split, and two
+Without a ``set-0`` column the split depends only on the seed and each row's text: distinct
+inputs are ordered by a seeded hash, the first ``test_share`` of them are test, the next
+``validation_share`` of the rest validation (for choosing C), the remainder train. Identical inputs share a split, and two
 models (any λ) get the same split. The control task (Hewitt & Liang, 2019) gives each distinct
 control key a label drawn, by a seeded hash of the key, from the task's label distribution.
 """
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import functools
 import hashlib
 import json
 import logging
@@ -315,6 +316,22 @@ def load_tasks(probe) -> list[ProbeTask]:
             sets=[r["set"] for r in rows]
             if path.name == HOLMES_FILE and all("set" in r for r in rows) else None))
     return tasks
+
+
+def file_digest(path: Path) -> str:
+    """A probing file's content hash (what the fingerprint keys on), computed once per file
+    version: a Holmes folder is hashed once per process, not once per job."""
+    stat = path.stat()
+    return _file_digest(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_digest(path: str, mtime_ns: int, size: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
 
 
 def input_key(text: str, pair: str | None) -> str:
