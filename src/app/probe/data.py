@@ -30,9 +30,10 @@ are classifiers. Unlike Holmes, the representation pools the whole input, not th
 
 Without a ``set-0`` column the split depends only on the seed and each row's text: distinct
 inputs are ordered by a seeded hash, the first ``test_share`` of them are test, the next
-``validation_share`` of the rest validation (for choosing C), the remainder train. Identical inputs share a split, and two
-models (any λ) get the same split. The control task (Hewitt & Liang, 2019) gives each distinct
-control key a label drawn, by a seeded hash of the key, from the task's label distribution.
+``validation_share`` of the rest validation (for choosing C), the remainder train. Identical
+inputs share a split, and two models (any λ) get the same split. The control task (Hewitt &
+Liang, 2019) gives each distinct control key a label drawn, by a seeded hash of the key, from
+the task's label distribution.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ Inputs are tokenised as the model reads them (the tokenizer's own special tokens
 to the model's context, sorted by length and right-padded by hand (a tokenizer without a pad
 token works too). Each batch is one forward pass with ``output_hidden_states=True``, all
 requested layers at once, under ``torch.no_grad()``; where the model's forward takes
-``logits_to_keep`` it projects one position's logits, not every token's over the vocabulary. Pooling follows the attention mask, so a
-row's features do not depend on the padding its batch needed. The model is put in eval mode
+``logits_to_keep`` it projects one position's logits, not every token's over the
+vocabulary. Pooling follows the attention mask, so a row's features do not depend on the
+padding its batch needed. The model is put in eval mode
 for the passes and every module's training flag restored after; nothing else is touched.
 """
 
