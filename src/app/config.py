@@ -20,6 +20,7 @@ from omegaconf import MISSING, OmegaConf
 
 from app import models
 from app.errors import ConfigError, clean_lambda, suggest  # noqa: F401 - re-exported
+from app.evaluate import engine_schema
 from app.evaluate import schema as task_schema
 from app.judge import schema as judge_schema
 from app.merge import methods
@@ -30,7 +31,7 @@ TOY_DIR = Path(__file__).resolve().parent / "toy"
 STANDINS_DIR = Path(__file__).resolve().parent / "standins"  # local leaderboard dataset stand-ins
 GROUPS = {"model": models.PairConfig, "method": methods.MethodConfig,
           "task": task_schema.EvalConfig, "tracking": TrackingConfig,
-          "probe": probe_schema.ProbeConfig}
+          "probe": probe_schema.ProbeConfig, "engine": engine_schema.EngineConfig}
 
 
 def _app_config_class() -> type:
@@ -39,12 +40,13 @@ def _app_config_class() -> type:
     annotations = {
         "model": models.PairConfig, "method": methods.MethodConfig,
         "task": task_schema.EvalConfig, "judge": Any, "tracking": TrackingConfig,
-        "probe": probe_schema.ProbeConfig, "merge": methods.MergeSettings, "lambda": float,
+        "probe": probe_schema.ProbeConfig, "engine": engine_schema.EngineConfig,
+        "merge": methods.MergeSettings, "lambda": float,
         "seed": int, "device": str, "force": bool,
     }
     defaults = {
         "model": MISSING, "method": MISSING, "task": MISSING, "judge": MISSING,
-        "probe": MISSING,
+        "probe": MISSING, "engine": field(default_factory=engine_schema.EngineConfig),
         "tracking": field(default_factory=TrackingConfig),
         "merge": field(default_factory=methods.MergeSettings), "lambda": 0.5, "seed": 0,
         "device": "cpu", "force": False,
@@ -129,6 +131,7 @@ def validate(cfg) -> None:
     judge_schema.validate(cfg.judge)
     probe_schema.validate(cfg.probe, models.num_layers(cfg.model)
                           if cfg.probe.name != "none" else None)
+    engine_schema.validate(cfg.engine, cfg.model, cfg.device)
 
 
 def check_keys(node, path: str = "") -> None:

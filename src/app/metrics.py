@@ -50,6 +50,10 @@ def _rewarded(cfg, spec) -> bool:
     return _judged(cfg, spec) and bool(cfg.judge.reward_model)
 
 
+def _vllm(cfg, spec) -> bool:
+    return cfg.engine.name == "vllm"
+
+
 def _any_calibrated(cfg, spec) -> bool:
     return any(s.calibration for s in cfg.task.tasks)
 
@@ -124,6 +128,9 @@ REGISTRY: tuple[Metric, ...] = (
     Metric("time/eval_s", "wall time of the evaluation", "", "job",
            optional="not for a job that reuses a parent's reference"),
     Metric("time/total_s", "wall time of the whole job", "", "job"),
+    Metric("time/engine_update_s", "writing the merge into the vLLM engine and resetting its "
+           "prefix cache", "", "job", _vllm,
+           optional="not for a job that reuses a parent's reference"),
     Metric("eval/tokens_forwarded", "tokens the log-likelihood scoring ran through the model "
            "(padding included)", "lower", "job",
            optional="not for a job that reuses a parent's reference"),
@@ -248,7 +255,8 @@ def markdown_table() -> str:
         elif m.when not in (_always, _judged, _probed):
             when += {"_any_calibrated": ", a calibrated task", "_llm": " (`hf`, `openai`)",
                      "_rated": " (not an LLM judge with a reward model)",
-                     "_rewarded": " and a reward model"}[m.when.__name__]
+                     "_rewarded": " and a reward model",
+                     "_vllm": ", `engine=vllm`"}[m.when.__name__]
         if m.optional:
             when += f"; {m.optional}"
         rows.append(f"| `{m.name.replace('{task}', '<task>')}` | {m.meaning} | {m.better} | "

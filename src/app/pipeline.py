@@ -145,8 +145,10 @@ class Pipeline:
 
         run.tag("device", session.device)
         run.tag("scoring", session.evaluator.scoring)
+        run.tag("engine", cfg.engine.name)
         report = session.merger.merge_into(session.model, mk)
         run.tag("merge_engine", report.engine)
+        engine_update = session.evaluator.load_weights(session.model)
         if cfg.merge.save_dir:
             saved = save_merged(session.model, session.tokenizer, mk, cfg.merge.save_dir)
             run.tag("saved_to", str(saved))
@@ -165,11 +167,14 @@ class Pipeline:
         metrics.update(aggregate(results))
         metrics["time/merge_s"] = report.seconds
         metrics["time/eval_s"] = time.perf_counter() - t_eval
+        if engine_update is not None:
+            metrics["time/engine_update_s"] = engine_update
         metrics.update(session.evaluator.costs())
         metrics.update(session.overhead)
         session.overhead = {}
         judge = JudgeContext(session.device, cfg.model.pt,
-                             Path(cfg.tracking.dir) / "judge_cache.sqlite", session.judge_models)
+                             Path(cfg.tracking.dir) / "judge_cache.sqlite", session.judge_models,
+                             session.evaluator.sampler)
         metrics.update(judge_run(session.model, session.tokenizer, cfg, run, judge))
         metrics.update(probe_run(session.model, session.tokenizer, cfg, run, session.device))
         metrics["time/total_s"] = time.perf_counter() - start
@@ -286,7 +291,15 @@ def build_session(cfg: DictConfig, device: str) -> Session:
 
     t0 = time.perf_counter()
     model, tokenizer = load_working_model(cfg, device)
-    engine = HFEngine(model, tokenizer, cfg.task.batch_size, cfg.task.scoring)
+    if cfg.engine.name == "vllm":
+        from app.evaluate.vllm_engine import VLLMEngine
+        from app.hub import local_folder
+
+        folder = local_folder(str(cfg.model[cfg.model.tokenizer]), cfg.model.cache_dir)
+        engine = VLLMEngine(folder, model, cfg.engine, cfg.model.dtype, device,
+                            cfg.model.trust_remote_code)
+    else:
+        engine = HFEngine(model, tokenizer, cfg.task.batch_size, cfg.task.scoring)
     evaluator = Evaluator(engine, cfg.task, seed=cfg.seed)
     merger = merger_for(cfg, device)
     # What this process paid before its first merge, logged by the job that evaluates next:

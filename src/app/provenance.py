@@ -30,6 +30,8 @@ def _eval_key(cfg: DictConfig) -> dict:
             task.pop(key)
     key = {"task": task, "seed": cfg.seed, "tokenizer": cfg.model.tokenizer,
            "metrics": METRICS_VERSION}
+    if cfg.engine.name != "hf":  # engine=hf leaves fingerprints as they were
+        key["engine"] = {"name": cfg.engine.name, "seed": cfg.engine.seed}
     if cfg.judge.name != "none":  # judge=none leaves fingerprints as they were
         from app.judge import fingerprint as judge_fingerprint
 

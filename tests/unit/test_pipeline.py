@@ -24,12 +24,16 @@ class Merger:
 
 class Evaluator:
     scoring = "trie"
+    sampler = None
 
     def __init__(self, acc=0.7, ece=0.1):
         self.acc, self.ece, self.calls = acc, ece, 0
 
     def costs(self):
         return {"eval/tokens_forwarded": 10.0, "eval/trie_tokens": 9.0}
+
+    def load_weights(self, model):
+        return None
 
     def evaluate(self):
         self.calls += 1

@@ -3,7 +3,7 @@
 An engine scores log-likelihood requests and generates for ``generate_until`` requests, for
 whatever weights the working model holds now. The evaluator builds the requests once and
 hands them to its engine for every merge; ``HFEngine`` (lm-eval's ``HFLM`` over the working
-model) is the one shipped. With ``task.chat_template`` the requests are formatted by the
+model) is the default, ``VLLMEngine`` (``app.evaluate.vllm_engine``) the other. With ``task.chat_template`` the requests are formatted by the
 engine's lm-eval model (``engine.lm``: its ``apply_chat_template`` and ``tokenizer_name``).
 """
 
@@ -24,6 +24,10 @@ class Engine(Protocol):
     def generate_until(self, instances: list) -> list[str]:
         """One generation per ``generate_until`` instance."""
 
+    def load_weights(self, model) -> float | None:
+        """Make the engine run ``model``'s weights as they are now; the seconds that took, or
+        None where the engine runs ``model`` itself."""
+
 
 class HFEngine:
     """lm-eval's HFLM over the (in-place updated) working model; float32 log-softmax."""
@@ -37,6 +41,10 @@ class HFEngine:
         self.requests: list = []
         self.scorer = None
         self.costs = {"eval/tokens_forwarded": 0, "eval/trie_tokens": 0}
+
+    def load_weights(self, model) -> None:
+        """Nothing to do: HFLM runs the working model itself."""
+        return None
 
     def prepare(self, loglikelihood: list) -> None:
         from app.evaluate.trie import model_input, trie_tokens

@@ -68,6 +68,16 @@ class Evaluator:
                                              self.seed)
         return results, lm_out
 
+    def load_weights(self, model) -> float | None:
+        """Make the engine run ``model``'s weights (the merge just written into it): seconds,
+        or None where the engine runs ``model`` itself (``engine=hf``)."""
+        return self.engine.load_weights(model)
+
+    @property
+    def sampler(self):
+        """The engine's sampler for the judge (``engine=vllm``), or None (transformers')."""
+        return getattr(self.engine, "sample", None)
+
     @property
     def scoring(self) -> str:
         """How the engine scores log-likelihoods (``task.scoring`` with ``auto`` resolved)."""

@@ -64,7 +64,8 @@ def judge_run(model, tokenizer, cfg: DictConfig, run, context) -> dict[str, floa
     secret = os.environ.get(j.get("api_key_env") or "") or ""
     try:
         prompts = adapters.load_prompts(j.prompts, j.limit)
-        samples = adapters.generate(model, tokenizer, prompts, j, context.device)
+        samples = adapters.generate(model, tokenizer, prompts, j, context.device,
+                                    context.sampler)
     except Exception as e:  # noqa: BLE001 - a broken judge never costs the evaluation
         _mark_missing(run, f"generation failed: {type(e).__name__}: {e}", secret)
         return {}

@@ -11,7 +11,7 @@ import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from transformers import LogitsProcessor
@@ -97,9 +97,11 @@ def _ids(value) -> list[int]:
 
 
 @torch.inference_mode()
-def generate(model, tokenizer, prompts: Sequence[str], j, device: str) -> list[list[Sample]]:
+def generate(model, tokenizer, prompts: Sequence[str], j, device: str,
+             sampler=None) -> list[list[Sample]]:
     """``j.k`` samples per prompt: penalties, then temperature, top-k and top-p (the order of
-    OpenAI-compatible servers), seeded with ``j.seed`` without touching the global RNG."""
+    OpenAI-compatible servers), seeded with ``j.seed`` without touching the global RNG. With a
+    ``sampler`` (the vLLM engine's ``sample``) the engine draws them, with the same settings."""
     from transformers import (
         GenerationConfig,
         LogitsProcessorList,
@@ -116,6 +118,10 @@ def generate(model, tokenizer, prompts: Sequence[str], j, device: str) -> list[l
                               num_return_sequences=j.k, eos_token_id=eos, pad_token_id=pad,
                               top_k=0, top_p=1.0, temperature=1.0)
     templated = bool(j.chat_template and getattr(tokenizer, "chat_template", None))
+    if sampler is not None:
+        drawn = sampler([encode(tokenizer, chat_text(tokenizer, p, None, templated), templated)
+                         for p in prompts], j)
+        return [[_sample(tokenizer, ids, eos, pad) for ids, _ in group] for group in drawn]
     out: list[list[Sample]] = []
     dev = torch.device(device)
     gpus = [dev.index if dev.index is not None else torch.cuda.current_device()] \
@@ -133,13 +139,15 @@ def generate(model, tokenizer, prompts: Sequence[str], j, device: str) -> list[l
             seqs = model.generate(ids, attention_mask=torch.ones_like(ids),
                                   generation_config=config,
                                   logits_processor=LogitsProcessorList(procs))
-            samples = []
-            for seq in seqs[:, ids.shape[1] :].tolist():
-                n = next((i for i, t in enumerate(seq) if t in eos or t == pad), len(seq))
-                text = tokenizer.decode(seq[:n], skip_special_tokens=True).strip()
-                samples.append(Sample(text, n))
-            out.append(samples)
+            out.append([_sample(tokenizer, seq, eos, pad)
+                        for seq in seqs[:, ids.shape[1] :].tolist()])
     return out
+
+
+def _sample(tokenizer, seq: list[int], eos: list[int], pad: int) -> Sample:
+    """A generated sequence up to its first end-of-sequence or padding token."""
+    n = next((i for i, t in enumerate(seq) if t in eos or t == pad), len(seq))
+    return Sample(tokenizer.decode(seq[:n], skip_special_tokens=True).strip(), n)
 
 
 class JudgeModels:
@@ -183,6 +191,7 @@ class JudgeContext:
     pt_path: str  # the PT model (the heuristic judge's perplexity and vocabulary)
     cache_path: Path | None  # where LLM judges cache replies
     models: JudgeModels
+    sampler: Any = None  # the engine's ``sample`` where it generates (engine=vllm), else None
 
 
 @torch.inference_mode()

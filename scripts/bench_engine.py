@@ -1,0 +1,116 @@
+"""The vLLM engine against the HF engine per λ, side by side in one process (CPU here).
+
+    python scripts/bench_engine.py                    # the toy pair (≈5 min)
+    python scripts/bench_engine.py --lambdas 3 --gen-limit 40
+
+Per λ both engines' working models get the same merge; then, their order rotating per λ:
+  gen     the generative tasks (toy_gen, and the leaderboard's MATH Level 5 and IFEval on their
+          stand-ins) through each engine's ``generate_until`` (greedy, lm-eval's settings);
+  judge   the judge's sampling (k samples per prompt at the degeneration study's decoding:
+          temperature, top-p, penalties) on each engine;
+  update  writing the merge into the running vLLM engine (and resetting its prefix cache)
+          against starting a new vLLM engine on the merge saved to disk (the naive way).
+It checks that greedy generations agree, and prints seconds per λ, the ratios and the
+process's peak RSS. Results: docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from app.config import TOY_DIR, compose  # noqa: E402
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def main() -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from app.evaluate.engine import HFEngine
+    from app.evaluate.evaluator import Evaluator
+    from app.evaluate.vllm_engine import VLLMEngine
+    from app.judge import adapters
+    from app.merge.merger import merge_into, save_merged
+    from app.merge.mergekit_adapter import mergekit_config
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lambdas", type=int, default=3)
+    ap.add_argument("--gen-limit", type=int, default=None, help="documents per generative task")
+    ap.add_argument("--prompts", type=int, default=16, help="judge prompts (k=4 samples each)")
+    args = ap.parse_args()
+    limit = [f"task.limit={args.gen_limit}"] if args.gen_limit else []
+    tasks = {"toy": compose("engine=vllm", *limit).task,
+             "leaderboard": compose("engine=vllm", "task=standin_leaderboard", *limit).task}
+    for name in tasks:  # generation only
+        tasks[name].tasks = [t for t in tasks[name].tasks if not t.calibration]
+    cfg = compose("engine=vllm", "judge=heuristic", f"judge.limit={args.prompts}", "judge.k=4")
+    tok = AutoTokenizer.from_pretrained(TOY_DIR / "it")
+    hf_model, vllm_model = (AutoModelForCausalLM.from_pretrained(TOY_DIR / "it",
+                                                                 dtype=torch.float32).eval()
+                            for _ in range(2))
+    start_s, engine = timed(lambda: VLLMEngine(TOY_DIR / "it", vllm_model, cfg.engine,
+                                               "float32", "cpu"))
+    hf_eval = {n: Evaluator(HFEngine(hf_model, tok, t.batch_size, "lm_eval"), t)
+               for n, t in tasks.items()}
+    vllm_eval = {n: Evaluator(engine, t) for n, t in tasks.items()}
+    prompts = adapters.load_prompts(cfg.judge.prompts, cfg.judge.limit)
+    lambdas = [round(0.1 + 0.8 * i / max(1, args.lambdas - 1), 3) for i in range(args.lambdas)]
+    rows = []
+    for i, lam in enumerate(lambdas):
+        cfg["lambda"] = lam
+        mk = mergekit_config(cfg)
+        merge_into(hf_model, mk)
+        merge_into(vllm_model, mk)
+        row = {"update": engine.load_weights(vllm_model)}
+        with tempfile.TemporaryDirectory() as tmp:
+            saved = save_merged(vllm_model, tok, mk, str(Path(tmp) / "m"))
+            row["new engine"], fresh = timed(lambda: VLLMEngine(saved, vllm_model, cfg.engine,
+                                                                "float32", "cpu"))
+            del fresh
+        order = [("hf", hf_eval), ("vllm", vllm_eval)][:: 1 if i % 2 == 0 else -1]
+        texts = {}
+        for who, evaluators in order:
+            for n, ev in evaluators.items():
+                row[f"{n} gen {who}"], (results, _) = timed(ev.evaluate)
+                texts[(n, who)] = [r["response"] for res in results.values() for r in res.records]
+            sampler = engine.sample if who == "vllm" else None
+            row[f"judge {who}"] = timed(lambda: adapters.generate(
+                hf_model, tok, prompts, cfg.judge, "cpu", sampler))[0]
+        same = {n: sum(a == b for a, b in zip(texts[(n, "hf")], texts[(n, "vllm")]))
+                for n in tasks}
+        print(f"λ={lam:g}: " + "  ".join(f"{k} {v:.2f}s" for k, v in row.items())
+              + "  greedy agree " + ", ".join(f"{n} {same[n]}/{len(texts[(n, 'hf')])}"
+                                              for n in tasks), flush=True)
+        rows.append(row)
+    med = {k: sorted(r[k] for r in rows)[len(rows) // 2] for k in rows[0]}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\nfirst engine start {start_s:.1f}s; peak RSS {rss:,.0f} MiB; medians over "
+          f"{len(rows)} λ:")
+    print("| per λ | HF (s) | vLLM (s) | HF / vLLM |\n|---|---|---|---|")
+    for n in tasks:
+        print(f"| {n} generation | {med[f'{n} gen hf']:.2f} | {med[f'{n} gen vllm']:.2f} | "
+              f"{med[f'{n} gen hf'] / med[f'{n} gen vllm']:.1f}× |")
+    print(f"| judge sampling | {med['judge hf']:.2f} | {med['judge vllm']:.2f} | "
+          f"{med['judge hf'] / med['judge vllm']:.1f}× |")
+    print(f"\n| weights per λ | s |\n|---|---|\n| in place | {med['update']:.3f} |\n"
+          f"| new engine on the saved merge | {med['new engine']:.2f} |\n"
+          f"| new / in place | {med['new engine'] / med['update']:.0f}× |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
