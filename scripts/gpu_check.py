@@ -197,6 +197,53 @@ def scoring_check(cuda: bool, work: Path) -> None:
             f"({seconds['lm_eval'] / seconds['trie']:.2f}×)")
 
 
+def engine_check(cuda: bool) -> None:
+    """HF against vLLM on CUDA: the toy's greedy generations and log-likelihoods per λ, the
+    generation time per λ on each, and the in-place update against a new engine."""
+    import time
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from app.config import TOY_DIR, compose
+    from app.evaluate.engine import HFEngine
+    from app.evaluate.evaluator import Evaluator
+    from app.evaluate.vllm_engine import VLLMEngine
+    from app.merge.merger import merge_into
+    from app.merge.mergekit_adapter import mergekit_config
+
+    if not cuda:
+        verdict("FAIL", "engine/vllm", "no CUDA device (the CPU comparison: "
+                                       "scripts/bench_engine.py, tests/e2e/test_vllm.py)")
+        return
+    cfg = compose("engine=vllm", "device=cuda", "task.bootstrap=0")
+    tok = AutoTokenizer.from_pretrained(TOY_DIR / "it")
+    hf_model, vllm_model = (AutoModelForCausalLM.from_pretrained(
+        TOY_DIR / "it", dtype=torch.float32).eval().to("cuda") for _ in range(2))
+    start = time.perf_counter()
+    engine = VLLMEngine(TOY_DIR / "it", vllm_model, cfg.engine, "float32", "cuda")
+    start_s = time.perf_counter() - start
+    hf, vl = Evaluator(HFEngine(hf_model, tok, 32, "trie"), cfg.task), Evaluator(engine, cfg.task)
+    for lam in LAMBDAS:
+        cfg["lambda"] = lam
+        mk = mergekit_config(cfg)
+        merge_into(hf_model, mk, "cuda")
+        merge_into(vllm_model, mk, "cuda")
+        update_s = engine.load_weights(vllm_model)
+        times, texts = {}, {}
+        for name, ev in (("hf", hf), ("vllm", vl)):
+            start = time.perf_counter()
+            results, _ = ev.evaluate()
+            times[name] = time.perf_counter() - start
+            texts[name] = [r["response"] for r in results["toy_gen"].records]
+        gap = max(abs(x.resps[0][0] - y.resps[0][0]) for x, y in zip(hf._ll, vl._ll))
+        same = sum(a == b for a, b in zip(texts["hf"], texts["vllm"]))
+        ok = gap < 1e-3 and same == len(texts["hf"])
+        verdict("PASS" if ok else "FAIL", f"engine/vllm λ={lam:g}",
+                f"max |Δ loglik| {gap:.2e}, greedy generations equal {same}/{len(texts['hf'])}; "
+                f"toy tasks per λ HF {times['hf']:.2f} s, vLLM {times['vllm']:.2f} s; "
+                f"in-place update {update_s:.3f} s vs engine start {start_s:.1f} s")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=None, help="where the stand-ins are built (temp)")
@@ -215,6 +262,7 @@ def main() -> int:
     time_checks(pairs, cuda)
     eval_checks(cuda, args.limit)
     scoring_check(cuda, work)
+    engine_check(cuda)
     if cuda:
         verdict("INFO", "memory", f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f}"
                                   f" GiB")

