@@ -76,7 +76,7 @@ MODEL = dict(
     intermediate_size=256,
     num_hidden_layers=2,
     num_attention_heads=3,  # head size 32: one vLLM's CPU attention supports
-    num_key_value_heads=1,
+    num_key_value_heads=3,
     max_position_embeddings=256,
     tie_word_embeddings=False,
 )

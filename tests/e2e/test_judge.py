@@ -26,8 +26,8 @@ FAST = ("task.limit=20", "task.bootstrap=0", "judge.limit=2")  # 2 prompts x k=4
 IT = str(TOY_DIR / "it")
 PT = str(TOY_DIR / "pt")
 # The toy IT model cannot follow the judge prompt: it answers every judge message with a word of
-# its world ("purple"). Naming that word a verdict label makes its replies parseable verdicts.
-TOY_REPLY = "purple"
+# its world ("potter"). Naming that word a verdict label makes its replies parseable verdicts.
+TOY_REPLY = "potter"
 TOY_VERDICT = f"judge.labels.nonsense={TOY_REPLY}"
 
 
