@@ -9,7 +9,8 @@ Per λ both engines' working models get the same merge; then, their order rotati
   judge   the judge's sampling (k samples per prompt at the degeneration study's decoding:
           temperature, top-p, penalties) on each engine;
   update  writing the merge into the running vLLM engine (and resetting its prefix cache)
-          against starting a new vLLM engine on the merge saved to disk (the naive way).
+          against starting a new vLLM engine on the merge saved to disk (the naive way; the
+          engine's construction only, timed in a new process, imports not counted).
 It checks that greedy generations agree, and prints seconds per λ, the ratios and the
 process's peak RSS. Results: docs/benchmarks.md.
 """
@@ -36,6 +37,28 @@ def timed(fn):
     start = time.perf_counter()
     out = fn()
     return time.perf_counter() - start, out
+
+
+NEW_ENGINE = """
+import json, sys
+from transformers import AutoModelForCausalLM
+from app.config import compose
+from app.evaluate.vllm_engine import VLLMEngine
+cfg = compose("engine=vllm")
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1])
+print(json.dumps(VLLMEngine(sys.argv[1], model, cfg.engine, "float32", "cpu").start_s))
+"""
+
+
+def new_engine_seconds(folder) -> float:
+    """Starting a vLLM engine on a saved merge (the engine's construction, in a new process:
+    vLLM's engine state is per process, and a second engine's teardown breaks the first)."""
+    import json
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", NEW_ENGINE, str(folder)], capture_output=True,
+                          text=True, check=True)
+    return float(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
 def main() -> None:
@@ -79,9 +102,7 @@ def main() -> None:
         row = {"update": engine.load_weights(vllm_model)}
         with tempfile.TemporaryDirectory() as tmp:
             saved = save_merged(vllm_model, tok, mk, str(Path(tmp) / "m"))
-            row["new engine"], fresh = timed(lambda: VLLMEngine(saved, vllm_model, cfg.engine,
-                                                                "float32", "cpu"))
-            del fresh
+            row["new engine"] = new_engine_seconds(saved)
         order = [("hf", hf_eval), ("vllm", vllm_eval)][:: 1 if i % 2 == 0 else -1]
         texts = {}
         for who, evaluators in order:
