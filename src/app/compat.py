@@ -150,6 +150,7 @@ def prepare_vllm() -> None:
     import os
 
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its INFO lines drown the jobs'
     _llvmlite_namespace()
     try:
         version("vllm")

@@ -115,11 +115,10 @@ def test_vllm_scores_and_generates_as_the_hf_engine_at_every_lambda(engines, lam
 def test_in_place_weights_give_a_fresh_engines_numbers(engines, tmp_path):
     """λ=0.3 then λ=0.7 on the same prompts (prefix cache warm with λ=0.3's blocks) gives what
     a new engine started on λ=0.7's saved merge gives: nothing stale is reused."""
-    from app.evaluate.vllm_engine import VLLMEngine
+    from transformers import AutoTokenizer
+
     from app.merge.merger import save_merged
     from app.merge.mergekit_adapter import mergekit_config
-
-    from transformers import AutoTokenizer
 
     cfg, _, (vl, vllm_model), engine = engines
     merge(vllm_model, cfg, 0.3)

@@ -3,8 +3,9 @@
 An engine scores log-likelihood requests and generates for ``generate_until`` requests, for
 whatever weights the working model holds now. The evaluator builds the requests once and
 hands them to its engine for every merge; ``HFEngine`` (lm-eval's ``HFLM`` over the working
-model) is the default, ``VLLMEngine`` (``app.evaluate.vllm_engine``) the other. With ``task.chat_template`` the requests are formatted by the
-engine's lm-eval model (``engine.lm``: its ``apply_chat_template`` and ``tokenizer_name``).
+model) is the default, ``VLLMEngine`` (``app.evaluate.vllm_engine``) the other. With
+``task.chat_template`` the requests are formatted by the engine's lm-eval model (``engine.lm``:
+its ``apply_chat_template`` and ``tokenizer_name``).
 """
 
 from __future__ import annotations
