@@ -94,14 +94,17 @@ def validate(model) -> None:
                               f"too")
 
 
+def text_config(model, parent: str = "pt") -> dict | None:
+    """A parent's language-model config (a multimodal checkpoint's ``text_config``) from its
+    config.json; None for a hub id not downloaded yet."""
+    config = _check_model_ref(f"model.{parent}", model[parent], model.cache_dir)
+    return None if config is None else (config.get("text_config") or config)
+
+
 def num_layers(model) -> int | None:
-    """The pair's decoder layer count (``num_hidden_layers``, a multimodal checkpoint's text
-    config's), read from model.pt's config.json; None for a hub id not downloaded yet."""
-    config = _check_model_ref("model.pt", model.pt, model.cache_dir)
-    if config is None:
-        return None
-    text = config.get("text_config") or config
-    n = text.get("num_hidden_layers", config.get("num_hidden_layers"))
+    """The pair's decoder layer count (``num_hidden_layers``), read from model.pt's config.json;
+    None where it cannot be read yet."""
+    n = (text_config(model) or {}).get("num_hidden_layers")
     return int(n) if n is not None else None
 
 

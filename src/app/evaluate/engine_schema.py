@@ -73,17 +73,10 @@ def validate(engine, model=None, device: str = "cpu") -> None:
 
 
 def head_size(model) -> int | None:
-    """The working model's attention head size from its config.json (local folders), or None."""
-    import json
+    """The working model's attention head size from its config.json, or None."""
+    from app.models import text_config
 
-    from app.hub import local_folder
-
-    try:
-        config = json.loads((local_folder(str(model[model.tokenizer]), model.cache_dir)
-                             / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    text = config.get("text_config") or config
+    text = text_config(model, model.tokenizer) or {}
     if text.get("head_dim"):
         return int(text["head_dim"])
     heads = text.get("num_attention_heads")
