@@ -139,6 +139,67 @@ def test_in_place_weights_give_a_fresh_engines_numbers(engines, tmp_path):
     assert update_s < fresh["start_s"] / 10  # in place: a small share of a new engine's start
 
 
+def test_leaderboard_stand_ins_score_and_generate_as_on_the_hf_engine(engines,
+                                                                       make_cfg_module):
+    """MMLU-Pro, GPQA, BBH, MuSR, MATH and IFEval through lm-eval's leaderboard tasks on both
+    engines, one merge. Many few-shot requests exceed the toy's 256 positions; lm-eval cuts
+    them from the left in both wrappers, but its VLLM wrapper keeps the last max_model_len − 1
+    tokens and HFLM the last max_length + 1: with HFLM's max_length two below, both see the
+    same tokens of every request."""
+    from app.evaluate.engine import HFEngine
+    from app.evaluate.evaluator import Evaluator
+    from transformers import AutoTokenizer
+
+    cfg, (_, hf_model), (toy_vl, vllm_model), engine = engines
+    task = make_cfg_module("engine=vllm", "task=standin_leaderboard", "task.bootstrap=0").task
+    hf_engine = HFEngine(hf_model, AutoTokenizer.from_pretrained(TOY_DIR / "it"),
+                         task.batch_size, "lm_eval")
+    hf_engine.lm._max_length = engine.lm.max_length - 2
+    hf = Evaluator(hf_engine, task)
+    vl = Evaluator(engine, task)  # the engine now holds these requests, not the toy tasks'
+    merge(hf_model, cfg, 0.4)
+    merge(vllm_model, cfg, 0.4)
+    engine.load_weights(vllm_model)
+    hf_results, vllm_results = hf.evaluate()[0], vl.evaluate()[0]
+    hf_ll, vllm_ll = hf.engine.loglikelihood(), engine.loglikelihood()
+    long = sum(len(c) + len(t) > engine.lm.max_length - 1 for _, c, t in engine.requests)
+    assert len(hf_ll) > 500 and long > 100  # the truncation is exercised
+    gaps = np.abs(np.array([a for a, _ in hf_ll]) - np.array([a for a, _ in vllm_ll]))
+    assert gaps.max() < LOGLIK_TOL, gaps.max()
+    assert [g for _, g in hf_ll] == [g for _, g in vllm_ll]
+    for name, result in hf_results.items():
+        assert vllm_results[name].metrics["acc"] == result.metrics["acc"], name
+        assert [r["response"] for r in vllm_results[name].records if "response" in r] == \
+            [r["response"] for r in result.records if "response" in r], name
+    # the toy evaluator takes its own requests back on its next evaluation
+    assert toy_vl.evaluate()[0]["toy_mc"].metrics["acc"] == \
+        run_both(engines, 0.4)[0]["toy_mc"].metrics["acc"]
+
+
+def test_each_worker_merges_its_own_weights_as_the_driver_would(engines, make_cfg_module):
+    """engine.weights=workers: the worker merges from the mapped parents itself (what a pair
+    split over several GPUs does on each); its scores equal the driver's tensors' exactly."""
+    from app.merge.mergekit_adapter import mergekit_config
+    from app.merge.merger import Merger
+
+    _, _, (vl, vllm_model), engine = engines
+    merger = Merger("cpu")
+    for method in ("slerp", "ties"):
+        mk = mergekit_config(make_cfg_module("engine=vllm", f"method={method}", "lambda=0.6"))
+        assert merger.merge_into(vllm_model, mk).engine == "direct"
+        engine.weights = "driver"
+        engine.load_weights(vllm_model, mk, merger)
+        assert engine.weights_from == "driver"
+        by_driver = engine.loglikelihood()
+        engine.weights = "workers"
+        engine.load_weights(vllm_model, mk, merger)
+        assert engine.weights_from == "workers", method
+        assert engine.loglikelihood() == by_driver, method
+    engine.weights = "auto"  # one worker: the driver's tensors
+    engine.load_weights(vllm_model, mk, merger)
+    assert engine.weights_from == "driver"
+
+
 def test_a_job_on_the_vllm_engine_logs_its_update_and_judges_on_it(tmp_path):
     from helpers import child_runs, run_app
 

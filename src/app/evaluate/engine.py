@@ -16,6 +16,8 @@ from app import compat
 
 
 class Engine(Protocol):
+    requests: list  # the prepared requests, tokenised (an engine serves one evaluator's)
+
     def prepare(self, loglikelihood: list) -> None:
         """Take the log-likelihood requests scored on every call (tokenised once here)."""
 
@@ -25,9 +27,10 @@ class Engine(Protocol):
     def generate_until(self, instances: list) -> list[str]:
         """One generation per ``generate_until`` instance."""
 
-    def load_weights(self, model) -> float | None:
-        """Make the engine run ``model``'s weights as they are now; the seconds that took, or
-        None where the engine runs ``model`` itself."""
+    def load_weights(self, model, mk: dict | None = None, merger=None) -> float | None:
+        """Make the engine run ``model``'s weights as they are now (the merge ``mk`` that
+        ``merger`` wrote into it); the seconds that took, or None where the engine runs
+        ``model`` itself."""
 
 
 class HFEngine:
@@ -43,7 +46,7 @@ class HFEngine:
         self.scorer = None
         self.costs = {"eval/tokens_forwarded": 0, "eval/trie_tokens": 0}
 
-    def load_weights(self, model) -> None:
+    def load_weights(self, model, mk: dict | None = None, merger=None) -> None:
         """Nothing to do: HFLM runs the working model itself."""
         return None
 

@@ -14,6 +14,7 @@ from typing import Optional
 from app.errors import ConfigError, suggest
 
 NAMES = ("hf", "vllm")
+WEIGHTS = ("auto", "driver", "workers")
 # head sizes vLLM 0.32's CPU attention takes (CPUAttentionBackend.get_supported_head_sizes)
 CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 
@@ -32,6 +33,10 @@ class EngineConfig:
     enforce_eager: bool = False  # no CUDA graphs / compilation (faster start, slower steps)
     tensor_parallel_size: int = 1  # GPUs one model is split over
     seed: int = 0  # vLLM's sampling seed where a request has none
+    # where each merge's tensors are computed: driver (the working model's, sent to every
+    # worker), workers (each worker merges from the parents' files itself; methods with a
+    # direct path, else driver), auto (workers when tensor_parallel_size > 1)
+    weights: str = "auto"
 
 
 def validate(engine, model=None, device: str = "cpu") -> None:
@@ -53,6 +58,10 @@ def validate(engine, model=None, device: str = "cpu") -> None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                   or value < 1):
             raise ConfigError(f"engine.{key}={value!r} must be a positive integer")
+    if engine.weights not in WEIGHTS:
+        raise ConfigError(f"engine.weights={engine.weights!r} is not a source of the merge's "
+                          f"tensors{suggest(str(engine.weights), list(WEIGHTS))}; valid: "
+                          f"{', '.join(WEIGHTS)}")
     if model is None:
         return
     if model.tokenizer == "union":

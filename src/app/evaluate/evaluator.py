@@ -45,6 +45,7 @@ class Evaluator:
         self._ll = [i for i in instances if i.request_type == "loglikelihood"]
         self._gen = [i for i in instances if i.request_type == "generate_until"]
         engine.prepare(self._ll)
+        self._prepared = engine.requests
 
     def evaluate(self) -> tuple[dict[str, TaskResult], dict[str, Any]]:
         """(per-task results, lm-eval's per-leaf aggregated metrics) for the current weights."""
@@ -52,6 +53,9 @@ class Evaluator:
         for inst in self._ll + self._gen:
             inst.resps, inst.filtered_resps = [], {}
         if self._ll:
+            if self.engine.requests is not self._prepared:  # another evaluator's since
+                self.engine.prepare(self._ll)
+                self._prepared = self.engine.requests
             for inst, resp in zip(self._ll, self.engine.loglikelihood(), strict=True):
                 inst.resps.append(resp)
         if self._gen:
@@ -68,10 +72,10 @@ class Evaluator:
                                              self.seed)
         return results, lm_out
 
-    def load_weights(self, model) -> float | None:
-        """Make the engine run ``model``'s weights (the merge just written into it): seconds,
-        or None where the engine runs ``model`` itself (``engine=hf``)."""
-        return self.engine.load_weights(model)
+    def load_weights(self, model, mk: dict | None = None, merger=None) -> float | None:
+        """Make the engine run ``model``'s weights (the merge ``mk`` that ``merger`` just wrote
+        into it): seconds, or None where the engine runs ``model`` itself (``engine=hf``)."""
+        return self.engine.load_weights(model, mk, merger)
 
     @property
     def sampler(self):

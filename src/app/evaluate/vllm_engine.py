@@ -1,10 +1,14 @@
 """The vLLM engine: one engine per process, each merge written into it in place.
 
 lm-eval's own ``VLLM`` wrapper is built once, on the folder the working model was loaded from
-(the parent whose vocabulary the merge takes). After every merge, ``load_weights`` hands the
-working model's tensors, by their checkpoint names, to each worker's ``reload_weights``
-(vLLM's own loaders: fused projections, tied heads, sharding for tensor parallelism) and then
+(the parent whose vocabulary the merge takes). After every merge, ``load_weights`` feeds the
+merged tensors, by their checkpoint names, to each worker's ``reload_weights`` (vLLM's own
+loaders: fused projections, tied heads, each worker's shard for tensor parallelism) and then
 resets the prefix cache, whose key/value blocks were computed with the previous weights.
+The tensors come from the driver's working model (``engine.weights=driver``) or, for the
+methods with a direct path, each worker computes them itself from the memory-mapped parents,
+one tensor at a time (``engine.weights=workers``, ``merge_in_worker``): nothing crosses
+between processes but the merge's config, which is what a pair split over several GPUs needs.
 Scoring and generation are lm-eval's own (``VLLM`` scores token requests and generates) on
 the requests the evaluator built once; the judge samples with ``sample``.
 """
@@ -88,21 +92,46 @@ class VLLMEngine:
         self.start_s = time.perf_counter() - start
         self.llm = self.lm.model
         self.share = share
+        self.weights = engine_cfg.weights
+        self.weights_from: str | None = None
         self.requests: list = []
         self.costs: dict[str, float] = {}
 
-    def load_weights(self, model) -> float:
-        """Write ``model``'s weights into the engine and drop every cached key/value; seconds."""
+    def load_weights(self, model, mk: dict | None = None, merger=None) -> float:
+        """Write the merge ``mk`` (just written into ``model`` by ``merger``) into the engine
+        and drop every cached key/value; seconds. ``self.weights_from`` says where the
+        tensors came from: ``workers`` or ``driver``."""
         from app.merge.layout import checkpoint_names, parameters
 
         start = time.perf_counter()
-        names = checkpoint_names(model)
-        tensors = [(n, t.detach()) for n, t in parameters(model).items() if n in names]
-        weights = iter(tensors) if self.lm.tensor_parallel_size == 1 else tensors
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights,
-                                                          "is_checkpoint_format": True})
+        self.weights_from = "driver"
+        plan = self.worker_plan(mk, merger)
+        if plan is not None:
+            written = self.llm.collective_rpc(merge_in_worker, args=(
+                mk, plan, merger.cache_dir, merger.seed))
+            if all(written):
+                self.weights_from = "workers"
+        if self.weights_from == "driver":
+            names = checkpoint_names(model)
+            tensors = [(n, t.detach()) for n, t in parameters(model).items() if n in names]
+            weights = iter(tensors) if self.lm.tensor_parallel_size == 1 else tensors
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights,
+                                                              "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
         return time.perf_counter() - start
+
+    def worker_plan(self, mk: dict | None, merger) -> str | None:
+        """The direct path each worker merges ``mk`` with, or None (the driver's tensors):
+        ``engine.weights`` workers, or auto with the model split over several workers."""
+        from app.merge.methods import METHODS
+
+        wanted = self.weights == "workers" or (self.weights == "auto"
+                                               and self.lm.tensor_parallel_size > 1)
+        method = METHODS.get(str((mk or {}).get("merge_method")))
+        if (not wanted or method is None or method.direct is None or merger is None
+                or merger.towers_from is not None):
+            return None
+        return method.direct
 
     def prepare(self, loglikelihood: list) -> None:
         from app.evaluate.engine import tokenize_loglikelihood
@@ -134,3 +163,30 @@ class VLLMEngine:
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids],
                                     params, use_tqdm=False)
         return [[(list(c.token_ids), c.text) for c in out.outputs] for out in outputs]
+
+
+_WORKER_MERGERS: dict = {}  # per worker process: its DirectMerger (mapped parents, λ-free values)
+
+
+def merge_in_worker(worker, mk: dict, plan: str, cache_dir: str | None,
+                    seed: int | None) -> int:
+    """Run in each vLLM worker (``collective_rpc``): merge ``mk`` from the memory-mapped
+    parents on the worker's device, one tensor at a time, straight into ``reload_weights``
+    (which keeps the worker's own shard of each); the tensors merged, 0 where the direct path
+    does not take ``mk``. The worker's merger is kept, so what does not depend on λ is computed
+    once per pair."""
+    from app.merge.direct import DirectMerger
+
+    merger = _WORKER_MERGERS.setdefault((cache_dir, seed), DirectMerger(cache_dir, seed))
+    stream = merger.tensors(mk, str(worker.device), plan)
+    if stream is None:
+        return 0
+    count = [0]
+
+    def counted():
+        for item in stream:
+            count[0] += 1
+            yield item
+
+    worker.reload_weights(weights_iterator=counted(), is_checkpoint_format=True)
+    return count[0]

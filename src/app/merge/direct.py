@@ -22,7 +22,7 @@ import mmap
 import struct
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -110,35 +110,71 @@ class DirectMerger:
         """Per-tensor values of a pair of parents that do not depend on λ."""
         return self.lambda_free.setdefault((id(v0), id(v1), what), {})
 
-    def merge(self, model: torch.nn.Module, mk: dict[str, Any], device: str,
-              plan: str) -> int | None:
-        """Merge ``mk`` with the direct path ``plan`` (a name in ``PLANS``); None (nothing
-        touched) where the config is not one that path takes, for mergekit's executor."""
+    def planned(self, mk: dict[str, Any], device: str,
+              plan: str) -> tuple[list[MappedWeights], list[str], Rule] | None:
+        """The mapped parents, their tensor names and the rule where the direct path ``plan``
+        takes ``mk`` and the parents hold the same tensors; else None."""
         planned = PLANS[plan](_local(mk, self.cache_dir), device)
         if planned is None:
             return None
         folders, rule = planned
         models = [self.weights(f) for f in folders]
-        params = parameters(model)  # by checkpoint name, as the files hold them
         names = sorted(models[0].where)
-        out_dtype = getattr(torch, str(mk.get("out_dtype")), None)
         if self.buffers[0].device != torch.device(device):
             self.buffers = new_buffers(device)
-        if (any(set(names) != set(m.where) for m in models) or not set(names) <= set(params)
-                or checkpoint_names(model) - set(names)
-                or any(params[n].dtype != out_dtype
-                       or any(list(params[n].shape) != m.where[n][4] for m in models)
+        if any(set(names) != set(m.where) or any(m.where[n][4] != models[0].where[n][4]
+                                                  for n in names) for m in models):
+            return None
+        return models, names, rule
+
+    def merge(self, model: torch.nn.Module, mk: dict[str, Any], device: str,
+              plan: str) -> int | None:
+        """Merge ``mk`` with the direct path ``plan`` (a name in ``PLANS``); None (nothing
+        touched) where the config is not one that path takes, for mergekit's executor."""
+        planned = self.planned(mk, device, plan)
+        if planned is None:
+            return None
+        models, names, rule = planned
+        params = parameters(model)  # by checkpoint name, as the files hold them
+        out_dtype = getattr(torch, str(mk.get("out_dtype")), None)
+        if (not set(names) <= set(params) or checkpoint_names(model) - set(names)
+                or any(params[n].dtype != out_dtype or list(params[n].shape) != models[0].where[n][4]
                        for n in names)):
             return None
         if not getattr(rule, "prepare", lambda *a: True)(self, models, names):
             return None
         with torch.no_grad():
             for name in names:
-                sources = [m.tensor(name).reshape(-1) for m in models]
-                rule(self, models, name, sources, params[name].data.view(-1))
-                for m in models:
-                    m.release(name)
+                self._merge_one(models, rule, name, params[name].data.view(-1))
         return len(names)
+
+    def tensors(self, mk: dict[str, Any], device: str,
+                plan: str) -> Iterator[tuple[str, torch.Tensor]] | None:
+        """The merge's tensors one at a time, by checkpoint name, each new on ``device`` in
+        ``mk``'s out_dtype (nothing else of the merge is held); None where the direct path
+        ``plan`` does not take ``mk``. What an engine worker loads its weights from."""
+        planned = self.planned(mk, device, plan)
+        out_dtype = getattr(torch, str(mk.get("out_dtype")), None)
+        if planned is None or not isinstance(out_dtype, torch.dtype):
+            return None
+        models, names, rule = planned
+        if not getattr(rule, "prepare", lambda *a: True)(self, models, names):
+            return None
+
+        def stream():
+            with torch.no_grad():
+                for name in names:
+                    out = torch.empty(models[0].where[name][4], dtype=out_dtype, device=device)
+                    self._merge_one(models, rule, name, out.view(-1))
+                    yield name, out
+        return stream()
+
+    def _merge_one(self, models: list[MappedWeights], rule: Rule, name: str,
+                   out: torch.Tensor) -> None:
+        sources = [m.tensor(name).reshape(-1) for m in models]
+        rule(self, models, name, sources, out)
+        for m in models:
+            m.release(name)
 
 
 # --------------------------------------------------------------------------- plans
