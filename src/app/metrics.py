@@ -50,6 +50,18 @@ def _rewarded(cfg, spec) -> bool:
     return _judged(cfg, spec) and bool(cfg.judge.reward_model)
 
 
+def _split(cfg, spec) -> bool:
+    return bool(cfg.task.selection.share)
+
+
+def _split_bootstrap(cfg, spec) -> bool:
+    return _split(cfg, spec) and _bootstrap(cfg, spec)
+
+
+def _split_calibrated(cfg, spec) -> bool:
+    return _split(cfg, spec) and _any_calibrated(cfg, spec)
+
+
 def _vllm(cfg, spec) -> bool:
     return cfg.engine.name == "vllm"
 
@@ -108,6 +120,17 @@ REGISTRY: tuple[Metric, ...] = (
            optional="only for a task whose documents fall in parts"),
     Metric("{task}/<extra>", "each of `task.tasks[].extra_metrics`, as lm-eval reports it",
            "", "every task"),
+    Metric("selection/{task}/acc", "accuracy over the task's selection documents (the share "
+           "`task.selection.share` that chooses λ*)", "higher", "every task", _split),
+    Metric("selection/{task}/ece", "ECE over the selection documents", "lower",
+           "calibrated task", _split),
+    Metric("selection/{task}/acc_ci_low", "its accuracy's 95% bootstrap interval, low end (the "
+           "λ* search's noise)", "", "every task", _split_bootstrap),
+    Metric("selection/{task}/acc_ci_high", "high end", "", "every task", _split_bootstrap),
+    Metric("report/{task}/acc", "accuracy over the other documents: the number to quote for a "
+           "λ chosen on the selection set", "higher", "every task", _split),
+    Metric("report/{task}/ece", "ECE over the report documents", "lower", "calibrated task",
+           _split),
     Metric("probe/<task>/acc", "test accuracy of the linear probe on a probing task's hidden "
            "states (`probe.layers`' deepest, `probe.representation`)", "higher", "probe",
            _probed),
@@ -123,6 +146,10 @@ REGISTRY: tuple[Metric, ...] = (
     Metric("mean/acc", "unweighted mean of `<task>/acc` over the tasks", "higher", "job"),
     Metric("mean/ece", "unweighted mean of `<task>/ece` over the calibrated tasks", "lower",
            "job", _any_calibrated),
+    *(Metric(f"{split}/mean/{m}", f"`mean/{m}` over the {split} documents", better, "job",
+             when) for split in ("selection", "report")
+      for m, better, when in (("acc", "higher", _split),
+                              ("ece", "lower", _split_calibrated))),
     Metric("time/merge_s", "wall time of the merge", "", "job",
            optional="not for a job that reuses a parent's reference"),
     Metric("time/eval_s", "wall time of the evaluation", "", "job",
@@ -256,7 +283,11 @@ def markdown_table() -> str:
             when += {"_any_calibrated": ", a calibrated task", "_llm": " (`hf`, `openai`)",
                      "_rated": " (not an LLM judge with a reward model)",
                      "_rewarded": " and a reward model",
-                     "_vllm": ", `engine=vllm`"}[m.when.__name__]
+                     "_vllm": ", `engine=vllm`",
+                     "_split": ", `task.selection.share` > 0",
+                     "_split_calibrated": ", a calibrated task, `task.selection.share` > 0",
+                     "_split_bootstrap": ", `task.selection.share` > 0, `task.bootstrap` > 0",
+                     }[m.when.__name__]
         if m.optional:
             when += f"; {m.optional}"
         rows.append(f"| `{m.name.replace('{task}', '<task>')}` | {m.meaning} | {m.better} | "

@@ -148,7 +148,9 @@ class Pipeline:
         run.tag("engine", cfg.engine.name)
         report = session.merger.merge_into(session.model, mk)
         run.tag("merge_engine", report.engine)
-        engine_update = session.evaluator.load_weights(session.model)
+        engine_update = session.evaluator.load_weights(session.model, mk, session.merger)
+        if engine_update is not None:
+            run.tag("engine_weights", session.evaluator.engine.weights_from)
         if cfg.merge.save_dir:
             saved = save_merged(session.model, session.tokenizer, mk, cfg.merge.save_dir)
             run.tag("saved_to", str(saved))
@@ -158,6 +160,8 @@ class Pipeline:
         metrics: dict[str, float] = {}
         for task, res in results.items():
             metrics.update({f"{task}/{k}": v for k, v in res.metrics.items()})
+            metrics.update({f"{split}/{task}/{k}": v for split, values in res.splits.items()
+                            for k, v in values.items() if k != "n"})
             if res.records:
                 run.log_jsonl(res.records, f"samples/{task}.jsonl")
             if res.bins:
@@ -320,10 +324,17 @@ def _process_start() -> float:
 
 
 def aggregate(results: dict) -> dict[str, float]:
-    """Unweighted means across tasks: mean/acc (all tasks), mean/ece (calibrated tasks)."""
-    accs = [r.metrics["acc"] for r in results.values()]
-    eces = [r.metrics["ece"] for r in results.values() if "ece" in r.metrics]
-    out = {"mean/acc": sum(accs) / len(accs)}
-    if eces:
-        out["mean/ece"] = sum(eces) / len(eces)
+    """Unweighted means across tasks: mean/acc (all tasks), mean/ece (calibrated tasks); the
+    same over each document set (``selection/mean/acc``, …) where the tasks are split."""
+    out = {}
+    for prefix, metrics in [("", [r.metrics for r in results.values()])] + [
+            (f"{split}/", [r.splits[split] for r in results.values() if split in r.splits])
+            for split in ("selection", "report")]:
+        if not metrics:
+            continue
+        accs = [m["acc"] for m in metrics]
+        eces = [m["ece"] for m in metrics if "ece" in m]
+        out[f"{prefix}mean/acc"] = sum(accs) / len(accs)
+        if eces:
+            out[f"{prefix}mean/ece"] = sum(eces) / len(eces)
     return out

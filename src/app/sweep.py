@@ -215,9 +215,10 @@ def check_search(cfg: DictConfig) -> None:
     """Objective and constraints must name metrics the job returns (checked before any job)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from hydra_plugins.lambda_star_sweeper.lambda_star_sweeper import parse_constraint
+    from hydra_plugins.lambda_star_sweeper.lambda_star_sweeper import check_stop, parse_constraint
 
     sweeper = cfg.hydra.sweeper
+    check_stop(sweeper.get("stop_patience", 0), sweeper.get("stop_min_delta", 0.0))
     valid = job_metric_names(cfg)
     named = [("hydra.sweeper.objective", sweeper.objective)]
     named += [("hydra.sweeper.constraints", parse_constraint(c)[0]) for c in sweeper.constraints]
@@ -293,12 +294,20 @@ def summarize_study(study, sweeper) -> dict:
         raise RuntimeError("no trial completed")
     constraints = [f"{m} {op} {b:g}" for m, op, b in sweeper.constraints]
     metrics = without_costs(chosen.user_attrs.get("metrics", {}))
+    stopped = getattr(sweeper, "stopped", None) or "ran every trial (n_trials)"
     summary = {
         "study": study.study_name, "objective": sweeper.objective, "direction": sweeper.direction,
         "constraints": constraints, "verdict": verdict, "best_params": chosen.params,
         "best_value": chosen.value, "best_metrics": metrics, "trials": len(study.trials),
         "completed": len(done), "infeasible": len(done) - len(feasible), "failed": failed,
+        "stopped": stopped,
     }
+    named = [sweeper.objective] + [m.split()[0] for m in constraints]
+    reported = {f"report/{n.split('/', 1)[1]}": metrics[f"report/{n.split('/', 1)[1]}"]
+                for n in named if n.startswith("selection/")
+                and f"report/{n.split('/', 1)[1]}" in metrics}
+    if reported:
+        summary["report_metrics"] = reported
     shown_params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                              for k, v in chosen.params.items())
     shown = ", ".join(f"{m.split()[0]}={metrics.get(m.split()[0], float('nan')):.4f}"
@@ -307,19 +316,31 @@ def summarize_study(study, sweeper) -> dict:
     interval = f" [95% CI {low:.4f}, {high:.4f}]" if low is not None and high is not None else ""
     print(f"λ* search ({study.study_name}): {verdict} best {shown_params}: {sweeper.objective}="
           f"{chosen.value:.4f}{interval}, {shown} | {len(done)} completed, "
-          f"{len(done) - len(feasible)} infeasible, {failed} failed", flush=True)
+          f"{len(done) - len(feasible)} infeasible, {failed} failed; {stopped}", flush=True)
+    if reported:
+        print("  report set (the numbers to quote): " + ", ".join(
+            f"{k}={v:.4f}" for k, v in reported.items()), flush=True)
     sweep_dir = Path(sweeper.config.hydra.sweep.dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(summary, sort_keys=False)
-    (sweep_dir / "lambda_star.yaml").write_text(text)
     parent_file = sweep_dir / PARENT_FILE
+    tracker = None
     if parent_file.exists():
         job_cfg = sweeper.config
         tracker = tracking.open_tracker(job_cfg.tracking, experiment_name(job_cfg))
+        gains = paired_gains(tracker, parent_file.read_text().strip(), chosen.params,
+                             sweeper.objective, job_part(job_cfg))
+        if gains:
+            summary["paired_gains"] = gains
+            for line in gains.values():
+                print(f"  {line}", flush=True)
+    text = yaml.safe_dump(summary, sort_keys=False, allow_unicode=True)
+    (sweep_dir / "lambda_star.yaml").write_text(text)
+    if tracker is not None:
         handle = tracker.run(parent_file.read_text().strip())
         params = {f"best/{k}": v for k, v in chosen.params.items()}
         params |= {"search/verdict": verdict, "search/constraints": "; ".join(constraints)}
         log_params_or_tags(handle, params)
+        handle.tag("search/stopped", stopped[:5000])
         handle.log_metrics({f"best/{k}": v for k, v in metrics.items() if math.isfinite(v)}
                            | {"search/infeasible": summary["infeasible"], "search/failed": failed,
                               "search/completed": len(done)})
@@ -328,3 +349,35 @@ def summarize_study(study, sweeper) -> dict:
             handle.log_figure(trials_figure(done, sweeper, chosen, violation),
                               "search/trials.png")
     return summary
+
+
+def paired_gains(tracker, parent_id: str, params: dict, objective: str,
+                 job_cfg: DictConfig) -> dict[str, str]:
+    """λ*'s paired differences to PT and IT on the objective's task, over the report documents
+    (all documents where the tasks are not split): ``{task: "<line>"}``, empty where λ* is a
+    parent or its runs cannot be found."""
+    from app.report.evidence import Evidence, describe
+
+    lam = params.get("lambda")
+    task = objective.split("/")[1] if objective.startswith(("selection/", "report/")) \
+        else objective.split("/")[0]
+    if not isinstance(lam, float) or lam in (0.0, 1.0) or task in ("mean", "judge", "probe"):
+        return {}
+    runs = [r for r in tracker.children(parent_id)
+            if abs(float(r.params.get("lambda", "nan")) - round(lam, 6)) < 1e-9]
+    tasks_tag = runs[0].tags.get("tasks") if runs else None
+    refs = [tracker.references(tasks_tag, x) for x in ("0", "1")] if tasks_tag else []
+    if not runs or not all(refs):
+        return {}
+    subset = "report" if job_cfg.task.selection.share else None
+    evidence = Evidence(tracker.client.download_artifacts, n_boot=job_cfg.task.bootstrap or 1000,
+                        seed=job_cfg.seed, bins=job_cfg.task.ece_bins,
+                        binning=job_cfg.task.ece_binning)
+    try:
+        found = evidence.against_parents(runs[0].tags.get("reused_from", runs[0].run_id),
+                                         refs[0][0].run_id, refs[1][0].run_id, task, subset)
+    except (OSError, KeyError, ValueError) as e:  # no samples artifact: say so, go on
+        LOG.warning("λ*'s paired gains could not be computed: %s", e)
+        return {}
+    where = "the report set" if subset else "all documents"
+    return {task: f"{task}, λ*={lam:.4g} on {where}: {describe(found)}"}

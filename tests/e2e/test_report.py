@@ -2,6 +2,7 @@
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,15 +48,29 @@ def test_report_files_numbers_and_star(swept):
         m = by_key[(r[0], float(r[1]))]
         assert float(r[2]) == pytest.approx(m["toy_mc/acc"], abs=5e-5)
         assert float(r[3]) == pytest.approx(m["toy_mc/ece"], abs=5e-5)
-    # the star sits at the best feasible λ, computed here straight from the runs
+    # the star sits at the best feasible λ on the selection documents, computed here straight
+    # from the runs, and is reported with the report documents' numbers
     for method in ("linear", "slerp"):
         points = {lam: m for (meth, lam), m in by_key.items() if meth == method}
         points.setdefault(0.0, refs["0"])
         points.setdefault(1.0, refs["1"])
-        feasible = [(-m["toy_mc/acc"], m["toy_mc/ece"], lam) for lam, m in points.items()
-                    if m["toy_mc/ece"] <= 0.2]
+        feasible = [(-m["selection/toy_mc/acc"], m["selection/toy_mc/ece"], lam)
+                    for lam, m in points.items() if m["selection/toy_mc/ece"] <= 0.2]
         best = min(feasible)[2]
-        assert f"**{method}**\n- λ* (best accuracy with ECE ≤ 0.2): {best:g} " in proc.stdout
+        m = points[best]
+        assert (f"**{method}**\n- λ* (best selection-set accuracy with selection-set ECE ≤ 0.2): "
+                f"{best:g}; selection set: acc {m['selection/toy_mc/acc']:.4f}, ECE "
+                f"{m['selection/toy_mc/ece']:.4f}; **report set** (the number to quote): acc "
+                f"{m['report/toy_mc/acc']:.4f}, ECE {m['report/toy_mc/ece']:.4f}") in proc.stdout
+    # a dominance claim carries its paired interval; its value is the logged difference
+    claims = re.findall(r"  - λ=(\S+) vs IT: Δacc ([-+]\d\.\d{4}) \[([-+]\d\.\d{4}), "
+                        r"([-+]\d\.\d{4})\], ΔECE ([-+]\d\.\d{4})", proc.stdout)
+    assert len(claims) == 2 and "significantly (the paired interval excludes 0):" in proc.stdout
+    for method, (lam, dacc, low, high, dece) in zip(("linear", "slerp"), claims):
+        m, it = by_key[(method, float(lam))], refs["1"]
+        assert float(dacc) == pytest.approx(m["toy_mc/acc"] - it["toy_mc/acc"], abs=1e-4)
+        assert float(dece) == pytest.approx(m["toy_mc/ece"] - it["toy_mc/ece"], abs=1e-4)
+        assert float(low) <= float(dacc) <= float(high)
     parent = next(r for r in found if r.data.tags.get("role") == "sweep")
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert "report/report.html" in logged

@@ -21,15 +21,27 @@ def test_search_finds_a_feasible_lambda_star_and_resumes(tmp_path):
     assert len(trials) == 5 and [t.params["lambda"] for t in trials[:2]] == [0.0, 1.0]
     summary = yaml.safe_load(next((tmp_path / "multirun").rglob("lambda_star.yaml")).read_text())
     best = summary["best_metrics"]
-    assert summary["verdict"] == "feasible" and best["toy_mc/ece"] <= 0.15
-    feasible = [t.value for t in trials if t.user_attrs["metrics"]["toy_mc/ece"] <= 0.15]
-    assert summary["best_value"] == max(feasible)
-    assert summary["infeasible"] == sum(t.user_attrs["metrics"]["toy_mc/ece"] > 0.15
+    # chosen on the selection documents, under the selection documents' ECE
+    assert summary["objective"] == "selection/toy_mc/acc"
+    assert summary["verdict"] == "feasible" and best["selection/toy_mc/ece"] <= 0.15
+    feasible = [t.value for t in trials
+                if t.user_attrs["metrics"]["selection/toy_mc/ece"] <= 0.15]
+    assert summary["best_value"] == max(feasible) == best["selection/toy_mc/acc"]
+    assert summary["infeasible"] == sum(t.user_attrs["metrics"]["selection/toy_mc/ece"] > 0.15
                                         for t in trials)
+    # reported on the other documents, with the paired gain over each parent
+    assert summary["report_metrics"] == {k: best[k] for k in ("report/toy_mc/acc",
+                                                              "report/toy_mc/ece")}
+    assert f"report/toy_mc/acc={best['report/toy_mc/acc']:.4f}" in proc.stdout
+    if 0 < summary["best_params"]["lambda"] < 1:
+        line = summary["paired_gains"]["toy_mc"]
+        assert "on the report set: vs IT: Δacc" in line and "vs PT: Δacc" in line
+        assert line in proc.stdout
+    assert summary["stopped"] == "ran every trial (n_trials)"
     client, found = runs(tmp_path)
     parent = next(r for r in found if r.data.tags.get("role") == "sweep")
     assert float(parent.data.params["best/lambda"]) == summary["best_params"]["lambda"]
-    assert parent.data.metrics["best/toy_mc/ece"] == best["toy_mc/ece"]
+    assert parent.data.metrics["best/selection/toy_mc/ece"] == best["selection/toy_mc/ece"]
     assert "search/trials.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "search")}
 
     again = run_app(tmp_path, *SEARCH, "hydra.sweeper.n_trials=4")  # continue: one more trial
@@ -41,6 +53,7 @@ def test_bad_search_config_fails_before_any_job(tmp_path):
     for override, expect in [
         ("hydra.sweeper.constraints=['toy_mc/eec <= 0.1']",
          "hydra.sweeper.constraints: the job returns no metric 'toy_mc/eec' (did you mean 'toy_mc/ece'?)"),
+        ("hydra.sweeper.stop_patience=-1", "hydra.sweeper.stop_patience=-1 must be ≥ 0"),
         ("hydra.sweeper.objective=mmlu_pro/acc", "hydra.sweeper.objective: the job returns no metric"),
         ("~hydra.sweeper.params.lambda", "hydra.sweeper.params is empty"),
         ("hydra.sweeper.params.lambda='interval(0,2)'", "lambda=2 is outside method=linear's"),

@@ -103,3 +103,21 @@ def test_the_same_command_resumes_the_study(tmp_path):
     more = sweep(tmp_path, "hydra.sweeper.sampler=random", "hydra.sweeper.n_trials=5")
     assert more.returncode == 0, more.stderr
     assert calls(tmp_path)[:3] == first and len(calls(tmp_path)) == 5
+
+
+def test_the_search_stops_early_on_a_plateau_and_says_why(tmp_path):
+    proc = sweep(tmp_path, "flat=true", "hydra.sweeper.sampler=gp", "hydra.sweeper.n_trials=12",
+                 "hydra.sweeper.stop_patience=3", "hydra.sweeper.constraints=[]")
+    assert proc.returncode == 0, proc.stderr
+    summary = yaml.safe_load((tmp_path / "multirun" / "search_summary.yaml").read_text())
+    # 3 start-up trials, then 3 without a gain beyond ±0.01: 6 of the cap's 12
+    assert len(calls(tmp_path)) == summary["completed"] == 6
+    assert summary["stopped"] == ("stopped after 6 trials: the last 3 did not beat the best "
+                                  "(0.5000) by more than its noise (0.0100)")
+    assert summary["stopped"] in proc.stdout
+    # without the rule the cap is reached
+    other = tmp_path / "capped"
+    other.mkdir()
+    sweep(other, "flat=true", "hydra.sweeper.sampler=gp", "hydra.sweeper.n_trials=5",
+          "hydra.sweeper.stop_patience=0", "hydra.sweeper.constraints=[]")
+    assert len(calls(other)) == 5

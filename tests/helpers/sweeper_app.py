@@ -14,6 +14,8 @@ def main(cfg: DictConfig) -> dict:
         f.write(f"{cfg.x}\n")
     if cfg.fail_at is not None and abs(cfg.x - cfg.fail_at) < 1e-9:
         raise RuntimeError(f"made-up failure at x={cfg.x}")
+    if cfg.flat:  # a plateau: every x scores the same, within a noise of ±0.01
+        return {"score": 0.5, "score_ci_low": 0.49, "score_ci_high": 0.51, "cost": float(cfg.x)}
     return {"score": 1 - (cfg.x - 0.7) ** 2, "cost": float(cfg.x), "time/total_s": 0.001}
 
 

@@ -27,6 +27,16 @@ class TaskSpec:
 
 
 @dataclass
+class SelectionConfig:
+    """Which documents choose λ* and which report it (``app.evaluate.selection``)."""
+
+    # share of each task's documents (per part: BBH's subtasks, MMLU-Pro's categories) that
+    # selects; the rest reports. 0: no split (selection/* and report/* are not logged)
+    share: float = 0.5
+    seed: int = 0
+
+
+@dataclass
 class EvalConfig:
     """What to evaluate: lm-eval tasks (found through ``include_path``) and how."""
 
@@ -51,6 +61,7 @@ class EvalConfig:
     chat_template: bool = False
     # few-shot examples as alternating user/assistant turns (needs chat_template)
     fewshot_as_multiturn: bool = False
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
 
 
 def validate(task, model=None) -> None:
@@ -66,6 +77,10 @@ def validate(task, model=None) -> None:
         if value not in valid:
             raise ConfigError(f"task.{key}={value!r} is not valid"
                               f"{suggest(str(value), list(valid))}; use {' or '.join(valid)}")
+    share = task.selection.share
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
+        raise ConfigError(f"task.selection.share={share!r} must be a share in [0, 1): the part "
+                          f"of each task's documents that selects λ* (0: no split)")
     if task.fewshot_as_multiturn and not task.chat_template:
         raise ConfigError("task.fewshot_as_multiturn=true needs task.chat_template=true (few-shot "
                           "turns exist only in a chat); set both, or neither")

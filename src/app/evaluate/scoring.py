@@ -6,6 +6,8 @@ ECE and friends from the per-choice log-likelihoods (``app.calibration``). A tas
 documents fall in parts also gets each part's accuracy (``<part>/acc``, the mean of its
 documents' scores): a group's parts are its leaves (BBH's subtasks, named without the common
 prefix), a single task's the values of its documents' ``category`` field (MMLU-Pro's 14).
+With ``task.selection.share`` > 0 each document also falls in the selection or the report set
+(``app.evaluate.selection``, stratified by part) and each set gets its accuracy (and ECE).
 """
 
 from __future__ import annotations
@@ -24,13 +26,13 @@ from app.evaluate.tasks import Leaf
 
 
 @dataclass
-@dataclass
 class TaskResult:
     """One configured task's metrics and per-sample records for one merge."""
 
     metrics: dict[str, float]
     records: list[dict[str, Any]] = field(default_factory=list)
     bins: dict[str, list[float]] | None = None  # reliability diagram data (MC tasks)
+    splits: dict[str, dict[str, float]] = field(default_factory=dict)  # selection, report
 
 
 def score_leaf(leaf: Leaf) -> tuple[dict[str, Any], dict[str, dict[int, Any]]]:
@@ -90,8 +92,26 @@ def task_result(spec, leaves: list[Leaf], per_leaf: list, task_cfg: DictConfig,
     for rec, c, k in zip(records, conf, correct):
         rec["confidence"], rec["correct"] = float(c), bool(k)
     rel = calibration.reliability(conf, correct, task_cfg.ece_bins, task_cfg.ece_binning)
-    cal.update(part_accuracies(leaves, [float(c) for c in correct], records))
-    return TaskResult(cal, records, {k: [float(x) for x in v] for k, v in rel.items()})
+    scores = [float(c) for c in correct]
+    cal.update(part_accuracies(leaves, scores, records))
+    return TaskResult(cal, records, {k: [float(x) for x in v] for k, v in rel.items()},
+                      _splits(spec, leaves, records, scores, conf, task_cfg))
+
+
+def _splits(spec, leaves: list[Leaf], records: list[dict], scores: list[float], conf,
+            task_cfg) -> dict[str, dict[str, float]]:
+    """The selection and report sets' metrics; each record gets its ``set``."""
+    from app.evaluate.selection import selected, split_metrics
+
+    chosen_cfg = task_cfg.get("selection")
+    if not chosen_cfg or not chosen_cfg.share:
+        return {}
+    keys = [(leaf.name, true_id) for leaf in leaves for _, true_id, _ in leaf.docs]
+    chosen = selected(spec.name, keys, document_parts(leaves), chosen_cfg.share, chosen_cfg.seed)
+    for record, sel in zip(records, chosen, strict=True):
+        record["set"] = "selection" if sel else "report"
+    return split_metrics(chosen, scores, conf, task_cfg.ece_bins, task_cfg.ece_binning,
+                         task_cfg.bootstrap, chosen_cfg.seed)
 
 
 def document_parts(leaves: list[Leaf]) -> list[str] | None:
@@ -142,4 +162,5 @@ def _generative_result(spec, leaves, per_leaf, pooled, task_cfg, seed, multi) ->
     if task_cfg.bootstrap > 0:
         metrics["acc_ci_low"], metrics["acc_ci_high"] = calibration.bootstrap_mean_ci(
             scores, task_cfg.bootstrap, seed=seed)
-    return TaskResult(metrics, records)
+    return TaskResult(metrics, records, splits=_splits(spec, leaves, records, scores, None,
+                                                       task_cfg))

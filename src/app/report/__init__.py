@@ -53,7 +53,8 @@ class Sweep:
     def tasks(self) -> tuple[list[str], list[str]]:
         """(calibrated tasks, generative tasks) found in the metrics."""
         keys = set().union(*(r.metrics for r in self.merges + list(self.parents.values())))
-        tasks = sorted({k.split("/")[0] for k in keys if k.endswith("/acc")} - {"mean", "probe"})
+        tasks = sorted({k.split("/")[0] for k in keys if k.endswith("/acc")}
+                       - {"mean", "probe", "selection", "report"})
         calibrated = [t for t in tasks if f"{t}/ece" in keys]
         return calibrated, [t for t in tasks if t not in calibrated]
 
@@ -221,26 +222,41 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def analysis(sweep: Sweep, task: str, ece_limit: float) -> str:
+def analysis(sweep: Sweep, task: str, ece_limit: float, evidence=None) -> str:
+    """The task's summary per method: λ* (chosen on the selection documents and reported on the
+    others where the runs split them), the Pareto set, dominance over IT and the peak gain;
+    with ``evidence`` (``app.report.evidence.Evidence``) every claim against a parent carries
+    its paired 95% interval and is called significant only where that excludes zero."""
+    from app.report.evidence import describe
+
     pt, it = _point(sweep.parents["PT"], task), _point(sweep.parents["IT"], task)
+    refs = [sweep.parents[n].artifact_run for n in ("PT", "IT")]
     lines = [f"### {task}", "",
              f"PT: acc {pt.acc:.4f}, ECE {pt.ece:.4f} — IT: acc {it.acc:.4f}, ECE {it.ece:.4f}", ""]
     for method in sweep.methods():
-        path = sweep.path(method, task)
+        rows = _rows_with_parents(sweep, method)
+        path = [_point(r, task) for r in rows]
         merges = [p for p in path if 0 < p.lam < 1 or p.lam > 1]
-        star = lambda_star(path, ece_limit)
         front = pareto_front(path)
         lines.append(f"**{method}**")
-        lines.append(f"- λ* (best accuracy with ECE ≤ {ece_limit:g}): " + (
-            f"{star.lam:g} (acc {star.acc:.4f}, ECE {star.ece:.4f})" if star else
-            f"none: no λ meets the limit (least ECE: λ={min(path, key=lambda p: p.ece).lam:g})"))
+        lines += _lambda_star_lines(rows, task, ece_limit, evidence, refs)
         lines.append("- Pareto set (λ): " + ", ".join(f"{p.lam:g}" for p in front))
         dom = dominance_over_it(merges, pt, it)
         if dom:
             d = dom[0]
-            lines.append(f"- {len(dom)} merge(s) Pareto-dominate IT; best λ={d.point.lam:g}: "
-                         f"+{d.acc_gain:.4f} acc, {d.ece_recovered:.0%} of the PT→IT ECE rise "
-                         f"recovered")
+            line = (f"- {len(dom)} merge(s) Pareto-dominate IT; best λ={d.point.lam:g}: "
+                    f"+{d.acc_gain:.4f} acc, {d.ece_recovered:.0%} of the PT→IT ECE rise "
+                    f"recovered")
+            if evidence is not None:
+                by_lam = {r.lam: r for r in rows}
+                tests = {x.point.lam: evidence.against_parents(
+                    by_lam[x.point.lam].artifact_run, *refs, task) for x in dom}
+                sig = [lam for lam, t in tests.items() if t.vs_it.dominates_significantly]
+                line += (f"\n  - significantly (the paired interval excludes 0): {len(sig)} of "
+                         f"{len(dom)}" + (f", λ {', '.join(f'{x:g}' for x in sig)}" if sig
+                                          else "") + f"\n  - λ={d.point.lam:g} "
+                         f"{describe(tests[d.point.lam])}")
+            lines.append(line)
         else:
             lines.append("- no merge Pareto-dominates IT")
         peak = peak_gain(merges, pt, it)
@@ -249,6 +265,37 @@ def analysis(sweep: Sweep, task: str, ece_limit: float) -> str:
                          f"{peak[1]:+.4f} over the better parent")
         lines.append("")
     return "\n".join(lines)
+
+
+def _lambda_star_lines(rows: list[Row], task: str, ece_limit: float, evidence,
+                       refs: list[str]) -> list[str]:
+    """λ*: on the selection documents, reported on the report documents, where every row has
+    both sets' metrics; else on all documents (a store from before the split)."""
+    split = all(f"{s}/{task}/{m}" in r.metrics for r in rows for s in ("selection", "report")
+                for m in ("acc", "ece"))
+    prefix = "selection/" if split else ""
+    points = [Point(r.lam, r.metrics[f"{prefix}{task}/acc"], r.metrics[f"{prefix}{task}/ece"],
+                    r.method) for r in rows]
+    star = lambda_star(points, ece_limit)
+    if star is None:
+        least = min(points, key=lambda p: p.ece)
+        return [f"- λ* (best accuracy with ECE ≤ {ece_limit:g}): none: no λ meets the limit "
+                f"(least ECE: λ={least.lam:g})"]
+    if not split:
+        return [f"- λ* (best accuracy with ECE ≤ {ece_limit:g}): {star.lam:g} (acc "
+                f"{star.acc:.4f}, ECE {star.ece:.4f})"]
+    row = next(r for r, p in zip(rows, points) if p is star)
+    m = row.metrics
+    lines = [f"- λ* (best selection-set accuracy with selection-set ECE ≤ {ece_limit:g}): "
+             f"{star.lam:g}; selection set: acc {star.acc:.4f}, ECE {star.ece:.4f}; "
+             f"**report set** (the number to quote): acc {m[f'report/{task}/acc']:.4f}, ECE "
+             f"{m[f'report/{task}/ece']:.4f}"]
+    if evidence is not None and 0 < star.lam < 1:
+        from app.report.evidence import describe
+
+        versus = evidence.against_parents(row.artifact_run, *refs, task, "report")
+        lines.append(f"  - on the report set, {describe(versus)}")
+    return lines
 
 
 def _interior(sweep: Sweep) -> list[Row]:
@@ -336,7 +383,10 @@ def write_report(sweep: Sweep, reader, out: Path, ece_limit: float,
     (out / "table.md").write_text(markdown_table(header, rows))
     with open(out / "table.csv", "w", newline="") as fh:
         csv.writer(fh).writerows([header, *rows])
-    summary = "\n".join(analysis(sweep, t, ece_limit) for t in calibrated)
+    from app.report.evidence import Evidence
+
+    evidence = Evidence(reader.download)
+    summary = "\n".join(analysis(sweep, t, ece_limit, evidence) for t in calibrated)
     if internals.phenomenon_keys(sweep.parents["PT"].metrics):
         text, drawn = internals_section(sweep, calibrated + generative, out)
         summary += "\n" + text

@@ -19,6 +19,12 @@ wants the default summary and its own logging calls ``default_summary(study, swe
 its callback. Without a callback, ``default_summary`` runs: it prints one line, writes
 ``<hydra.sweep.dir>/search_summary.yaml`` and returns the summary dict.
 
+``n_trials`` is a cap: with ``stop_patience`` > 0 the study stops earlier, once that many
+trials in a row (beyond the parents and the start-up trials) have not beaten the best feasible
+value by more than its noise: half the width of the best trial's 95% interval
+(``<objective>_ci_low`` / ``_ci_high`` where the job returns them), or ``stop_min_delta``.
+``stop_reason`` says why a study ended; the summary prints it.
+
 Every bad setting raises ``SweeperConfigError``, one line naming the ``hydra.sweeper.<key>``.
 """
 
@@ -41,8 +47,8 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
 __all__ = ["LambdaStarSweeper", "LambdaStarSweeperConf", "SweeperConfigError", "best_trial",
-           "constraint_value", "default_summary", "parse_constraint", "trial_overrides",
-           "violation"]
+           "check_stop", "constraint_value", "default_summary", "parse_constraint", "stop_reason",
+           "trial_overrides", "violation"]
 
 LOG = logging.getLogger(__name__)
 CONSTRAINT = re.compile(r"^\s*([\w./-]+)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
@@ -64,7 +70,9 @@ class LambdaStarSweeperConf:
     params: dict[str, str] = field(default_factory=dict)  # e.g. lambda: interval(0, 1)
     sampler: str = "gp"  # gp | tpe | random | grid
     grid_points: int = 11  # grid sampler: points per interval
-    n_trials: int = 8  # evaluations, not counting the parents (λ at the interval's ends)
+    n_trials: int = 8  # at most this many evaluations, not counting the parents (λ at the ends)
+    stop_patience: int = 3  # stop after this many trials with no gain beyond the noise (0: never)
+    stop_min_delta: float = 0.0  # the noise where the job returns no interval for the objective
     n_startup: int = 3  # GP/TPE: trials before the model is used (the parents included)
     n_jobs: int = 1  # trials handed to the launcher at once
     seed_with_parents: bool = True  # first try λ=lo and λ=hi (PT/IT: reused references)
@@ -115,6 +123,36 @@ def best_trial(trials: list, direction: str) -> tuple[Any, str]:
     raise RuntimeError("no trial completed")
 
 
+def check_stop(patience, min_delta) -> None:
+    """The stopping rule's settings: numbers ≥ 0 (a SweeperConfigError otherwise)."""
+    for key, value in (("stop_patience", patience), ("stop_min_delta", min_delta)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or value < 0:
+            raise SweeperConfigError(f"hydra.sweeper.{key}={value!r} must be ≥ 0 "
+                                     f"(stop_patience=0: run all n_trials)")
+
+
+def stop_reason(history: list[tuple[float, bool, float]], patience: int, warmup: int,
+                maximize: bool = True) -> str | None:
+    """Why the search may stop now, or None. ``history``: (value, feasible, noise) of each
+    finished trial in order, the seeded parents and start-up trials first (``warmup`` of them).
+    A trial counts as a gain when it is feasible and beats the best feasible value before it by
+    more than that best's noise; after ``patience`` trials past the warm-up without one, stop."""
+    if patience <= 0:
+        return None
+    sign = 1 if maximize else -1
+    best, noise, since = None, 0.0, 0
+    for i, (value, feasible, delta) in enumerate(history):
+        gain = feasible and (best is None or sign * (value - best) > noise)
+        if feasible and (best is None or sign * (value - best) > 0):
+            best, noise = value, delta
+        since = 0 if gain or i < warmup else since + 1
+    if since >= patience:
+        return (f"stopped after {len(history)} trials: the last {since} did not beat the best "
+                f"({best:.4f}) by more than its noise ({noise:.4f})" if best is not None else
+                f"stopped after {len(history)} trials: the last {since} found no feasible λ")
+    return None
+
+
 def default_summary(study, sweeper: "LambdaStarSweeper") -> dict:
     """Print the best trial in one line, write <hydra.sweep.dir>/search_summary.yaml, return it."""
     import yaml
@@ -131,12 +169,13 @@ def default_summary(study, sweeper: "LambdaStarSweeper") -> dict:
         "verdict": verdict, "best_params": best.params, "best_value": best.value,
         "best_metrics": best.user_attrs.get("metrics", {}), "trials": len(study.trials),
         "completed": len(done), "infeasible": infeasible, "failed": failed,
+        "stopped": sweeper.stopped or "ran every trial (n_trials)",
     }
     shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                       for k, v in best.params.items())
     print(f"λ* search ({study.study_name}): {verdict} best {shown}: {sweeper.objective}="
-          f"{best.value:.4f} | {len(done)} completed, {infeasible} infeasible, {failed} failed",
-          flush=True)
+          f"{best.value:.4f} | {len(done)} completed, {infeasible} infeasible, {failed} failed; "
+          f"{summary['stopped']}", flush=True)
     sweep_dir = Path(sweeper.config.hydra.sweep.dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / SUMMARY_FILE).write_text(yaml.safe_dump(summary, sort_keys=False,
@@ -152,7 +191,8 @@ class LambdaStarSweeper(Sweeper):
                  n_startup: int, n_jobs: int, seed_with_parents: bool, storage: str | None,
                  storage_dir: str | None, study_name: str | None,
                  callback: str | None, resume: bool, seed: int,
-                 max_failure_rate: float) -> None:
+                 max_failure_rate: float, stop_patience: int = 3,
+                 stop_min_delta: float = 0.0) -> None:
         # Checked in setup(): Hydra's instantiate would wrap a SweeperConfigError raised here.
         self.objective, self.direction = objective, direction
         self.constraint_texts = list(constraints or [])
@@ -165,6 +205,8 @@ class LambdaStarSweeper(Sweeper):
         self.study_name = study_name or "lambda_star"
         self.callback_path = callback
         self.seed, self.max_failure_rate = seed, max_failure_rate
+        self.stop_patience, self.stop_min_delta = stop_patience, stop_min_delta
+        self.stopped: str | None = None  # why the study ended before n_trials, if it did
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -178,6 +220,7 @@ class LambdaStarSweeper(Sweeper):
         if self.direction not in DIRECTIONS:
             raise SweeperConfigError(f"hydra.sweeper.direction={self.direction!r}; valid: "
                                      f"{', '.join(DIRECTIONS)}")
+        check_stop(self.stop_patience, self.stop_min_delta)
         if self.sampler_name not in SAMPLERS:
             raise SweeperConfigError(f"hydra.sweeper.sampler={self.sampler_name!r}; valid: "
                                      f"{', '.join(SAMPLERS)}")
@@ -295,12 +338,20 @@ class LambdaStarSweeper(Sweeper):
                     study.enqueue_trial(point, skip_if_exists=True)
             target = len(grid) + len([e for e in ends if {"lambda": e} not in grid])
         job_idx = 0
+        self.stopped = None
         while True:
             finished = [t for t in study.trials if t.state.is_finished()
                         and t.state != TrialState.PRUNED]
             remaining = target - len(finished)
             if remaining <= 0:
                 break
+            if self.sampler_name != "grid":
+                self.stopped = stop_reason(self._history(study), self.stop_patience,
+                                           max(len(ends), self.n_startup),
+                                           self.direction == "maximize")
+                if self.stopped:
+                    LOG.info("λ* search: %s", self.stopped)
+                    break
             trials = [study.ask(space) for _ in range(min(self.n_jobs, remaining))]
             for t in trials:
                 t.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
@@ -314,6 +365,21 @@ class LambdaStarSweeper(Sweeper):
                 raise RuntimeError(f"{failed} of {len(study.trials)} trials failed (more than "
                                    f"max_failure_rate={self.max_failure_rate}); stopping")
         return self.callback(study, self)
+
+    def _history(self, study) -> list[tuple[float, bool, float]]:
+        """(value, feasible, noise) of each completed trial, in order."""
+        from optuna.trial import TrialState
+
+        out = []
+        for t in study.trials:
+            if t.state != TrialState.COMPLETE:
+                continue
+            m = t.user_attrs.get("metrics", {})
+            low, high = (m.get(f"{self.objective}_ci_{e}") for e in ("low", "high"))
+            noise = (high - low) / 2 if low is not None and high is not None \
+                else self.stop_min_delta
+            out.append((t.value, violation(t) <= 0, noise))
+        return out
 
     def _tell(self, study, trial, result) -> None:
         from optuna.trial import TrialState
