@@ -47,10 +47,12 @@ def aligned(runs: Sequence[dict[tuple, tuple[float, float]]]) -> tuple[np.ndarra
 
 
 def resample(conf: np.ndarray, correct: np.ndarray, n_boot: int = 1000, seed: int = 0,
-             bins: int = 15, binning: str = "width") -> tuple[np.ndarray, np.ndarray]:
+             bins: int = 15, binning: str = "width",
+             ece: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(accuracy, ECE), each of shape (1 + n_boot, runs): row 0 on all documents, row b on the
     b-th bootstrap draw of documents, the same draw for every run. ``conf``/``correct``:
-    (runs, documents); without confidences (NaN, a generative task) ECE is NaN."""
+    (runs, documents); without confidences (NaN, a generative task) or ``ece=False``, ECE is
+    NaN."""
     conf, correct = np.atleast_2d(conf), np.atleast_2d(correct)
     runs, n = correct.shape
     if n == 0:
@@ -58,13 +60,13 @@ def resample(conf: np.ndarray, correct: np.ndarray, n_boot: int = 1000, seed: in
     rng = np.random.default_rng(seed)
     draws = np.vstack([np.arange(n)[None, :], rng.integers(0, n, size=(n_boot, n))])
     acc = correct[:, draws].mean(axis=2).T  # (1 + n_boot, runs)
-    ece = np.full_like(acc, np.nan)
-    if not np.isnan(conf).any():
+    eces = np.full_like(acc, np.nan)
+    if ece and not np.isnan(conf).any():
         for b, idx in enumerate(draws):
             for r in range(runs):
-                ece[b, r] = expected_calibration_error(conf[r, idx], correct[r, idx], bins,
-                                                       binning)
-    return acc, ece
+                eces[b, r] = expected_calibration_error(conf[r, idx], correct[r, idx], bins,
+                                                        binning)
+    return acc, eces
 
 
 def estimate(values: np.ndarray, level: float = LEVEL) -> Estimate:

@@ -112,8 +112,8 @@ def test_the_search_stops_early_on_a_plateau_and_says_why(tmp_path):
     summary = yaml.safe_load((tmp_path / "multirun" / "search_summary.yaml").read_text())
     # 3 start-up trials, then 3 without a gain beyond ±0.01: 6 of the cap's 12
     assert len(calls(tmp_path)) == summary["completed"] == 6
-    assert summary["stopped"] == ("stopped after 6 trials: the last 3 did not beat the best "
-                                  "(0.5000) by more than its noise (0.0100)")
+    assert summary["stopped"] == ("stopped after 6 trials: none of the last 3 beat the best "
+                                  "before it by more than the noise (±0.0100); best 0.5000")
     assert summary["stopped"] in proc.stdout
     # without the rule the cap is reached
     other = tmp_path / "capped"

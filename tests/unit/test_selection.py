@@ -58,14 +58,15 @@ def test_the_search_stops_on_a_flat_curve_and_goes_on_while_it_climbs():
     noise = 0.02
     flat = [(0.70, True, noise)] * 3 + [(0.70 + d, True, noise) for d in (0.005, -0.01, 0.01)]
     reason = stop_reason(flat, patience=3, warmup=3)
-    assert reason and "the last 3 did not beat the best (0.7100) by more than its noise" in reason
+    assert reason == ("stopped after 6 trials: none of the last 3 beat the best before it by "
+                      "more than the noise (±0.0200); best 0.7100")
     assert stop_reason(flat[:5], patience=3, warmup=3) is None  # only two after the warm-up
     steep = [(0.5, True, noise), (0.6, True, noise), (0.62, True, noise)] + [
         (0.62 + 0.05 * i, True, noise) for i in range(1, 6)]
     assert stop_reason(steep, patience=3, warmup=3) is None
     # gains only count where feasible; a run of infeasible trials stops the search too
     stuck = [(0.5, True, noise)] * 3 + [(0.9, False, noise)] * 3
-    assert "did not beat the best (0.5000)" in stop_reason(stuck, 3, 3)
+    assert stop_reason(stuck, 3, 3).endswith("best 0.5000")
     none = [(0.9, False, 0.0)] * 6
     assert "found no feasible" in stop_reason(none, 3, 3)
     assert stop_reason(flat, patience=0, warmup=3) is None  # 0: never stops early

@@ -20,6 +20,7 @@ import argparse
 import base64
 import csv
 import json
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,8 +262,15 @@ def analysis(sweep: Sweep, task: str, ece_limit: float, evidence=None) -> str:
             lines.append("- no merge Pareto-dominates IT")
         peak = peak_gain(merges, pt, it)
         if peak:
-            lines.append(f"- peak accuracy {peak[0].acc:.4f} at λ={peak[0].lam:g}: "
-                         f"{peak[1]:+.4f} over the better parent")
+            line = (f"- peak accuracy {peak[0].acc:.4f} at λ={peak[0].lam:g}: "
+                    f"{peak[1]:+.4f} over the better parent")
+            if evidence is not None:
+                row = next(r for r in rows if r.lam == peak[0].lam)
+                versus = evidence.against_parents(row.artifact_run, *refs, task)
+                gain = (versus.vs_pt if pt.acc >= it.acc else versus.vs_it).acc
+                line += (f" [{gain.low:+.4f}, {gain.high:+.4f}], paired: "
+                         + ("significant" if gain.significant else "not significant"))
+            lines.append(line)
         lines.append("")
     return "\n".join(lines)
 
@@ -303,8 +311,8 @@ def _interior(sweep: Sweep) -> list[Row]:
     return [r for r in sweep.merges if r.lam not in (0.0, 1.0)]
 
 
-def internals_section(sweep: Sweep, tasks: list[str], out: Path,
-                      n_boot: int = 1000) -> tuple[str, list[str]]:
+def internals_section(sweep: Sweep, tasks: list[str], out: Path, n_boot: int = 1000,
+                      evidence=None) -> tuple[str, list[str]]:
     """Behaviour next to internals (``app.report.internals``): writes verdicts.png,
     probe_curves.png, correlations.png and correlations.csv; (markdown, figure names)."""
     pt, it = sweep.parents["PT"].metrics, sweep.parents["IT"].metrics
@@ -314,17 +322,24 @@ def internals_section(sweep: Sweep, tasks: list[str], out: Path,
              f"Units: {len(behaviour)} behaviour (tasks, parts where a task has them), "
              f"{len(phenomena)} probing phenomena; a merge is better/worse than both parents "
              f"on a unit, or between them.", "",
-             "| method | side | better | between | worse | (merge, unit) pairs |",
-             "|---|---|---|---|---|---|"]
+             "| method | side | better | between | worse | (merge, unit) pairs | better, "
+             "significantly | worse, significantly |",
+             "|---|---|---|---|---|---|---|---|"]
     counts = {}
+    refs = [sweep.parents[n].artifact_run for n in ("PT", "IT")]
     for method in sweep.methods():
-        merges = [r.metrics for r in _interior(sweep) if r.method == method]
+        rows = [r for r in _interior(sweep) if r.method == method]
+        merges = [r.metrics for r in rows]
         counts[method] = {side: internals.verdict_counts(merges, pt, it, keys)
                           for side, keys in (("behaviour", behaviour), ("internals", phenomena))}
+        significant = _significant_counts(rows, behaviour, refs, evidence)
         for side, c in counts[method].items():
             total = sum(c.values()) or 1
+            sig = (" | " + " | ".join(f"{significant[v] / total:.0%}" for v in ("better", "worse"))
+                   if side == "behaviour" and significant else " | | ")
             lines.append(f"| {method} | {side} | " + " | ".join(
-                f"{c[v] / total:.0%}" for v in internals.VERDICTS) + f" | {sum(c.values())} |")
+                f"{c[v] / total:.0%}" for v in internals.VERDICTS) + f" | {sum(c.values())}"
+                + sig + " |")
     series = {p.split("/")[1]: {m: [(r.lam, r.metrics[p]) for r in _rows_with_parents(sweep, m)
                                     if p in r.metrics] for m in sweep.methods()}
               for p in phenomena}
@@ -353,6 +368,27 @@ def internals_section(sweep: Sweep, tasks: list[str], out: Path,
                   f"to {max(finite['spearman']):.2f}; correlations.csv has each with its 95% "
                   f"bootstrap interval."]
     return "\n".join(lines) + "\n", list(drawn)
+
+
+def _significant_counts(rows: list[Row], keys: list[str], refs: list[str], evidence) -> dict:
+    """(merge, behaviour unit) pairs better / worse than both parents with both paired
+    accuracy differences significant; {} without evidence or samples."""
+    from collections import Counter
+
+    from app.report.evidence import verdict
+
+    if evidence is None:
+        return {}
+    counts = Counter()
+    try:
+        for row in rows:
+            for key in keys:
+                task, *part, _ = key.split("/")
+                subset = f"part:{part[0]}" if part else None
+                counts[verdict(evidence, row.artifact_run, *refs, task, subset)] += 1
+    except Exception:  # noqa: BLE001 - a run without samples: no significance column
+        return {}
+    return counts
 
 
 # ---------------------------------------------------------------- output
@@ -388,7 +424,8 @@ def write_report(sweep: Sweep, reader, out: Path, ece_limit: float,
     evidence = Evidence(reader.download)
     summary = "\n".join(analysis(sweep, t, ece_limit, evidence) for t in calibrated)
     if internals.phenomenon_keys(sweep.parents["PT"].metrics):
-        text, drawn = internals_section(sweep, calibrated + generative, out)
+        text, drawn = internals_section(sweep, calibrated + generative, out,
+                                        evidence=evidence)
         summary += "\n" + text
         figures += drawn
     (out / "summary.md").write_text(summary)
@@ -434,6 +471,7 @@ def run(argv: list[str] | None = None) -> Path:
     ap.add_argument("--tracking-dir", default="mlruns", help="local store folder (default mlruns)")
     ap.add_argument("--tracking-uri", help="an MLflow tracking URI instead of --tracking-dir")
     args = ap.parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one per sample file
     if not args.tracking_uri and not (Path(args.tracking_dir) / "mlflow.db").exists():
         raise ReportError(f"no MLflow store at {args.tracking_dir}/mlflow.db: run "
                           f"`python -m app -m ...` first or pass --tracking-dir/--tracking-uri")

@@ -73,6 +73,16 @@ class Evidence:
                               paired.ece_recovered(ece, 0, 1, 2), correct.shape[1])
 
 
+def verdict(evidence: "Evidence", merge: str, pt: str, it: str, task: str,
+            subset: str | None = None) -> str:
+    """better / worse than both parents on accuracy, each paired difference significant, or
+    between (``app.paired.paired_verdict``), over ``subset``'s documents."""
+    conf, correct = paired.aligned([outcomes(evidence.rows(r, task), task, subset)
+                                    for r in (merge, pt, it)])
+    acc, _ = paired.resample(conf, correct, evidence.n_boot, evidence.seed, ece=False)
+    return paired.paired_verdict(paired.difference(acc, 0, 1), paired.difference(acc, 0, 2))
+
+
 def describe(d: AgainstParents) -> str:
     """``vs IT: Δacc … [ … ], ΔECE … [ … ]; vs PT: …; ECE rise recovered …`` (paired, 95%)."""
     def side(c: paired.Comparison) -> str:

@@ -147,8 +147,9 @@ def stop_reason(history: list[tuple[float, bool, float]], patience: int, warmup:
             best, noise = value, delta
         since = 0 if gain or i < warmup else since + 1
     if since >= patience:
-        return (f"stopped after {len(history)} trials: the last {since} did not beat the best "
-                f"({best:.4f}) by more than its noise ({noise:.4f})" if best is not None else
+        return (f"stopped after {len(history)} trials: none of the last {since} beat the best "
+                f"before it by more than the noise (±{noise:.4f}); best {best:.4f}"
+                if best is not None else
                 f"stopped after {len(history)} trials: the last {since} found no feasible λ")
     return None
 
