@@ -1,6 +1,13 @@
 """Build the embedded toy PT/IT pair and its tasks, deterministically, on CPU (~3 minutes).
 
     python scripts/build_toy.py            # writes src/app/toy/{pt,it,tasks/data,BUILD.json}
+    python scripts/build_toy.py --size s   # the family's small pair: src/app/toy/sizes/s/
+    python scripts/build_toy.py --size l   # and its large one (≈1M parameters, not shipped)
+
+The family (``--size``): the same world, corpus, tokenizer, tasks and training recipe, only the
+model's width and depth change (``SIZES``); ``m`` is the embedded pair. Sizes other than ``m``
+write only their pair and BUILD.json, under src/app/toy/sizes/<size>/ (presets ``toy_s``,
+``toy_l``); the tasks are the embedded pair's, byte for byte.
 
 The world: people, creatures and towns whose job, colour or region follows their kind
 (surname, species, place-name ending) with probability RULE_P and is random otherwise. The PT
@@ -80,6 +87,13 @@ MODEL = dict(
     max_position_embeddings=256,
     tie_word_embeddings=False,
 )
+SIZES = {  # the toy family: heads of 32 throughout
+    "s": dict(MODEL, hidden_size=32, intermediate_size=96, num_attention_heads=1,
+              num_key_value_heads=1),
+    "m": MODEL,
+    "l": dict(MODEL, hidden_size=160, intermediate_size=448, num_hidden_layers=4,
+              num_attention_heads=5, num_key_value_heads=5),
+}
 PT_STEPS, PT_LR, BLOCK, BATCH = 400, 3e-3, 128, 32
 IT_EPOCHS, IT_LR = 30, 1e-3
 
@@ -148,14 +162,14 @@ def train_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
     return fast
 
 
-def pretrain(tok, corpus: list[str], check=None) -> LlamaForCausalLM:
+def pretrain(tok, corpus: list[str], check=None, model_cfg: dict = MODEL) -> LlamaForCausalLM:
     ids: list[int] = []
     for line in corpus:
         ids += tok(line, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     data = torch.tensor(ids[: len(ids) // BLOCK * BLOCK]).view(-1, BLOCK)
     config = LlamaConfig(
         vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id, **MODEL,
+        pad_token_id=tok.pad_token_id, **model_cfg,
     )
     model = LlamaForCausalLM(config)
     opt = torch.optim.AdamW(model.parameters(), lr=PT_LR, weight_decay=0.01)
@@ -262,8 +276,13 @@ def write_tasks(facts: list[dict], out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--size", choices=sorted(SIZES), default="m",
+                        help="the family member (m: the embedded pair)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: src/app/toy (m), src/app/toy/sizes/<size> (others)")
     args = parser.parse_args()
+    model_cfg = SIZES[args.size]
+    out = args.out or (OUT if args.size == "m" else OUT / "sizes" / args.size)
     random.seed(SEED)
     torch.manual_seed(SEED)
     torch.use_deterministic_algorithms(True)
@@ -273,7 +292,8 @@ def main() -> None:
     corpus = pt_corpus(corpus_facts, rng)
     tok = train_tokenizer(corpus)
     test = [f for f in facts if f["split"] == "test"]
-    pt = pretrain(tok, corpus, check=lambda m: _summary(*choice_confidence(tok, m, test)))
+    pt = pretrain(tok, corpus, check=lambda m: _summary(*choice_confidence(tok, m, test)),
+                  model_cfg=model_cfg)
     pt_conf, pt_correct = choice_confidence(tok, pt, test)
 
     it = LlamaForCausalLM(pt.config)
@@ -286,20 +306,23 @@ def main() -> None:
         summary[name] = _summary(conf, correct)
         print(f"{name}: {summary[name]}")
 
-    for sub in ("pt", "it", "tasks/data"):
-        shutil.rmtree(args.out / sub, ignore_errors=True)
+    for sub in ("pt", "it", *(["tasks/data"] if args.size == "m" else [])):
+        shutil.rmtree(out / sub, ignore_errors=True)
     for name, model in (("pt", pt), ("it", it)):
         model.generation_config.pad_token_id = tok.pad_token_id
-        model.save_pretrained(args.out / name, safe_serialization=True)
-        tok.save_pretrained(args.out / name)
-    write_tasks(facts, args.out)
+        model.save_pretrained(out / name, safe_serialization=True)
+        tok.save_pretrained(out / name)
+    if args.size == "m":
+        write_tasks(facts, out)
     build = dict(
-        seed=SEED, model=MODEL, vocab_size=len(tok), pt_steps=PT_STEPS, pt_lr=PT_LR,
-        block=BLOCK, batch=BATCH, it_epochs=IT_EPOCHS, it_lr=IT_LR, corpus_lines=len(corpus),
-        rule_p=RULE_P, splits={s: sum(f["split"] == s for f in facts) for s in TASK_ENTITIES},
+        seed=SEED, size=args.size, model=model_cfg,
+        parameters=sum(p.numel() for p in pt.parameters()), vocab_size=len(tok),
+        pt_steps=PT_STEPS, pt_lr=PT_LR, block=BLOCK, batch=BATCH, it_epochs=IT_EPOCHS,
+        it_lr=IT_LR, corpus_lines=len(corpus), rule_p=RULE_P,
+        splits={s: sum(f["split"] == s for f in facts) for s in TASK_ENTITIES},
         torch=torch.__version__, check_0shot_test=summary,
     )
-    (args.out / "BUILD.json").write_text(json.dumps(build, indent=2) + "\n")
+    (out / "BUILD.json").write_text(json.dumps(build, indent=2) + "\n")
     ok = summary["it"]["ece"] >= 2 * summary["pt"]["ece"] and (
         summary["it"]["mean_conf"] > summary["pt"]["mean_conf"]
     )

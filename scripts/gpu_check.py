@@ -242,6 +242,17 @@ def engine_check(cuda: bool) -> None:
                 f"max |Δ loglik| {gap:.2e}, greedy generations equal {same}/{len(texts['hf'])}; "
                 f"toy tasks per λ HF {times['hf']:.2f} s, vLLM {times['vllm']:.2f} s; "
                 f"in-place update {update_s:.3f} s vs engine start {start_s:.1f} s")
+    # the merge computed inside the worker, on its GPU, from the mapped parents
+    from app.merge.merger import Merger
+
+    by_driver = engine.loglikelihood()
+    engine.weights = "workers"
+    worker_s = engine.load_weights(vllm_model, mk, Merger("cuda"))
+    again = engine.loglikelihood()
+    gap = max(abs(a[0] - b[0]) for a, b in zip(by_driver, again))
+    verdict("PASS" if engine.weights_from == "workers" and gap < 1e-5 else "FAIL",
+            "engine/vllm weights=workers", f"merged in the worker in {worker_s:.3f} s "
+            f"(weights from {engine.weights_from}); max |Δ loglik| vs the driver's {gap:.2e}")
 
 
 def main() -> int:

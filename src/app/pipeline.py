@@ -144,6 +144,8 @@ class Pipeline:
         from app.probe import probe_run
 
         run.tag("device", session.device)
+        if session.model is not None:  # the pair's size, for the scaling study's axes
+            run.tag("parameters", str(sum(p.numel() for p in session.model.parameters())))
         run.tag("scoring", session.evaluator.scoring)
         run.tag("engine", cfg.engine.name)
         report = session.merger.merge_into(session.model, mk)

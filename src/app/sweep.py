@@ -47,12 +47,16 @@ class SweepCallback(Callback):
         try:  # Hydra only warns when a callback raises an Exception: stop the sweep here
             if search:
                 check_search(config)  # its metric names
-            check_jobs(config)
+            jobs = check_jobs(config)
             if search:
                 check_study(config)
             tracker = tracking.open_tracker(job_cfg.tracking, experiment_name(job_cfg))
             if not on_cluster(config):  # there the first array task evaluates them
-                this_process().evaluate_references(job_cfg, tracker)
+                for pair_cfg in one_per_pair(job_cfg, jobs):  # a sweep over pairs: each's
+                    pair_tracker = tracker if experiment_name(pair_cfg) == experiment_name(
+                        job_cfg) else tracking.open_tracker(pair_cfg.tracking,
+                                                            experiment_name(pair_cfg))
+                    this_process().evaluate_references(pair_cfg, pair_tracker)
         except JobFailed:  # a parent cannot be evaluated: its run says why; the jobs go on
             pass
         except Exception as e:
@@ -94,9 +98,20 @@ def job_part(config: DictConfig) -> DictConfig:
     return OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
 
 
-def check_jobs(config: DictConfig) -> None:
+def one_per_pair(job_cfg: DictConfig, jobs: list[DictConfig]) -> list[DictConfig]:
+    """One config per pair the sweep's jobs run (``model=toy_s,toy,toy_l``: three), whose
+    references must exist before the jobs: the sweep's own config for its pair, else that
+    pair's first job."""
+    out: dict[str, DictConfig] = {}
+    for job in jobs:
+        out.setdefault(job.model.name, job_cfg if job.model.name == job_cfg.model.name else job)
+    return list(out.values()) or [job_cfg]
+
+
+def check_jobs(config: DictConfig) -> list[DictConfig]:
     """Validate every job a grid will run (each combination of the swept values), or a
-    search's extreme points (each interval's ends, each choice), before the first job."""
+    search's extreme points (each interval's ends, each choice), before the first job; the
+    jobs' configs."""
     import itertools
 
     from hydra.core.global_hydra import GlobalHydra
@@ -122,9 +137,12 @@ def check_jobs(config: DictConfig) -> None:
         elif o.is_discrete_sweep():
             axes[key] = [f"{key}={v}" for v in o.sweep_string_iterator()]
     loader = GlobalHydra.instance().config_loader()
+    jobs = []
     for job in itertools.product(*axes.values()):
-        cfg = loader.load_sweep_config(config, list(job))
-        validate(job_part(cfg))
+        cfg = job_part(loader.load_sweep_config(config, list(job)))
+        validate(cfg)
+        jobs.append(cfg)
+    return jobs
 
 
 def check_study(config: DictConfig) -> None:

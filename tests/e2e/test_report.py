@@ -152,3 +152,53 @@ def test_a_probed_sweep_reports_behaviour_next_to_internals(probed):
             assert float(r["spearman"]) == pytest.approx(stats.spearmanr(x, y).statistic,
                                                          abs=5e-5)
             assert float(r["pearson_ci_low"]) <= float(r["pearson"]) + 5e-5
+
+
+def test_a_judged_sweep_past_it_draws_generations_and_the_extrapolation_table(tmp_path):
+    """expo (λ up to 3) with the heuristic judge: utility vs distinctness along λ, and the
+    λ > 1 rows next to IT, each cell the run's own metric."""
+    run_app(tmp_path, "-m", "task.limit=20", "task.bootstrap=0", "method=expo",
+            "lambda=0.5,1.5", "judge=heuristic", "judge.limit=2", "judge.k=2")
+    out = tmp_path / "out"
+    proc = report(tmp_path, "--out", str(out))
+    assert (out / "generation.png").stat().st_size > 10_000
+    _, found = runs(tmp_path)
+    past = next(r.data.metrics for r in found if r.data.tags.get("role") == "job"
+                and float(r.data.params["lambda"]) == 1.5)
+    table = proc.stdout.split("### Extrapolation past IT (λ > 1)")[1]
+    row = next(line for line in table.splitlines() if line.startswith("| expo | 1.5 |"))
+    cells = row.strip("| ").split(" | ")
+    assert float(cells[2]) == pytest.approx(past["toy_mc/acc"], abs=5e-5)
+    assert float(cells[-1]) == pytest.approx(past["judge/degeneration_rate"], abs=5e-5)
+    assert float(cells[-2]) == pytest.approx(past["judge/distinct_responses"], abs=5e-5)
+    assert "| IT | 1 |" in table
+
+
+def test_a_sweep_over_the_toy_family_reports_each_pair_and_the_scaling(tmp_path):
+    """model=toy_s,toy: each pair's references are evaluated before the jobs, its jobs go to
+    its own experiment, and the report draws the scaling figures and Table 1 from them."""
+    proc = run_app(tmp_path, "-m", "model=toy_s,toy", "method=linear", "lambda=0.3,0.6",
+                   "task.limit=60", "task.bootstrap=0")
+    assert proc.stdout.count("reference PT λ=0") == 2
+    out = tmp_path / "out"
+    rep = report(tmp_path, "--out", str(out))
+    names = {p.name for p in out.iterdir()}
+    assert {"toy_s", "toy", "scaling_toy_mc.png", "confidence_toy_mc.png", "scaling.md"} <= names
+    assert (out / "toy_s" / "frontier_toy_mc.png").exists()
+    assert (out / "toy" / "summary.md").exists()
+    _, found = runs(tmp_path)
+    refs = {(r.data.tags["pair"], r.data.tags["lambda"]): r.data for r in found
+            if r.data.tags.get("role") == "reference"}
+    table = (out / "scaling.md").read_text()
+    assert "2 pairs" in rep.stdout
+    for pair in ("toy_s", "toy"):
+        pt, it = refs[(pair, "0")], refs[(pair, "1")]
+        size = int(pt.tags["parameters"])
+        row = next(line for line in table.splitlines()
+                   if line.startswith(f"| {pair} | {size:,} |"))
+        cells = row.strip("| ").split(" | ")
+        assert float(cells[2]) == pytest.approx(pt.metrics["toy_mc/acc"], abs=5e-5)
+        assert float(cells[3]) == pytest.approx(it.metrics["toy_mc/acc"], abs=5e-5)
+        assert float(cells[5]) == pytest.approx(it.metrics["toy_mc/ece"], abs=5e-5)
+    sizes = {pair: int(refs[(pair, "0")].tags["parameters"]) for pair in ("toy_s", "toy")}
+    assert sizes["toy_s"] < sizes["toy"]

@@ -138,8 +138,8 @@ class DirectMerger:
         params = parameters(model)  # by checkpoint name, as the files hold them
         out_dtype = getattr(torch, str(mk.get("out_dtype")), None)
         if (not set(names) <= set(params) or checkpoint_names(model) - set(names)
-                or any(params[n].dtype != out_dtype or list(params[n].shape) != models[0].where[n][4]
-                       for n in names)):
+                or any(params[n].dtype != out_dtype
+                       or list(params[n].shape) != models[0].where[n][4] for n in names)):
             return None
         if not getattr(rule, "prepare", lambda *a: True)(self, models, names):
             return None

@@ -11,7 +11,9 @@ reliability diagrams across λ, ``table.md`` / ``table.csv`` (parents, then meth
 ``report.html``. A sweep with probes (``probe`` ≠ none) adds behaviour next to internals
 (``app.report.internals``): the better/between/worse bars (``verdicts.png``), probe accuracy
 against λ per phenomenon (``probe_curves.png``), and the task–probe correlation heatmap
-(``correlations.png``, ``correlations.csv``), summarised in ``summary.md``.
+(``correlations.png``, ``correlations.csv``), summarised in ``summary.md``. A judged sweep
+(``judge`` ≠ none) adds utility against distinctness along λ (``generation.png``), and a sweep
+with λ > 1 the extrapolation table in ``summary.md``.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class Sweep:
     parent_id: str
     parents: dict[str, Row]  # "PT", "IT"
     merges: list[Row] = field(default_factory=list)
+    parameters: int | None = None  # the pair's size (its jobs' ``parameters`` tag)
 
     def tasks(self) -> tuple[list[str], list[str]]:
         """(calibrated tasks, generative tasks) found in the metrics."""
@@ -75,8 +78,9 @@ def _point(row: Row, task: str) -> Point:
                           f"{e.args[0]}; re-run it or pass --tasks") from None
 
 
-def load_sweep(reader, experiment: str | None, parent: str | None) -> Sweep:
-    """The sweep's FINISHED children and the matching parent references."""
+def load_sweep(reader, experiment: str | None, parent: str | None) -> dict[str, Sweep]:
+    """The sweep's FINISHED children and the matching parent references, per pair (one entry
+    for a sweep over one pair; several for a sweep over a family of pairs)."""
     if parent:
         exp_name, run = reader.get(parent)
     else:
@@ -92,18 +96,27 @@ def load_sweep(reader, experiment: str | None, parent: str | None) -> Sweep:
     children = tracker.children(run.run_id)
     if not children:
         raise ReportError(f"sweep run {run.run_id} has no finished jobs")
-    merges = [Row(c.tags["method"], float(c.params["lambda"]), c.run_id, dict(c.metrics),
-                  c.tags.get("reused_from", c.run_id)) for c in children]
-    tasks_tag = children[0].tags.get("tasks")
-    parents = {}
-    for name, lam in (("PT", "0"), ("IT", "1")):
-        refs = [r for r in tracker.references(tasks_tag, lam)]
-        if not refs:
-            raise ReportError(f"no {name} reference run for tasks {tasks_tag} in experiment "
-                              f"{exp_name}; re-run the sweep to evaluate the parents")
-        parents[name] = Row(name, float(lam), refs[0].run_id, dict(refs[0].metrics),
-                            refs[0].run_id)
-    return Sweep(exp_name, run.run_id, parents, merges)
+    by_pair: dict[str, list] = {}
+    for c in children:
+        by_pair.setdefault(c.tags.get("pair", "?"), []).append(c)
+    sweeps = {}
+    for pair, runs in by_pair.items():
+        merges = [Row(c.tags["method"], float(c.params["lambda"]), c.run_id, dict(c.metrics),
+                      c.tags.get("reused_from", c.run_id)) for c in runs]
+        tasks_tag = runs[0].tags.get("tasks")
+        parents = {}
+        for name, lam in (("PT", "0"), ("IT", "1")):
+            refs = tracker.references(tasks_tag, lam, None if pair == "?" else pair,
+                                      runs[0].experiment_id or None)
+            if not refs:
+                raise ReportError(f"no {name} reference run of pair {pair} for tasks {tasks_tag}"
+                                  f"; re-run the sweep to evaluate the parents")
+            parents[name] = Row(name, float(lam), refs[0].run_id, dict(refs[0].metrics),
+                                refs[0].run_id)
+        size = runs[0].tags.get("parameters")
+        sweeps[pair] = Sweep(exp_name, run.run_id, parents, merges,
+                             int(size) if size and size.isdigit() else None)
+    return sweeps
 
 
 # ---------------------------------------------------------------- figures
@@ -156,6 +169,66 @@ def curves_figure(sweep: Sweep, task: str):
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+def utility(metrics: dict[str, float]) -> tuple[float, str] | None:
+    """A run's generation utility: the reward model's mean reward, else the judge's
+    non-degenerate share; None without a judge."""
+    if "judge/mean_reward" in metrics:
+        return metrics["judge/mean_reward"], "mean reward"
+    if "judge/degeneration_rate" in metrics:
+        return 1 - metrics["judge/degeneration_rate"], "non-degenerate share"
+    return None
+
+
+def generation_figure(sweep: Sweep):
+    """Utility against distinctness along λ (NoveltyBench's picture): one path per method,
+    λ labelled, the parents marked; None where no run was judged."""
+    import matplotlib.pyplot as plt
+
+    key = "judge/distinct_responses"
+    parents = list(sweep.parents.values())
+    if not all(utility(r.metrics) and key in r.metrics for r in parents):
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    for method in sweep.methods():
+        rows = [r for r in _rows_with_parents(sweep, method)
+                if utility(r.metrics) and key in r.metrics]
+        xs, ys = [r.metrics[key] for r in rows], [utility(r.metrics)[0] for r in rows]
+        ax.plot(xs, ys, "o-", ms=3, label=method)
+        for r, x, y in zip(rows, xs, ys):
+            ax.annotate(f"{r.lam:g}", (x, y), fontsize=6, xytext=(2, 2),
+                        textcoords="offset points")
+    for r, marker in zip(parents, ("s", "^")):
+        ax.plot(r.metrics[key], utility(r.metrics)[0], marker, color="black", ms=7,
+                label=r.method)
+    ax.set_xlabel("distinct responses among a prompt's k samples (mean)")
+    ax.set_ylabel(utility(parents[0].metrics)[1])
+    ax.set_title("generations along λ: utility vs distinctness")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def extrapolation_table(sweep: Sweep, calibrated: list[str], generative: list[str]) -> str:
+    """The merges past IT (λ > 1), next to IT: the paper's extrapolation table; "" if none."""
+    rows = [r for r in sweep.merges if r.lam > 1]
+    if not rows:
+        return ""
+    header = ["model", "λ"] + [f"{t} {m}" for t in calibrated for m in ("acc", "ECE")] + [
+        f"{t} acc" for t in generative]
+    judged = [k for k in ("judge/distinct_responses", "judge/degeneration_rate",
+                          "judge/mean_reward") if k in sweep.parents["IT"].metrics]
+    header += [k.split("/")[1] for k in judged]
+    body = []
+    for r in [sweep.parents["IT"]] + sorted(rows, key=lambda r: (r.method, r.lam)):
+        cells = [r.method, f"{r.lam:g}"]
+        cells += [_fmt(r.metrics.get(f"{t}/{m}")) for t in calibrated for m in ("acc", "ece")]
+        cells += [_fmt(r.metrics.get(f"{t}/acc")) for t in generative]
+        cells += [_fmt(r.metrics.get(k)) for k in judged]
+        body.append(cells)
+    return "### Extrapolation past IT (λ > 1)\n\n" + markdown_table(header, body)
 
 
 def reliability_grid(sweep: Sweep, task: str, reader, method: str):
@@ -393,8 +466,39 @@ def _significant_counts(rows: list[Row], keys: list[str], refs: list[str], evide
 
 # ---------------------------------------------------------------- output
 
+def write_family_report(sweeps: dict[str, Sweep], reader, out: Path, ece_limit: float,
+                        tasks: list[str] | None = None) -> Path:
+    """A sweep over several pairs: each pair's own report in ``<out>/<pair>/``, and the scaling
+    study over them (``app.report.scaling``): ``scaling_<task>.png``, ``confidence_<task>.png``
+    and ``scaling.md`` (Table 1 and the merges by size)."""
+    from app.report import scaling
+
+    out.mkdir(parents=True, exist_ok=True)
+    ordered = sorted(sweeps.items(), key=lambda kv: (kv[1].parameters or 0, kv[0]))
+    for pair, sweep in ordered:
+        write_report(sweep, reader, out / pair, ece_limit, tasks, log=False)
+    calibrated = sorted(set.intersection(*(set(s.tasks()[0]) for s in sweeps.values())))
+    if tasks:
+        calibrated = [t for t in calibrated if t in tasks]
+    text = [f"# Scaling: {len(sweeps)} pairs", ""]
+    for task in calibrated:
+        summaries = [scaling.pair_summary(
+            pair, method, sweep.parameters, sweep.parents["PT"].metrics,
+            sweep.parents["IT"].metrics,
+            [(r.lam, r.metrics) for r in sweep.merges if r.method == method], task, ece_limit)
+            for pair, sweep in ordered for method in sweep.methods()]
+        scaling.scaling_figure(summaries, task).savefig(out / f"scaling_{task}.png", dpi=110)
+        scaling.confidence_figure(summaries, task).savefig(out / f"confidence_{task}.png",
+                                                           dpi=110)
+        text += [scaling.table_one(summaries, task), scaling.scaling_lines(summaries, task)]
+    (out / "scaling.md").write_text("\n".join(text))
+    first = next(iter(sweeps.values()))
+    reader.tracker(first.experiment).run(first.parent_id).log_artifacts(str(out), "report")
+    return out
+
+
 def write_report(sweep: Sweep, reader, out: Path, ece_limit: float,
-                 tasks: list[str] | None = None) -> Path:
+                 tasks: list[str] | None = None, log: bool = True) -> Path:
     calibrated, generative = sweep.tasks()
     if tasks:
         unknown = set(tasks) - set(calibrated) - set(generative)
@@ -415,6 +519,10 @@ def write_report(sweep: Sweep, reader, out: Path, ece_limit: float,
                            reliability_grid(sweep, task, reader, sweep.methods()[0]))):
             fig.savefig(out / name, dpi=110)
             figures.append(name)
+    drawn = generation_figure(sweep)
+    if drawn is not None:
+        drawn.savefig(out / "generation.png", dpi=110)
+        figures.append("generation.png")
     header, rows = table_rows(sweep, calibrated, generative)
     (out / "table.md").write_text(markdown_table(header, rows))
     with open(out / "table.csv", "w", newline="") as fh:
@@ -423,6 +531,9 @@ def write_report(sweep: Sweep, reader, out: Path, ece_limit: float,
 
     evidence = Evidence(reader.download)
     summary = "\n".join(analysis(sweep, t, ece_limit, evidence) for t in calibrated)
+    extrapolation = extrapolation_table(sweep, calibrated, generative)
+    if extrapolation:
+        summary += "\n" + extrapolation
     if internals.phenomenon_keys(sweep.parents["PT"].metrics):
         text, drawn = internals_section(sweep, calibrated + generative, out,
                                         evidence=evidence)
@@ -430,7 +541,8 @@ def write_report(sweep: Sweep, reader, out: Path, ece_limit: float,
         figures += drawn
     (out / "summary.md").write_text(summary)
     (out / "report.html").write_text(_html(sweep, out, figures, header, rows, summary))
-    reader.tracker(sweep.experiment).run(sweep.parent_id).log_artifacts(str(out), "report")
+    if log:
+        reader.tracker(sweep.experiment).run(sweep.parent_id).log_artifacts(str(out), "report")
     return out
 
 
@@ -476,12 +588,18 @@ def run(argv: list[str] | None = None) -> Path:
         raise ReportError(f"no MLflow store at {args.tracking_dir}/mlflow.db: run "
                           f"`python -m app -m ...` first or pass --tracking-dir/--tracking-uri")
     reader = open_reader(args.tracking_uri, args.tracking_dir)
-    sweep = load_sweep(reader, args.experiment, args.parent)
+    sweeps = load_sweep(reader, args.experiment, args.parent)
+    sweep = next(iter(sweeps.values()))
     out = Path(args.out or f"reports/{sweep.experiment}")
     tasks = args.tasks.split(",") if args.tasks else None
-    write_report(sweep, reader, out, args.ece_limit, tasks)
-    print(f"report for sweep {sweep.parent_id} ({len(sweep.merges)} merges) in {out}/:")
+    if len(sweeps) > 1:
+        write_family_report(sweeps, reader, out, args.ece_limit, tasks)
+    else:
+        write_report(sweep, reader, out, args.ece_limit, tasks)
+    merges = sum(len(s.merges) for s in sweeps.values())
+    print(f"report for sweep {sweep.parent_id} ({merges} merges"
+          + (f", {len(sweeps)} pairs" if len(sweeps) > 1 else "") + f") in {out}/:")
     for p in sorted(out.iterdir()):
         print(f"  {p.name}")
-    print((out / "summary.md").read_text())
+    print((out / ("scaling.md" if len(sweeps) > 1 else "summary.md")).read_text())
     return out

@@ -24,6 +24,7 @@ class RunRecord:
     tags: dict[str, str] = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    experiment_id: str = ""
 
 
 class Run(Protocol):

@@ -102,14 +102,23 @@ class MlflowTracker:
                 self.client.set_terminated(run_id, status=status)
 
     def children(self, parent_id: str) -> list[RunRecord]:
-        """The FINISHED children of a run."""
+        """The FINISHED children of a run, in any experiment (a sweep over several pairs logs
+        each pair's jobs to that pair's experiment)."""
         return self._search(f"tags.mlflow.parentRunId = '{parent_id}' and "
-                            f"attributes.status = 'FINISHED'", 5000)
+                            f"attributes.status = 'FINISHED'", 5000, self._experiments())
 
-    def references(self, tasks: str, lam: str) -> list[RunRecord]:
-        """FINISHED reference runs of a parent (λ '0' or '1') on these tasks, newest first."""
-        return self._search(f"tags.role = 'reference' and tags.lambda = '{lam}' and "
-                            f"tags.tasks = '{tasks}' and attributes.status = 'FINISHED'", 1)
+    def references(self, tasks: str, lam: str, pair: str | None = None,
+                   experiment: str | None = None) -> list[RunRecord]:
+        """FINISHED reference runs of a parent (λ '0' or '1') on these tasks, newest first;
+        with ``pair``, that pair's; with ``experiment`` (an id), in that experiment."""
+        query = (f"tags.role = 'reference' and tags.lambda = '{lam}' and tags.tasks = '{tasks}' "
+                 f"and attributes.status = 'FINISHED'")
+        if pair is not None:
+            query += f" and tags.pair = '{pair}'"
+        return self._search(query, 1, [experiment] if experiment else None)
+
+    def _experiments(self) -> list[str]:
+        return [e.experiment_id for e in self.client.search_experiments()]
 
     def close_stale_runs(self) -> int:
         """Mark RUNNING runs whose process (on this host) is gone as FAILED, with the reason."""
@@ -133,7 +142,7 @@ class MlflowTracker:
 
 def record(run) -> RunRecord:
     return RunRecord(run.info.run_id, run.info.status, dict(run.data.tags),
-                     dict(run.data.params), dict(run.data.metrics))
+                     dict(run.data.params), dict(run.data.metrics), run.info.experiment_id)
 
 
 class MlflowReader:
