@@ -104,7 +104,7 @@ def load_sweep(reader, experiment: str | None, parent: str | None) -> dict[str, 
         merges = [Row(c.tags["method"], float(c.params["lambda"]), c.run_id, dict(c.metrics),
                       c.tags.get("reused_from", c.run_id)) for c in runs]
         tasks_tag = runs[0].tags.get("tasks")
-        parents = {}
+        parents, found = {}, []
         for name, lam in (("PT", "0"), ("IT", "1")):
             refs = tracker.references(tasks_tag, lam, None if pair == "?" else pair,
                                       runs[0].experiment_id or None)
@@ -113,7 +113,10 @@ def load_sweep(reader, experiment: str | None, parent: str | None) -> dict[str, 
                                   f"; re-run the sweep to evaluate the parents")
             parents[name] = Row(name, float(lam), refs[0].run_id, dict(refs[0].metrics),
                                 refs[0].run_id)
-        size = runs[0].tags.get("parameters")
+            found.append(refs[0])
+        # the pair's size: a reference's tag (a job that reused one has none)
+        size = next((r.tags["parameters"] for r in [*found, *runs] if r.tags.get("parameters")),
+                    None)
         sweeps[pair] = Sweep(exp_name, run.run_id, parents, merges,
                              int(size) if size and size.isdigit() else None)
     return sweeps
