@@ -164,9 +164,7 @@ def _check_model_ref(key: str, ref: str, cache_dir: str | None = None) -> dict |
     try:
         config = json.loads((path / "config.json").read_text())
     except FileNotFoundError:
-        from app.config import TOY_DIR
-
-        family = TOY_DIR / "sizes"
+        family = Path(__file__).resolve().parent / "toy" / "sizes"  # the toy family's folder
         if path.resolve().is_relative_to(family.resolve()):  # a toy family pair not built yet
             size = path.resolve().relative_to(family.resolve()).parts[0]
             raise ConfigError(f"{key}: the toy family's size {size!r} is not built here; build "

@@ -384,17 +384,19 @@ def paired_gains(tracker, parent_id: str, params: dict, objective: str,
     runs = [r for r in tracker.children(parent_id)
             if abs(float(r.params.get("lambda", "nan")) - round(lam, 6)) < 1e-9]
     tasks_tag = runs[0].tags.get("tasks") if runs else None
-    refs = [tracker.references(tasks_tag, x) for x in ("0", "1")] if tasks_tag else []
+    refs = [tracker.references(tasks_tag, x, runs[0].tags.get("pair"),
+                               runs[0].experiment_id or None)
+            for x in ("0", "1")] if tasks_tag else []
     if not runs or not all(refs):
         return {}
     subset = "report" if job_cfg.task.selection.share else None
-    evidence = Evidence(tracker.client.download_artifacts, n_boot=job_cfg.task.bootstrap or 1000,
+    evidence = Evidence(tracker.download, n_boot=job_cfg.task.bootstrap or 1000,
                         seed=job_cfg.seed, bins=job_cfg.task.ece_bins,
                         binning=job_cfg.task.ece_binning)
     try:
         found = evidence.against_parents(runs[0].tags.get("reused_from", runs[0].run_id),
                                          refs[0][0].run_id, refs[1][0].run_id, task, subset)
-    except (OSError, KeyError, ValueError) as e:  # no samples artifact: say so, go on
+    except Exception as e:  # noqa: BLE001 - no samples artifact: say so, go on
         LOG.warning("λ*'s paired gains could not be computed: %s", e)
         return {}
     where = "the report set" if subset else "all documents"

@@ -111,7 +111,7 @@ class DirectMerger:
         return self.lambda_free.setdefault((id(v0), id(v1), what), {})
 
     def planned(self, mk: dict[str, Any], device: str,
-              plan: str) -> tuple[list[MappedWeights], list[str], Rule] | None:
+                plan: str) -> tuple[list[MappedWeights], list[str], Rule] | None:
         """The mapped parents, their tensor names and the rule where the direct path ``plan``
         takes ``mk`` and the parents hold the same tensors; else None."""
         planned = PLANS[plan](_local(mk, self.cache_dir), device)

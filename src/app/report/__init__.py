@@ -53,6 +53,17 @@ class Sweep:
     parents: dict[str, Row]  # "PT", "IT"
     merges: list[Row] = field(default_factory=list)
     parameters: int | None = None  # the pair's size (its jobs' ``parameters`` tag)
+    params: dict[str, str] = field(default_factory=dict)  # PT's reference run's params
+
+    def evidence(self, reader):
+        """Paired comparisons over this sweep's sample artifacts, binned and seeded as the
+        runs computed their ECE and intervals."""
+        from app.report.evidence import Evidence
+
+        p = self.params
+        return Evidence(reader.download, n_boot=int(p.get("task.bootstrap") or 0) or 1000,
+                        seed=int(p.get("seed", 0)), bins=int(p.get("task.ece_bins", 15)),
+                        binning=p.get("task.ece_binning", "width"))
 
     def tasks(self) -> tuple[list[str], list[str]]:
         """(calibrated tasks, generative tasks) found in the metrics."""
@@ -118,7 +129,8 @@ def load_sweep(reader, experiment: str | None, parent: str | None) -> dict[str, 
         size = next((r.tags["parameters"] for r in [*found, *runs] if r.tags.get("parameters")),
                     None)
         sweeps[pair] = Sweep(exp_name, run.run_id, parents, merges,
-                             int(size) if size and size.isdigit() else None)
+                             int(size) if size and size.isdigit() else None,
+                             dict(found[0].params))
     return sweeps
 
 
@@ -530,9 +542,7 @@ def write_report(sweep: Sweep, reader, out: Path, ece_limit: float,
     (out / "table.md").write_text(markdown_table(header, rows))
     with open(out / "table.csv", "w", newline="") as fh:
         csv.writer(fh).writerows([header, *rows])
-    from app.report.evidence import Evidence
-
-    evidence = Evidence(reader.download)
+    evidence = sweep.evidence(reader)
     summary = "\n".join(analysis(sweep, t, ece_limit, evidence) for t in calibrated)
     extrapolation = extrapolation_table(sweep, calibrated, generative)
     if extrapolation:

@@ -117,6 +117,10 @@ class MlflowTracker:
             query += f" and tags.pair = '{pair}'"
         return self._search(query, 1, [experiment] if experiment else None)
 
+    def download(self, run_id: str, path: str, folder: str) -> str:
+        """A run's artifact, copied into ``folder``; its local path."""
+        return self.client.download_artifacts(run_id, path, folder)
+
     def _experiments(self) -> list[str]:
         return [e.experiment_id for e in self.client.search_experiments()]
 
