@@ -51,6 +51,19 @@ def set_instances(task, instances: list) -> None:
     task._instances = instances
 
 
+def validation_view(task):
+    """A shallow copy of an lm-eval task whose evaluation documents are its validation split
+    (its config without the test split: ``eval_docs`` falls back to validation); the dataset
+    is shared, the instances are its own."""
+    import copy
+
+    view = copy.copy(task)
+    view._config = copy.copy(task.config)
+    view._config.test_split = None
+    view._instances = None
+    return view
+
+
 def task_aggregations(task, raw: dict) -> dict[str, Any]:
     """lm-eval's aggregation of per-document metric values ``{(metric, filter): [values]}``."""
     from lm_eval.evaluator_utils import _compute_task_aggregations

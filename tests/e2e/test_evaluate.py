@@ -210,3 +210,42 @@ def test_shared_context_scoring_gives_lm_evals_loglikelihoods(toy, make_cfg):
             assert res_a[name].metrics["acc"] == res_b[name].metrics["acc"]
             assert res_a[name].metrics.get("ece") == pytest.approx(res_b[name].metrics.get("ece"),
                                                                    abs=1e-6)
+
+
+def test_a_task_with_its_own_validation_split_selects_there(toy, make_cfg):
+    """toy_mc has 60 validation questions besides its 300 test ones: those select λ*, all test
+    questions report. The selection numbers equal a direct scoring of the validation file
+    (prompt, each choice's summed log-probability, argmax, softmax confidence)."""
+    from app.calibration import expected_calibration_error
+
+    _, it, tok = toy
+    cfg = make_cfg("task.bootstrap=0").task
+    results, _ = Evaluator(HFEngine(it, tok, cfg.batch_size, "lm_eval"), cfg).evaluate()
+    mc = results["toy_mc"]
+    assert mc.splits["report"]["acc"] == mc.metrics["acc"] and mc.splits["report"]["n"] == 300
+    assert mc.splits["selection"]["n"] == 60 and {r["set"] for r in mc.records} == {"report"}
+    docs = [json.loads(line) for line in open(TOY_DIR / "tasks" / "data" / "validation.jsonl")]
+    test_questions = {json.loads(line)["question"]
+                      for line in open(TOY_DIR / "tasks" / "data" / "test.jsonl")}
+    assert not {d["question"] for d in docs} & test_questions  # no document in both sets
+    conf, correct = [], []
+    with torch.no_grad():
+        for d in docs:
+            context = tok(f"Question: {d['question']}\nAnswer:").input_ids
+            lls = []
+            for choice in d["choices"]:
+                ids = tok(f"Question: {d['question']}\nAnswer: {choice}").input_ids
+                logp = torch.log_softmax(it(torch.tensor([ids])).logits[0].float(), -1)
+                lls.append(sum(logp[i - 1, ids[i]].item() for i in range(len(context), len(ids))))
+            p = np.exp(np.array(lls) - max(lls))
+            p /= p.sum()
+            conf.append(p.max())
+            correct.append(int(np.argmax(lls)) == d["label"])
+    assert mc.splits["selection"]["acc"] == pytest.approx(np.mean(correct), abs=1e-12)
+    assert mc.splits["selection"]["ece"] == pytest.approx(
+        expected_calibration_error(conf, correct, cfg.ece_bins), abs=1e-5)
+    # source=share: a share of the test questions instead
+    shared = make_cfg("task.bootstrap=0", "task.selection.source=share").task
+    results, _ = Evaluator(HFEngine(it, tok, shared.batch_size, "lm_eval"), shared).evaluate()
+    assert results["toy_mc"].splits["selection"]["n"] == 150
+    assert {r["set"] for r in results["toy_mc"].records} == {"selection", "report"}

@@ -39,6 +39,8 @@ def test_a_save_never_takes_a_folder_with_the_users_files(make_cfg, tmp_path):
     ("task.limit=0", "task.limit=0 must be a positive integer"),
     ("task.batch_size=0", "task.batch_size=0 must be a positive integer"),
     ("task.bootstrap=-1", "task.bootstrap=-1 must be ≥ 0"),
+    ("task.selection.share=1", "task.selection.share=1 must be a share in [0, 1)"),
+    ("task.selection.source=validation", "task.selection.source='validation' is not valid"),
 ])
 def test_values_no_component_can_use(make_cfg, override, expect):
     assert fails(make_cfg, override).startswith(expect)

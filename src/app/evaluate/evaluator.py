@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from app.errors import ConfigError
 from app.evaluate.engine import Engine
 from app.evaluate.scoring import TaskResult, score_leaf, task_result
-from app.evaluate.tasks import build_tasks, chat_arguments, prepare_leaves
+from app.evaluate.tasks import build_tasks, chat_arguments, prepare_leaves, selection_leaves
 
 
 class Evaluator:
@@ -37,7 +37,12 @@ class Evaluator:
         self.leaves = {spec.name: prepare_leaves(self.tasks[spec.name], task_cfg, seed,
                                                  spec.calibration, chat)
                        for spec in task_cfg.tasks}
-        instances = [i for ls in self.leaves.values() for leaf in ls for i in leaf.instances]
+        # a task with its own validation split selects λ* there (task.selection)
+        self.selection = {spec.name: leaves for spec in task_cfg.tasks if (
+            leaves := selection_leaves(self.tasks[spec.name], task_cfg, seed, spec.calibration,
+                                       chat))}
+        instances = [i for ls in [*self.leaves.values(), *self.selection.values()]
+                     for leaf in ls for i in leaf.instances]
         other = {i.request_type for i in instances} - {"loglikelihood", "generate_until"}
         if other:
             raise ConfigError(f"task.tasks: request types {sorted(other)} are not supported "
@@ -68,8 +73,10 @@ class Evaluator:
                 lm_out["results"][leaf.name] = agg
                 lm_out["n-shot"][leaf.name] = leaf.task.config.num_fewshot or 0
                 lm_out["versions"][leaf.name] = leaf.task.VERSION
-            results[spec.name] = task_result(spec, self.leaves[spec.name], per_leaf, self.cfg,
-                                             self.seed)
+            chosen = self.selection.get(spec.name)
+            results[spec.name] = task_result(
+                spec, self.leaves[spec.name], per_leaf, self.cfg, self.seed,
+                None if chosen is None else (chosen, [score_leaf(leaf) for leaf in chosen]))
         return results, lm_out
 
     def load_weights(self, model, mk: dict | None = None, merger=None) -> float | None:

@@ -26,6 +26,9 @@ class TaskSpec:
     extra_metrics: List[str] = field(default_factory=list)  # further lm-eval metrics, logged as-is
 
 
+SOURCES = ("auto", "share")
+
+
 @dataclass
 class SelectionConfig:
     """Which documents choose λ* and which report it (``app.evaluate.selection``)."""
@@ -34,6 +37,9 @@ class SelectionConfig:
     # selects; the rest reports. 0: no split (selection/* and report/* are not logged)
     share: float = 0.5
     seed: int = 0
+    # auto: a task's own validation split selects where it has one (not its test or few-shot
+    # split: the toy tasks' 60 questions), else the share above; share: always the share
+    source: str = "auto"
 
 
 @dataclass
@@ -79,8 +85,13 @@ def validate(task, model=None) -> None:
                               f"{suggest(str(value), list(valid))}; use {' or '.join(valid)}")
     share = task.selection.share
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
-        raise ConfigError(f"task.selection.share={share!r} must be a share in [0, 1): the part "
+        shown = f"{share:g}" if isinstance(share, (int, float)) else repr(share)
+        raise ConfigError(f"task.selection.share={shown} must be a share in [0, 1): the part "
                           f"of each task's documents that selects λ* (0: no split)")
+    if task.selection.source not in SOURCES:
+        raise ConfigError(f"task.selection.source={task.selection.source!r} is not valid"
+                          f"{suggest(str(task.selection.source), list(SOURCES))}; use "
+                          f"{' or '.join(SOURCES)}")
     if task.fewshot_as_multiturn and not task.chat_template:
         raise ConfigError("task.fewshot_as_multiturn=true needs task.chat_template=true (few-shot "
                           "turns exist only in a chat); set both, or neither")

@@ -59,8 +59,11 @@ def _metric_key(agg: dict[str, Any], metric: str) -> str | None:
 
 
 def task_result(spec, leaves: list[Leaf], per_leaf: list, task_cfg: DictConfig,
-                seed: int) -> TaskResult:
-    """Pool the leaves of one configured task into its metrics and per-sample records."""
+                seed: int, selection: tuple[list[Leaf], list] | None = None,
+                split: bool = True) -> TaskResult:
+    """Pool the leaves of one configured task into its metrics and per-sample records; with
+    ``selection`` (the task's validation-split leaves and their scores), those select and all
+    of ``leaves`` report; ``split=False``: no selection/report sets at all."""
     sizes = [len(leaf.docs) for leaf in leaves]
     pooled: dict[str, float] = {}
     for metric in [spec.metric, *spec.extra_metrics]:
@@ -75,7 +78,8 @@ def task_result(spec, leaves: list[Leaf], per_leaf: list, task_cfg: DictConfig,
         pooled[metric] = sum(v * n for v, n in zip(values, sizes)) / sum(sizes)
     multi = len(leaves) > 1
     if not spec.calibration:
-        return _generative_result(spec, leaves, per_leaf, pooled, task_cfg, seed, multi)
+        return _generative_result(spec, leaves, per_leaf, pooled, task_cfg, seed, multi,
+                                  selection, split)
     logliks, gold, records = [], [], []
     for leaf in leaves:
         for doc_id, true_id, _ in leaf.docs:
@@ -95,17 +99,31 @@ def task_result(spec, leaves: list[Leaf], per_leaf: list, task_cfg: DictConfig,
     scores = [float(c) for c in correct]
     cal.update(part_accuracies(leaves, scores, records))
     return TaskResult(cal, records, {k: [float(x) for x in v] for k, v in rel.items()},
-                      _splits(spec, leaves, records, scores, conf, task_cfg))
+                      _splits(spec, leaves, records, scores, conf, task_cfg, seed, selection)
+                      if split else {})
+
+
+SELECTION_KEYS = ("acc", "ece", "n", "acc_ci_low", "acc_ci_high")
 
 
 def _splits(spec, leaves: list[Leaf], records: list[dict], scores: list[float], conf,
-            task_cfg) -> dict[str, dict[str, float]]:
-    """The selection and report sets' metrics; each record gets its ``set``."""
+            task_cfg, seed: int, selection=None) -> dict[str, dict[str, float]]:
+    """The selection and report sets' metrics; each record gets its ``set``. With
+    ``selection``, the validation split's leaves select and every document here reports;
+    else a seeded, stratified share of these documents selects."""
     from app.evaluate.selection import selected, split_metrics
 
     chosen_cfg = task_cfg.get("selection")
     if not chosen_cfg or not chosen_cfg.share:
         return {}
+    if selection is not None:
+        chosen = task_result(spec, *selection, task_cfg, seed, split=False).metrics
+        for record in records:
+            record["set"] = "report"
+        report = split_metrics([False] * len(scores), scores, conf, task_cfg.ece_bins,
+                               task_cfg.ece_binning)["report"]
+        return {"selection": {k: chosen[k] for k in SELECTION_KEYS if k in chosen},
+                "report": report}
     keys = [(leaf.name, true_id) for leaf in leaves for _, true_id, _ in leaf.docs]
     chosen = selected(spec.name, keys, document_parts(leaves), chosen_cfg.share, chosen_cfg.seed)
     for record, sel in zip(records, chosen, strict=True):
@@ -145,7 +163,8 @@ def part_accuracies(leaves: list[Leaf], scores: list[float],
     return {f"{part}/acc": sum(v) / len(v) for part, v in sorted(by_part.items())}
 
 
-def _generative_result(spec, leaves, per_leaf, pooled, task_cfg, seed, multi) -> TaskResult:
+def _generative_result(spec, leaves, per_leaf, pooled, task_cfg, seed, multi, selection=None,
+                       split=True) -> TaskResult:
     metrics = {"acc": pooled.pop(spec.metric), **pooled}
     records, scores = [], []
     for leaf, (agg, per_doc) in zip(leaves, per_leaf):
@@ -162,5 +181,5 @@ def _generative_result(spec, leaves, per_leaf, pooled, task_cfg, seed, multi) ->
     if task_cfg.bootstrap > 0:
         metrics["acc_ci_low"], metrics["acc_ci_high"] = calibration.bootstrap_mean_ci(
             scores, task_cfg.bootstrap, seed=seed)
-    return TaskResult(metrics, records, splits=_splits(spec, leaves, records, scores, None,
-                                                       task_cfg))
+    return TaskResult(metrics, records, splits=_splits(
+        spec, leaves, records, scores, None, task_cfg, seed, selection) if split else {})

@@ -1,13 +1,13 @@
 """Selection and report documents: λ* is chosen on one set of a task's documents and its
 scores are reported on the others, so the number quoted is not the one that was maximised.
 
-The leaderboard tasks have no validation split to select on (MMLU-Pro's is its few-shot pool,
-GPQA, BBH, MuSR and MATH have test documents only), so a seeded share of each task's documents
-selects and the rest reports, for every task alike (the toy tasks' own validation split is not
-used for this). The split is stratified: within each part of a
-task (BBH's subtasks, MMLU-Pro's categories; the whole task where it has none) the documents
-are ranked by a seeded hash of their key and the first ``share`` of them select. A document's
-set depends only on the seed, its task, its part and its key, never on the merge: every run of
+A task with its own validation split selects there (``app.evaluate.tasks.selection_leaves``);
+the leaderboard tasks have none (MMLU-Pro's is its few-shot pool, GPQA, BBH, MuSR and MATH have
+test documents only), and for them this module splits the test documents: a seeded share
+selects and the rest reports. The split is stratified: within each part of a task (BBH's
+subtasks, MMLU-Pro's categories; the whole task where it has none) the documents are ranked by
+a seeded hash of their key and the first ``share`` of them select. A document's set depends
+only on the seed, its task, its part and its key, never on the merge: every run of
 an experiment splits alike. Pure functions.
 """
 

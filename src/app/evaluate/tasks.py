@@ -229,6 +229,29 @@ def prepare_leaves(tasks: dict[str, Any], task_cfg: DictConfig, seed: int,
     return leaves
 
 
+def own_validation_split(task) -> str | None:
+    """The task's validation split where λ* can be chosen on it: set, and neither its test
+    split nor its few-shot pool (MMLU-Pro's validation split is its 5-shot examples); else
+    None."""
+    cfg = task.config
+    val = cfg.validation_split
+    if val and cfg.test_split and val != cfg.test_split and val != cfg.fewshot_split:
+        return val
+    return None
+
+
+def selection_leaves(tasks: dict[str, Any], task_cfg: DictConfig, seed: int, calibrated: bool,
+                     chat: dict[str, Any] | None = None) -> list[Leaf] | None:
+    """With ``task.selection.source=auto``, leaves over the task's own validation split where
+    every leaf has one (``own_validation_split``), built like ``prepare_leaves``; else None."""
+    sel = task_cfg.selection
+    if not sel.share or sel.source != "auto" or not tasks \
+            or not all(own_validation_split(t) for t in tasks.values()):
+        return None
+    return prepare_leaves({name: compat.validation_view(t) for name, t in tasks.items()},
+                          task_cfg, seed, calibrated, chat)
+
+
 def chat_arguments(lm, task_cfg: DictConfig) -> dict[str, Any]:
     """``build_all_requests``' chat-template arguments as lm-eval's ``evaluate`` gives them for
     ``apply_chat_template=task.chat_template, fewshot_as_multiturn=task.fewshot_as_multiturn``
