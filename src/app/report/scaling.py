@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.frontier import Point, lambda_star
+from app.frontier import Point, best, lambda_star
 
 
 @dataclass(frozen=True)
@@ -39,9 +39,9 @@ def pair_summary(pair: str, method: str, parameters: int | None, pt: dict, it: d
                   key=lambda x: x[0])
     inside = [(lam, m) for lam, m in path if 0 < lam < 1]
     peak_lam = peak_gain = None
-    if inside:
-        peak_lam, best = max(inside, key=lambda x: (x[1][f"{task}/acc"], -x[0]))
-        peak_gain = best[f"{task}/acc"] - it[f"{task}/acc"]
+    if inside:  # the frontier's rule: most accurate, then lower ECE, then smaller λ
+        top = best([Point(lam, m[f"{task}/acc"], m.get(f"{task}/ece", 0.0)) for lam, m in inside])
+        peak_lam, peak_gain = top.lam, top.acc - it[f"{task}/acc"]
     prefix = "selection/" if all(f"selection/{task}/acc" in m for _, m in path) else ""
     star = lambda_star([Point(lam, m[f"{prefix}{task}/acc"], m[f"{prefix}{task}/ece"])
                         for lam, m in path if f"{prefix}{task}/ece" in m], ece_limit)
