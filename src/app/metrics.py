@@ -120,8 +120,9 @@ REGISTRY: tuple[Metric, ...] = (
            optional="only for a task whose documents fall in parts"),
     Metric("{task}/<extra>", "each of `task.tasks[].extra_metrics`, as lm-eval reports it",
            "", "every task"),
-    Metric("selection/{task}/acc", "accuracy over the task's selection documents (the share "
-           "`task.selection.share` that chooses λ*)", "higher", "every task", _split),
+    Metric("selection/{task}/acc", "accuracy over the task's selection documents, which choose "
+           "λ*: its own validation split where it has one, else the share "
+           "`task.selection.share` of its documents", "higher", "every task", _split),
     Metric("selection/{task}/ece", "ECE over the selection documents", "lower",
            "calibrated task", _split),
     Metric("selection/{task}/acc_ci_low", "its accuracy's 95% bootstrap interval, low end (the "

@@ -6,8 +6,10 @@ ECE and friends from the per-choice log-likelihoods (``app.calibration``). A tas
 documents fall in parts also gets each part's accuracy (``<part>/acc``, the mean of its
 documents' scores): a group's parts are its leaves (BBH's subtasks, named without the common
 prefix), a single task's the values of its documents' ``category`` field (MMLU-Pro's 14).
-With ``task.selection.share`` > 0 each document also falls in the selection or the report set
-(``app.evaluate.selection``, stratified by part) and each set gets its accuracy (and ECE).
+With ``task.selection.share`` > 0 the task's validation split selects and all its documents
+report where it has one of its own (``tasks.selection_leaves``); else each document falls in the
+selection or the report set (``app.evaluate.selection``, stratified by part). Each set gets its
+accuracy (and ECE).
 """
 
 from __future__ import annotations
