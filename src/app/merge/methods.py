@@ -87,11 +87,23 @@ def method_of(method_cfg) -> MergeMethod:
     return METHODS[name]
 
 
+def lambda_range(method_cfg) -> tuple[float, float]:
+    """The method's ``lambda_range`` as (low, high); ConfigError unless two numbers, low ≤ high."""
+    rng = method_cfg.lambda_range
+    values = None if isinstance(rng, (str, bytes)) or not hasattr(rng, "__iter__") else list(rng)
+    if (values is None or len(values) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+            or not values[0] <= values[1]):
+        raise ConfigError(f"method.lambda_range={rng!r} must be two numbers [low, high] with "
+                          f"low ≤ high, e.g. [0, 1]")
+    return float(values[0]), float(values[1])
+
+
 def validate(cfg) -> None:
     """λ inside the method's range, its knobs inside theirs, model.extra only with a base."""
     method = cfg.method
     entry = method_of(method)
-    lo, hi = method.lambda_range
+    lo, hi = lambda_range(method)
     lam = clean_lambda(cfg["lambda"])
     if not lo <= lam <= hi:
         raise ConfigError(f"lambda={lam:g} is outside method={method.name}'s range "
