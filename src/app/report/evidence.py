@@ -52,6 +52,7 @@ class Evidence:
         self.download, self.n_boot, self.seed = download, n_boot, seed
         self.bins, self.binning = bins, binning
         self._rows: dict[tuple[str, str], list[dict]] = {}
+        self._compared: dict[tuple, AgainstParents] = {}  # the report asks some twice
 
     def rows(self, run_id: str, task: str) -> list[dict]:
         if (run_id, task) not in self._rows:
@@ -65,6 +66,13 @@ class Evidence:
                         subset: str | None = None) -> AgainstParents:
         """``merge`` − IT and ``merge`` − PT (accuracy, ECE) and the share of the PT→IT ECE
         rise recovered, on the documents all three scored (in ``subset``)."""
+        key = (merge, pt, it, task, subset)
+        if key not in self._compared:
+            self._compared[key] = self._against_parents(*key)
+        return self._compared[key]
+
+    def _against_parents(self, merge: str, pt: str, it: str, task: str,
+                         subset: str | None) -> AgainstParents:
         conf, correct = paired.aligned([outcomes(self.rows(r, task), task, subset)
                                         for r in (merge, pt, it)])
         acc, ece = paired.resample(conf, correct, self.n_boot, self.seed, self.bins,
