@@ -74,7 +74,7 @@ def register() -> None:
 
 def schema_keys(name: str) -> list[str]:
     """Valid keys of a schema, by class name ('MethodConfig') or group name ('method')."""
-    classes = [AppConfig, task_schema.TaskSpec, models.ExtraModel, methods.MergeSettings,
+    classes = [AppConfig, task_schema.TaskSpec, models.ExtraModel, models.Expert, methods.MergeSettings,
                judge_schema.JudgeThresholds, *GROUPS.values(), *judge_schema.SCHEMAS.values()]
     by_class = {cls.__name__: cls for cls in classes}
     cls = by_class.get(name) or GROUPS.get(name)

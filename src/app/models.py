@@ -35,6 +35,16 @@ class ExtraModel:
 
 
 @dataclass
+class Expert:
+    """One specialist of an expert pool: fine-tuned from the pool's base (``model.pt``)."""
+
+    name: str = MISSING
+    path: str = MISSING  # local folder or hub id
+    tasks: List[str] = field(default_factory=list)  # its domain tasks (names in task.tasks)
+    weight: float = 1.0  # its share of the merge: task vector × λ × weight
+
+
+@dataclass
 class PairConfig:
     """A PT/IT model pair: λ=0 gives ``pt``, λ=1 gives ``it`` (local folders or hub ids)."""
 
@@ -45,6 +55,9 @@ class PairConfig:
     tokenizer: str = "it"  # whose vocabulary the merge gets: pt | it | union (every model's)
     trust_remote_code: bool = False  # never on unless a pair config turns it on (it is logged)
     extra: List[ExtraModel] = field(default_factory=list)  # task-vector methods only
+    # an expert pool (MergeBench): pt is the base, it the first expert's path; λ scales every
+    # expert's task vector (times its weight)
+    experts: List[Expert] = field(default_factory=list)
     cache_dir: Optional[str] = None  # Hugging Face cache holding hub ids (None: HF_HOME's)
     # multimodal checkpoints (Gemma-3 4B+): the vision tower and projector merged like every
     # other tensor (merge, as mergekit does), or IT's whatever λ (it); only text is evaluated
@@ -62,8 +75,12 @@ def validate(model) -> None:
     if model.vision not in VISION:
         raise ConfigError(f"model.vision={model.vision!r} is not valid; use merge (the towers "
                           f"are merged like every tensor) or it (IT's towers whatever λ)")
+    if model.experts:
+        check_pool(model)
     refs = {"model.pt": model.pt, "model.it": model.it}
     refs.update({f"model.extra[{i}].path": e.path for i, e in enumerate(model.extra)})
+    refs.update({f"model.experts[{i}].path": e.path for i, e in enumerate(model.experts)
+                 if i > 0})
     _check_hub_ids(refs, model.cache_dir)
     shapes = {key: _check_model_ref(key, ref, model.cache_dir) for key, ref in refs.items()}
     base = shapes["model.pt"]
@@ -92,6 +109,31 @@ def validate(model) -> None:
             raise ConfigError(f"{key}={ref!r}: no tokenizer there (none of "
                               f"{', '.join(TOKENIZER_FILES)}); copy the model's tokenizer files "
                               f"too")
+
+
+def check_pool(model) -> None:
+    """A pool's shape: a base, named experts with distinct models, weights that are numbers."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_missing(model, "pt") or not model.pt:
+        raise ConfigError("model.pt: an expert pool needs its base (the model every expert was "
+                          "fine-tuned from), e.g. model.pt=path/to/base")
+    if model.extra:
+        raise ConfigError("model.extra and model.experts cannot be combined; list every "
+                          "fine-tune in model.experts")
+    names = [e.name for e in model.experts]
+    for i, e in enumerate(model.experts):
+        if OmegaConf.is_missing(e, "name") or OmegaConf.is_missing(e, "path"):
+            raise ConfigError(f"model.experts[{i}] needs a name and a path")
+        if names.count(e.name) > 1:
+            raise ConfigError(f"model.experts[{i}].name={e.name!r} is used twice; expert names "
+                              f"must be distinct")
+        if e.path == model.pt:
+            raise ConfigError(f"model.experts[{i}].path is the base (model.pt); an expert is a "
+                              f"fine-tune of it")
+    if model.it != model.experts[0].path:
+        raise ConfigError("model.it must be the first expert's path in a pool (leave it as "
+                          "${.experts[0].path})")
 
 
 def text_config(model, parent: str = "pt") -> dict | None:

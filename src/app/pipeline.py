@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from app import tracking
+from app import pool, tracking
 from app.config import experiment_name, validate
 from app.errors import ConfigError, clean_lambda
 from app.faults import JobFailed, check_finite, faults_explained
@@ -89,8 +89,9 @@ class Pipeline:
         lam = clean_lambda(cfg["lambda"])
         mk = mergekit_config(cfg)
         tracker = self.open_tracker(cfg.tracking, experiment_name(cfg))
-        if ctx.evaluate_references:
-            self.evaluate_references(cfg, tracker)
+        if ctx.evaluate_references or cfg.model.experts:  # a pool's scores are normalised
+            self.evaluate_references(cfg, tracker)          # by its references'
+        references = pool_references(cfg, tracker)
         fingerprint = job_fingerprint(cfg, mk)
         done = None if cfg.force else tracker.find(fingerprint)
         if done is not None:
@@ -127,16 +128,17 @@ class Pipeline:
                     metrics["time/total_s"] = time.perf_counter() - start
                     run.log_metrics(metrics)
                 else:
-                    metrics = self.step(session, cfg, mk, run, start)
+                    metrics = self.step(session, cfg, mk, run, start, references)
         except JobFailed as e:
             print(f"{name}  FAILED: {e}", flush=True)
             raise
         print(summary_line(cfg.method.name, lam, metrics), flush=True)
         return metrics
 
-    def step(self, session: Session, cfg: DictConfig, mk: dict, run,
-             start: float) -> dict[str, float]:
-        """Merge into the working model, evaluate, judge, log metrics and artifacts to ``run``."""
+    def step(self, session: Session, cfg: DictConfig, mk: dict, run, start: float,
+             references: dict | None = None) -> dict[str, float]:
+        """Merge into the working model, evaluate, judge, log metrics and artifacts to ``run``
+        (an expert pool's scores normalised by its ``references``' metrics)."""
         from app.judge import judge_run
         from app.judge.adapters import JudgeContext
         from app.merge.merger import save_merged
@@ -171,7 +173,10 @@ class Pipeline:
                 run.log_figure(reliability_figure(res.bins, f"{task}  λ={cfg['lambda']:g}"),
                                f"reliability/{task}.png")
         metrics.update(aggregate(results))
-        metrics["time/merge_s"] = report.seconds
+        metrics.update(pool.normalized(cfg, metrics, references or {}))
+        metrics["time/merge_s"] = report.seconds - report.stats_seconds
+        if cfg.model.experts:
+            metrics["time/stats_s"] = report.stats_seconds
         metrics["time/eval_s"] = time.perf_counter() - t_eval
         if engine_update is not None:
             metrics["time/engine_update_s"] = engine_update
@@ -204,16 +209,18 @@ class Pipeline:
         (``cfg`` is validated: by ``run_job``, or for a sweep by ``sweep.check_jobs``)."""
         from app.merge.mergekit_adapter import reference_config
 
-        for parent, lam in (("pt", 0.0), ("it", 1.0)):
+        for parent, lam in pool.parents(cfg):
             fingerprint = reference_fingerprint(cfg, parent)
             if tracker.find(fingerprint) is not None:
                 continue
             session = self.session_for(cfg)
             mk = reference_config(cfg, parent)
-            name = f"reference {parent.upper()} (λ={lam:g})"
+            name = f"reference {pool.label(parent)} (λ={lam:g})"
             leases = self.leases_for(cfg)
-            run, done = claim(leases, tracker, fingerprint, name,
-                              job_tags(cfg, lam, fingerprint, "reference"))
+            tags = job_tags(cfg, lam, fingerprint, "reference")
+            if parent.startswith("expert:"):
+                tags["expert"] = parent.split(":", 1)[1]
+            run, done = claim(leases, tracker, fingerprint, name, tags)
             if done is not None:  # another process evaluated it meanwhile
                 continue
             try:
@@ -222,9 +229,17 @@ class Pipeline:
                     log_config(run, cfg, lam, mk)
                     metrics = self.step(session, cfg, mk, run, time.perf_counter())
             except JobFailed as e:
-                print(f"reference {parent.upper()} λ={lam:g}  FAILED: {e}", flush=True)
+                print(f"reference {pool.label(parent)} λ={lam:g}  FAILED: {e}", flush=True)
                 raise
-            print(summary_line(f"reference {parent.upper()}", lam, metrics), flush=True)
+            print(summary_line(f"reference {pool.label(parent)}", lam, metrics), flush=True)
+        if cfg.model.experts:  # each reference normalised by the others, once all exist
+            records = {p: tracker.find(reference_fingerprint(cfg, p)) for p, _ in
+                       pool.parents(cfg)}
+            references = {p: r.metrics for p, r in records.items() if r is not None}
+            for parent, record in records.items():
+                if record is not None and "mt/normalized" not in record.metrics:
+                    tracker.run(record.run_id).log_metrics(
+                        pool.normalized(cfg, record.metrics, references))
 
     # ------------------------------------------------------------------ the session
     def device_for(self, device: str, job_num: int = 0) -> str:
@@ -247,6 +262,14 @@ class Pipeline:
             self.session = build_session(cfg, device)
             self.session_key = key
         return self.session
+
+
+def pool_references(cfg: DictConfig, tracker) -> dict[str, dict[str, float]]:
+    """An expert pool's reference metrics by parent name ({} for a pair)."""
+    if not cfg.model.experts:
+        return {}
+    found = {p: tracker.find(reference_fingerprint(cfg, p)) for p, _ in pool.parents(cfg)}
+    return {p: r.metrics for p, r in found.items() if r is not None}
 
 
 def skipped(method: str, lam: float, done, saved: str = "") -> dict[str, float]:
@@ -308,6 +331,14 @@ def build_session(cfg: DictConfig, device: str) -> Session:
         engine = HFEngine(model, tokenizer, cfg.task.batch_size, cfg.task.scoring)
     evaluator = Evaluator(engine, cfg.task, seed=cfg.seed)
     merger = merger_for(cfg, device)
+    if cfg.model.experts:  # the data-dependent methods' documents: each expert's training split
+        from app.hub import local_folder
+
+        merger.pool.tokenizer = tokenizer
+        merger.pool.examples = {
+            str(local_folder(e.path, cfg.model.cache_dir).resolve()):
+                [x for t in e.tasks for x in pool.training_examples(evaluator.tasks[t])]
+            for e in cfg.model.experts}
     # What this process paid before its first merge, logged by the job that evaluates next:
     # interpreter start and imports up to here, then loading the model and building tasks.
     overhead = {"time/startup_s": t0 - _process_start(),

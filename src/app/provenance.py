@@ -73,7 +73,10 @@ def _masks_on_cuda(cfg: DictConfig, mk: dict) -> bool:
 
 def reference_fingerprint(cfg: DictConfig, parent: str) -> str:
     """Hash of a parent's reference evaluation (shared by every method's sweep)."""
-    return digest({"reference": cfg.model[parent], "dtype": cfg.model.dtype, **_eval_key(cfg)})
+    from app.pool import parent_path
+
+    return digest({"reference": parent_path(cfg, parent), "dtype": cfg.model.dtype,
+                   **_eval_key(cfg)})
 
 
 def digest(payload: Any) -> str:

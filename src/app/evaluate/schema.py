@@ -24,6 +24,8 @@ class TaskSpec:
     calibration: bool = True  # multiple choice: compute ECE & co. from choice log-likelihoods
     num_fewshot: Optional[int] = None  # None keeps the task YAML's own setting
     extra_metrics: List[str] = field(default_factory=list)  # further lm-eval metrics, logged as-is
+    # an expert pool's forgetting suite: the base's general knowledge (forget/normalized)
+    forgetting: bool = False
 
 
 SOURCES = ("auto", "share")
@@ -97,6 +99,17 @@ def validate(task, model=None) -> None:
                           "turns exist only in a chat); set both, or neither")
     if task.chat_template and model is not None:
         _check_chat_template(model)
+    if model is not None and model.experts:
+        names = [t.name for t in task.tasks]
+        for i, e in enumerate(model.experts):
+            for t in e.tasks:
+                if t not in names:
+                    raise ConfigError(f"model.experts[{i}].tasks: {t!r} ({e.name}'s domain) is "
+                                      f"not in task.tasks{suggest(t, names)}; evaluated: "
+                                      f"{', '.join(names)}")
+                if next(s for s in task.tasks if s.name == t).forgetting:
+                    raise ConfigError(f"task.tasks: {t!r} is {e.name}'s domain and cannot also "
+                                      f"be a forgetting task")
 
 
 # where a tokenizer folder keeps its chat template (transformers 5 reads each of them)

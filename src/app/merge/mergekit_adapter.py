@@ -27,6 +27,12 @@ def mergekit_config(cfg: DictConfig) -> dict[str, Any]:
         mk = OmegaConf.to_container(cfg.method.mergekit, resolve=True)
     except Exception as e:  # an interpolation in the method YAML that does not resolve
         raise ConfigError(f"method={cfg.method.name}: mergekit template does not resolve: {e}")
+    if cfg.model.experts:  # a pool: the IT entry's parameters for each expert, weight × its own
+        entry = next(m for m in mk["models"] if m["model"] == cfg.model.it)
+        params = entry.get("parameters", {})
+        mk["models"] = [m for m in mk["models"] if m is not entry] + [
+            {"model": e.path, "parameters": {**params, "weight": float(params.get("weight", 1.0))
+                                             * float(e.weight)}} for e in cfg.model.experts]
     if cfg.model.extra:  # same parameters as the IT entry, each its own weight
         it_params = next(m for m in mk["models"] if m["model"] == cfg.model.it).get("parameters", {})
         mk["models"] += [{"model": e.path, "parameters": {**it_params, "weight": float(e.weight)}}
@@ -35,13 +41,18 @@ def mergekit_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 def reference_config(cfg: DictConfig, parent: str) -> dict[str, Any]:
-    """A mergekit config that reproduces one parent ('pt' or 'it') bit for bit (with
+    """A mergekit config that reproduces one parent ('pt', 'it' or a pool's 'expert:<name>')
+    bit for bit (with
     ``model.tokenizer=union``: in the union's vocabulary, so every model takes part, weight 0)."""
-    paths = [cfg.model.pt, cfg.model.it, *(e.path for e in cfg.model.extra)]
+    from app.pool import parent_path
+
+    paths = [cfg.model.pt, cfg.model.it, *(e.path for e in cfg.model.extra),
+             *(e.path for e in cfg.model.experts[1:])]
+    chosen = parent_path(cfg, parent)
     if cfg.model.tokenizer != "union":
-        paths = [cfg.model[parent]]
+        paths = [chosen]
     mk = {"merge_method": "linear", "parameters": {"normalize": False},
-          "models": [{"model": p, "parameters": {"weight": float(p == cfg.model[parent])}}
+          "models": [{"model": p, "parameters": {"weight": float(p == chosen)}}
                      for p in paths]}
     return _with_pair_settings(mk, cfg)
 

@@ -19,13 +19,15 @@ from app.merge.direct import DirectMerger
 from app.merge.layout import checkpoint_names, layout_of, parameters
 from app.merge.mergekit_adapter import merged_tensors
 from app.merge.methods import METHODS
+from app.merge.pool import PoolMerger
 
 
 @dataclass
 class MergeReport:
     tensors: int
     seconds: float
-    engine: str = "mergekit"  # or "direct": computed from the mapped parents
+    engine: str = "mergekit"  # or "direct": computed from the mapped parents; "pool"
+    stats_seconds: float = 0.0  # of which gathering an expert pool's data statistics
 
 
 class Merger:
@@ -39,12 +41,16 @@ class Merger:
         # model.vision=it: a multimodal pair's vision tower and projector are IT's, whatever λ
         self.towers_from = towers_from
         self.direct = DirectMerger(cache_dir, seed)
+        self.pool = PoolMerger(self.direct, seed)  # the expert-pool methods mergekit lacks
 
     def merge_into(self, model: torch.nn.Module, mk: dict[str, Any]) -> MergeReport:
         """Overwrite every parameter of ``model`` with the merge described by ``mk``."""
         start = time.perf_counter()
         method = METHODS.get(str(mk.get("merge_method")))
         written = None
+        if method is not None and method.pool:
+            written, stats = self.pool.merge(model, mk, self.device)
+            return MergeReport(written, time.perf_counter() - start, "pool", stats)
         if method is not None and method.direct is not None:
             written = self.direct.merge(model, mk, self.device, method.direct)
         engine = "mergekit" if written is None else "direct"

@@ -56,9 +56,14 @@ class MergeMethod:
     params: Dict[str, Range] = field(default_factory=dict)  # method.params knobs besides λ
     task_vector: bool = False  # a base model plus fine-tunes: model.extra applies
     direct: str | None = None  # its direct path: a key of app.merge.direct.PLANS
+    pool: bool = False  # merged by app.merge.pool (not a mergekit method): θ_base + λ·τ*
+    data: bool = False  # needs each expert's training documents (model.experts[].tasks)
+    choices: Dict[str, tuple] = field(default_factory=dict)  # knobs taking one of some words
 
 
 DENSITY = Range(0.0, 1.0, "(]")
+COUNT = Range(1, 1e9)
+POSITIVE = Range(0.0, float("inf"), "()")
 METHODS: dict[str, MergeMethod] = {
     "linear": MergeMethod(direct="linear"),
     "slerp": MergeMethod(direct="slerp"),
@@ -75,6 +80,17 @@ METHODS: dict[str, MergeMethod] = {
                                task_vector=True, direct="task_vector"),
     "breadcrumbs_ties": MergeMethod({"density": DENSITY, "gamma": Range(0.0, 1.0, "[)")},
                                     task_vector=True, direct="task_vector"),
+    # expert-pool methods mergekit lacks (app.merge.pool)
+    "fisher": MergeMethod({"examples": COUNT}, task_vector=True, pool=True, data=True,
+                          choices={"labels": ("empirical", "sampled")}),
+    "regmean": MergeMethod({"alpha": Range(0.0, 1.0, "(]"), "examples": COUNT},
+                           task_vector=True, pool=True, data=True),
+    "localize_stitch": MergeMethod({"sparsity": Range(0.0, 1.0, "()"), "examples": COUNT,
+                                    "mask_steps": COUNT, "mask_lr": POSITIVE},
+                                   task_vector=True, pool=True, data=True,
+                                   choices={"masks": ("trained", "dataless")}),
+    "consensus_ta": MergeMethod({"tall_factor": POSITIVE, "min_agree": COUNT},
+                                task_vector=True, pool=True),
 }
 
 
@@ -114,7 +130,12 @@ def validate(cfg) -> None:
             if not lo <= v <= hi:
                 raise ConfigError(f"method.params.{key}={v:g} is outside method={method.name}'s "
                                   f"range [{lo:g}, {hi:g}]")
-        elif key in entry.params and float(value) not in entry.params[key]:
+        elif key in entry.choices:
+            if value not in entry.choices[key]:
+                raise ConfigError(f"method.params.{key}={value!r} is not valid; use "
+                                  f"{' or '.join(entry.choices[key])}")
+        elif key in entry.params and not (_is_number(value)
+                                          and float(value) in entry.params[key]):
             raise ConfigError(f"method.params.{key}={value} must be in {entry.params[key]}")
     if "epsilon" in method.params:  # DELLA's keep probabilities: density ± epsilon
         eps, dens = float(method.params.epsilon), float(method.params.get("density", 1.0))
@@ -122,9 +143,28 @@ def validate(cfg) -> None:
             raise ConfigError(f"method.params.epsilon={method.params.epsilon} must leave "
                               f"density ± epsilon strictly inside (0, 1) (density={dens:g}: "
                               f"epsilon < {min(dens, 1 - dens):g})")
-    if cfg.model.extra and not entry.task_vector:
-        raise ConfigError(f"model.extra needs a task-vector method (task_arithmetic, ties, "
+    if (cfg.model.extra or cfg.model.experts) and not entry.task_vector:
+        which = "model.extra" if cfg.model.extra else "an expert pool (model.experts)"
+        raise ConfigError(f"{which} needs a task-vector method (task_arithmetic, ties, "
                           f"dare_ties, ...); method={method.name} has no base model")
+    if entry.pool and not cfg.model.experts and entry.data and (
+            method.params.get("masks", "trained") == "trained"):
+        raise ConfigError(f"method={method.name} learns from each expert's data: it needs an "
+                          f"expert pool (model.experts, each with its tasks), e.g. "
+                          f"model=toy_pool")
+    if entry.data and (method.params.get("masks", "trained") == "trained"):
+        for i, e in enumerate(cfg.model.experts):
+            if not e.tasks:
+                raise ConfigError(f"model.experts[{i}] ({e.name}) has no tasks; "
+                                  f"method={method.name} computes its statistics on them")
+
+
+def _is_number(value) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return not isinstance(value, bool)
 
 
 def reference_for(cfg, lam: float) -> str | None:
@@ -132,6 +172,8 @@ def reference_for(cfg, lam: float) -> str | None:
     same_lambda = all(clean_lambda(v) == lam for k, v in cfg.method.params.items()
                       if k.startswith("lambda_"))
     if lam not in cfg.method.reference_endpoints or not same_lambda or cfg.model.extra:
+        return None
+    if cfg.model.experts and lam != 0.0:  # λ=1 of a pool merges every expert
         return None
     return {0.0: "pt", 1.0: "it"}.get(lam)
 
