@@ -62,6 +62,10 @@ def _split_calibrated(cfg, spec) -> bool:
     return _split(cfg, spec) and _any_calibrated(cfg, spec)
 
 
+def _pool(cfg, spec) -> bool:
+    return bool(cfg.model.experts)
+
+
 def _vllm(cfg, spec) -> bool:
     return cfg.engine.name == "vllm"
 
@@ -151,7 +155,24 @@ REGISTRY: tuple[Metric, ...] = (
              when) for split in ("selection", "report")
       for m, better, when in (("acc", "higher", _split),
                               ("ece", "lower", _split_calibrated))),
-    Metric("time/merge_s", "wall time of the merge", "", "job",
+    Metric("mt/<task>/normalized", "an expert pool's domain task: its accuracy over its "
+           "expert's (`model.experts[].tasks`)", "higher", "job", _pool),
+    Metric("mt/normalized", "mean of `mt/<task>/normalized`: MergeBench's normalised multi-task "
+           "performance", "higher", "job", _pool, summary=True),
+    Metric("forget/<task>/normalized", "a forgetting task (`task.tasks[].forgetting`): its "
+           "accuracy over the base's", "higher", "job", _pool),
+    Metric("forget/normalized", "mean of `forget/<task>/normalized`: the base's knowledge kept",
+           "higher", "job", _pool, summary=True),
+    Metric("selection/mt/normalized", "`mt/normalized` over the selection documents (where λ "
+           "and a method's knobs are chosen)", "higher", "job", _pool,
+           optional="only where the domain tasks have selection documents"),
+    Metric("selection/forget/normalized", "`forget/normalized` over the selection documents",
+           "higher", "job", _pool, optional="only where the forgetting tasks have selection "
+           "documents"),
+    Metric("time/stats_s", "an expert pool's data statistics (Fisher, Grams, trained masks), "
+           "gathered on a pool's first merge and kept; 0 after that and for dataless methods",
+           "", "job", _pool, optional="not for a job that reuses a parent's reference"),
+    Metric("time/merge_s", "wall time of the merge (without `time/stats_s`)", "", "job",
            optional="not for a job that reuses a parent's reference"),
     Metric("time/eval_s", "wall time of the evaluation", "", "job",
            optional="not for a job that reuses a parent's reference"),
@@ -229,6 +250,11 @@ def predict(cfg) -> Prediction:
                             if "<phenomenon>" in metric.name
                             else ("<task>", [t for t, _, _ in chosen]))
             names = [metric.name.replace(kind, v) for v in values]
+        elif metric.name in ("mt/<task>/normalized", "forget/<task>/normalized"):
+            tasks = ([t for e in cfg.model.experts for t in e.tasks] if metric.name[0] == "m"
+                     else [s.name for s in cfg.task.tasks if s.forgetting] if _pool(cfg, None)
+                     else [])
+            names = [metric.name.replace("<task>", t) for t in tasks]
         elif metric.name.startswith("probe/<") or metric.name == "{task}/<part>/acc":
             names = []  # parts are known once lm-eval has loaded the documents: ``covers``
         else:

@@ -5,9 +5,9 @@ its domain tasks. Its references are the base and every expert on their own; a j
 ``mt/<task>/normalized`` is its score on an expert's domain task over that expert's score,
 ``mt/normalized`` their mean (MergeBench's normalised multi-task performance), and
 ``forget/<task>/normalized`` its score on a forgetting task (``task.tasks[].forgetting``) over
-the base's, ``forget/normalized`` their mean. The same on the selection documents
-(``selection/mt/normalized``, …), where λ and the knobs are chosen; the unprefixed ones are
-the reported documents.
+the base's, ``forget/normalized`` their mean. The two means also over the selection documents
+(``selection/mt/normalized``, ``selection/forget/normalized``), where λ and the knobs are
+chosen; the unprefixed ones are over the reported documents.
 """
 
 from __future__ import annotations
@@ -50,14 +50,16 @@ def normalized(cfg, metrics: dict[str, float],
             for task in e.tasks:
                 value = _ratio(metrics, ref, f"{prefix}{task}/acc")
                 if value is not None:
-                    out[f"{prefix}mt/{task}/normalized"] = value
+                    if not prefix:
+                        out[f"mt/{task}/normalized"] = value
                     mt.append(value)
         base = references.get("pt")
         for spec in cfg.task.tasks:
             if spec.forgetting:
                 value = _ratio(metrics, base, f"{prefix}{spec.name}/acc")
                 if value is not None:
-                    out[f"{prefix}forget/{spec.name}/normalized"] = value
+                    if not prefix:
+                        out[f"forget/{spec.name}/normalized"] = value
                     forget.append(value)
         if mt:
             out[f"{prefix}mt/normalized"] = fmean(mt)

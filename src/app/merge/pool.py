@@ -78,7 +78,8 @@ class PoolMerger:
         with torch.no_grad():
             for name in names:
                 target = targets[name]
-                merged = base.tensor(name).to(device=device, dtype=torch.float32)
+                merged = base.tensor(name).to(device=device, dtype=torch.float32,
+                                                 copy=True)  # the mapping is read-only
                 target.copy_(merged.add_(tau[name], alpha=lam).to(target.dtype).view_as(target))
                 base.release(name)
         return len(names), stats_s
@@ -232,12 +233,12 @@ def trained_mask(model, base: MappedWeights, tuned: MappedWeights, batches, para
     tau = {n: _task_vector(base, tuned, n, device) for n in names}
     keep = float(params["sparsity"])
     threshold = pool_math.top_fraction_threshold([t.abs() for t in tau.values()], keep)
-    logits = {n: torch.where(t.abs() >= threshold, 3.0, -3.0).requires_grad_()
+    logits = {n: torch.where(t.abs() >= threshold, 1.0, -1.0).requires_grad_()
               for n, t in tau.items()}
     theta = {n: base.tensor(n).to(device=device, dtype=torch.float32) for n in names}
-    opt = torch.optim.Adam(logits.values(), lr=float(params.get("mask_lr", 0.1)))
+    opt = torch.optim.Adam(logits.values(), lr=float(params.get("mask_lr", 0.2)))
     with torch.enable_grad():
-        for step in range(int(params.get("mask_steps", 10))):
+        for step in range(int(params.get("mask_steps", 20))):
             ids, start = batches[step % len(batches)]
             merged = {layout.to_model(n): theta[n] + torch.sigmoid(logits[n]) * tau[n]
                       for n in names}
