@@ -54,6 +54,7 @@ class Sweep:
     merges: list[Row] = field(default_factory=list)
     parameters: int | None = None  # the pair's size (its jobs' ``parameters`` tag)
     params: dict[str, str] = field(default_factory=dict)  # PT's reference run's params
+    experts: dict[str, Row] = field(default_factory=dict)  # an expert pool's, by name
 
     def evidence(self, reader):
         """Paired comparisons over this sweep's sample artifacts, binned and seeded as the
@@ -128,9 +129,14 @@ def load_sweep(reader, experiment: str | None, parent: str | None) -> dict[str, 
         # the pair's size: a reference's tag (a job that reused one has none)
         size = next((r.tags["parameters"] for r in [*found, *runs] if r.tags.get("parameters")),
                     None)
+        experts = {r.tags["expert"]: Row(r.tags["expert"], 1.0, r.run_id, dict(r.metrics),
+                                         r.run_id)
+                   for r in tracker.references(tasks_tag, "1", None if pair == "?" else pair,
+                                               runs[0].experiment_id or None, limit=1000)
+                   if r.tags.get("expert")}
         sweeps[pair] = Sweep(exp_name, run.run_id, parents, merges,
                              int(size) if size and size.isdigit() else None,
-                             dict(found[0].params))
+                             dict(found[0].params), experts)
     return sweeps
 
 
@@ -605,8 +611,12 @@ def run(argv: list[str] | None = None) -> Path:
     sweep = next(iter(sweeps.values()))
     out = Path(args.out or f"reports/{sweep.experiment}")
     tasks = args.tasks.split(",") if args.tasks else None
+    from app.report.pool import is_pool, write_pool_report
+
     if len(sweeps) > 1:
         write_family_report(sweeps, reader, out, args.ece_limit, tasks)
+    elif is_pool(sweep):
+        write_pool_report(sweep, reader, out)
     else:
         write_report(sweep, reader, out, args.ece_limit, tasks)
     merges = sum(len(s.merges) for s in sweeps.values())

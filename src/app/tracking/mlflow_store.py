@@ -108,14 +108,15 @@ class MlflowTracker:
                             f"attributes.status = 'FINISHED'", 5000, self._experiments())
 
     def references(self, tasks: str, lam: str, pair: str | None = None,
-                   experiment: str | None = None) -> list[RunRecord]:
-        """FINISHED reference runs of a parent (λ '0' or '1') on these tasks, newest first;
-        with ``pair``, that pair's; with ``experiment`` (an id), in that experiment."""
+                   experiment: str | None = None, limit: int = 1) -> list[RunRecord]:
+        """FINISHED reference runs of a parent (λ '0' or '1') on these tasks, newest first (at
+        most ``limit``: a pool has an expert per name at λ 1); with ``pair``, that pair's; with
+        ``experiment`` (an id), in that experiment."""
         query = (f"tags.role = 'reference' and tags.lambda = '{lam}' and tags.tasks = '{tasks}' "
                  f"and attributes.status = 'FINISHED'")
         if pair is not None:
             query += f" and tags.pair = '{pair}'"
-        return self._search(query, 1, [experiment] if experiment else None)
+        return self._search(query, limit, [experiment] if experiment else None)
 
     def download(self, run_id: str, path: str, folder: str) -> str:
         """A run's artifact, copied into ``folder``; its local path."""
