@@ -311,6 +311,7 @@ def markdown_table() -> str:
                      "_rated": " (not an LLM judge with a reward model)",
                      "_rewarded": " and a reward model",
                      "_vllm": ", `engine=vllm`",
+                     "_pool": " of an expert pool (`model.experts`)",
                      "_split": ", `task.selection.share` > 0",
                      "_split_calibrated": ", a calibrated task, `task.selection.share` > 0",
                      "_split_bootstrap": ", `task.selection.share` > 0, `task.bootstrap` > 0",

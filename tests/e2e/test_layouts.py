@@ -28,7 +28,9 @@ SPEC = importlib.util.spec_from_file_location("build_layouts",
 BUILD = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(BUILD)
 FAMILIES = sorted(BUILD.FAMILIES)
-METHOD_CONFIGS = sorted(p.stem for p in (ROOT / "conf" / "method").glob("*.yaml"))
+POOL = {"fisher", "regmean", "localize_stitch", "localize_stitch_dataless", "consensus_ta"}
+METHOD_CONFIGS = sorted(p.stem for p in (ROOT / "conf" / "method").glob("*.yaml")
+                        if p.stem not in POOL)  # mergekit's methods (pools: test_pool.py)
 DIRECT = {"linear", "slerp", "nuslerp", "task_arithmetic", "ties", "expo", "dare_ties",
           "dare_linear", "della", "breadcrumbs"}  # the shipped configs with a direct path
 FEW = "task.limit=20"

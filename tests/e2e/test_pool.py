@@ -46,7 +46,7 @@ def test_a_pool_sweep_logs_the_protocols_metrics_and_the_report_draws_its_figure
                     str(tmp_path / "mlruns"), "--out", str(out)], check=True,
                    capture_output=True, text=True)
     for name in ("tradeoff.png", "runtime.png", "wallclock.png", "pool.md"):
-        assert (out / name).is_file() and (out / name).stat().st_size > 1000, name
+        assert (out / name).is_file() and (out / name).stat().st_size > 300, name
     table = (out / "pool.md").read_text()
     assert all(f"| {m} |" in table for m in METHODS.split(","))
 

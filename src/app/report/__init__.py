@@ -311,10 +311,7 @@ def _fmt(x: float | None) -> str:
     return "" if x is None else f"{x:.4f}"
 
 
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+from app.report.pool import markdown_table  # noqa: E402  (one table writer for both reports)
 
 
 def analysis(sweep: Sweep, task: str, ece_limit: float, evidence=None) -> str:

@@ -120,9 +120,12 @@ def _fmt(x) -> str:
     return "–" if x is None else f"{x:.4f}"
 
 
-def write_pool_report(sweep, reader, out: Path, log: bool = True) -> Path:
-    from app.report import markdown_table
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
 
+
+def write_pool_report(sweep, reader, out: Path, log: bool = True) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for name, fig in (("tradeoff.png", tradeoff_figure(sweep)),
                       ("runtime.png", runtime_figure(sweep)),
