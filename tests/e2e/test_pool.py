@@ -124,7 +124,8 @@ def test_localize_and_stitch_of_one_expert_is_the_base_with_its_localised_part(w
                            "task.tasks"),
 ])
 def test_bad_pool_input_is_one_line_before_any_work(tmp_path, overrides, expected):
-    line = one_line(run_app(tmp_path, "model=toy_pool", *overrides, check=False))
+    line = one_line(run_app(tmp_path, "model=toy_pool", "method=task_arithmetic", *overrides,
+                            check=False))
     assert expected in line
     assert not (tmp_path / "mlruns" / "mlflow.db").exists() or runs(tmp_path)[1] == []
 
