@@ -145,8 +145,10 @@ def validate(cfg) -> None:
                               f"epsilon < {min(dens, 1 - dens):g})")
     if (cfg.model.extra or cfg.model.experts) and not entry.task_vector:
         which = "model.extra" if cfg.model.extra else "an expert pool (model.experts)"
-        raise ConfigError(f"{which} needs a task-vector method (task_arithmetic, ties, "
-                          f"dare_ties, ...); method={method.name} has no base model")
+        valid = "task_arithmetic, ties, dare_ties, ..." if cfg.model.extra else \
+            "task_arithmetic, ties, fisher, regmean, localize_stitch, consensus_ta, ..."
+        raise ConfigError(f"{which} needs a task-vector method ({valid}); "
+                          f"method={method.name} has no base model")
     if entry.pool and not cfg.model.experts and entry.data and (
             method.params.get("masks", "trained") == "trained"):
         raise ConfigError(f"method={method.name} learns from each expert's data: it needs an "

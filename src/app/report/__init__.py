@@ -129,11 +129,12 @@ def load_sweep(reader, experiment: str | None, parent: str | None) -> dict[str, 
         # the pair's size: a reference's tag (a job that reused one has none)
         size = next((r.tags["parameters"] for r in [*found, *runs] if r.tags.get("parameters")),
                     None)
-        experts = {r.tags["expert"]: Row(r.tags["expert"], 1.0, r.run_id, dict(r.metrics),
-                                         r.run_id)
-                   for r in tracker.references(tasks_tag, "1", None if pair == "?" else pair,
-                                               runs[0].experiment_id or None, limit=1000)
-                   if r.tags.get("expert")}
+        experts: dict[str, Row] = {}  # an expert pool's references, the newest of each
+        for r in tracker.references(tasks_tag, "1", None if pair == "?" else pair,
+                                    runs[0].experiment_id or None, limit=1000):
+            if r.tags.get("expert"):
+                experts.setdefault(r.tags["expert"], Row(r.tags["expert"], 1.0, r.run_id,
+                                                         dict(r.metrics), r.run_id))
         sweeps[pair] = Sweep(exp_name, run.run_id, parents, merges,
                              int(size) if size and size.isdigit() else None,
                              dict(found[0].params), experts)
