@@ -66,7 +66,7 @@ def tradeoff_figure(sweep):
                         xytext=(4, 4), textcoords="offset points")
     ax.set_xlabel("forgetting suite, normalised by the base (forget/normalized)")
     ax.set_ylabel("domain tasks, normalised by each expert (mt/normalized)")
-    ax.set_title("multi-task performance vs the base's knowledge kept (upper right is better; "
+    ax.set_title("multi-task performance vs the base's knowledge kept\n(upper right is better; "
                  "★ λ chosen on selection documents)", fontsize=9)
     ax.legend(fontsize=8)
     return fig
@@ -82,7 +82,7 @@ def runtime_figure(sweep):
             label="validation (every candidate merged and evaluated)")
     ax.set_xlabel("seconds")
     ax.set_title("runtime per method", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
     return fig
 
 
@@ -130,6 +130,7 @@ def write_pool_report(sweep, reader, out: Path, log: bool = True) -> Path:
     for name, fig in (("tradeoff.png", tradeoff_figure(sweep)),
                       ("runtime.png", runtime_figure(sweep)),
                       ("wallclock.png", wallclock_figure(sweep))):
+        fig.tight_layout()
         fig.savefig(out / name, dpi=110)
     header, rows = table(sweep)
     text = (f"# Expert pool {sweep.experiment}: λ chosen on the selection documents, scores "
