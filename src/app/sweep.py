@@ -261,7 +261,7 @@ def log_sweep_summary(tracker, parent_id: str) -> dict[str, float]:
         method = run.tags.get("method", "?")
         by_method.setdefault(method, []).append(
             (Point(float(run.params.get("lambda", "nan")), acc, ece, method), run))
-    params, metrics, chosen = {}, {}, {}
+    params, metrics, chosen = {}, validation_times(tracker.children(parent_id)), {}
     for method, points in by_method.items():
         star = best([p for p, _ in points])
         run = next(r for p, r in points if p is star)
@@ -272,6 +272,22 @@ def log_sweep_summary(tracker, parent_id: str) -> dict[str, float]:
     log_params_or_tags(handle, params)
     handle.log_metrics(metrics)
     return chosen
+
+
+def validation_times(children) -> dict[str, float]:
+    """What the sweep's search for each method's λ and knobs cost: ``time/validation_s/<method>``
+    (Σ merge + evaluation over its jobs), their total ``time/validation_s``, and a pool
+    method's statistics ``time/stats_s/<method>`` (MergeBench's runtime split)."""
+    out: dict[str, float] = {}
+    for run in children:
+        m, method = run.metrics, run.tags.get("method", "?")
+        spent = m.get("time/merge_s", 0.0) + m.get("time/eval_s", 0.0)
+        out[f"time/validation_s/{method}"] = out.get(f"time/validation_s/{method}", 0.0) + spent
+        out["time/validation_s"] = out.get("time/validation_s", 0.0) + spent
+        if "time/stats_s" in m:
+            key = f"time/stats_s/{method}"
+            out[key] = max(out.get(key, 0.0), m["time/stats_s"])
+    return out
 
 
 def log_params_or_tags(handle, params: dict) -> None:

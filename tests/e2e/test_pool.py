@@ -39,6 +39,12 @@ def test_a_pool_sweep_logs_the_protocols_metrics_and_the_report_draws_its_figure
         assert min(stats[(method, 0.5)], stats[(method, 1.0)]) == 0.0
         assert max(stats[(method, 0.5)], stats[(method, 1.0)]) > 0
     assert stats[("consensus_ta", 1.0)] == 0.0 == stats[("ties", 1.0)]
+    # the sweep's parent: each method's validation time (its jobs' merges and evaluations)
+    parent = next(r for r in found if r.data.tags.get("role") == "sweep").data.metrics
+    fisher = [r.data.metrics for r in jobs if r.data.tags["method"] == "fisher"]
+    assert parent["time/validation_s/fisher"] == pytest.approx(
+        sum(m["time/merge_s"] + m["time/eval_s"] for m in fisher))
+    assert parent["time/stats_s/fisher"] == max(m["time/stats_s"] for m in fisher) > 0
     import subprocess
 
     out = tmp_path / "report"
