@@ -141,3 +141,17 @@ def test_data_methods_refuse_a_pair(make_cfg):
 
     with pytest.raises(ConfigError, match="needs an expert pool"):
         validate(make_cfg("method=fisher"))
+
+
+def test_a_mergebench_pool_offline_names_every_model_to_download(tmp_path):
+    line = one_line(run_app(tmp_path, "model=mergebench-gemma-2-2b", "method=ties",
+                            check=False))
+    assert "model.pt='google/gemma-2-2b' is not in the local Hugging Face cache" in line
+    assert "model.experts[4].path='MergeBench/gemma-2-2b_safety'" in line
+
+
+def test_a_mergebench_pool_evaluates_its_suite(make_cfg):
+    cfg = make_cfg("model=mergebench-llama-3.2-3b")
+    names = [t.name for t in cfg.task.tasks]
+    assert {"ifeval", "gsm8k_cot", "m_mmlu_fr"} <= set(names)
+    assert [t.name for t in cfg.task.tasks if t.forgetting] == ["mmlu"]
