@@ -30,16 +30,21 @@ def weighted_mean(taus: list[torch.Tensor], weights: list[float]) -> torch.Tenso
     return out
 
 
-def fisher_merge(taus: list[torch.Tensor], fishers: list[torch.Tensor],
-                 weights: list[float]) -> torch.Tensor:
+def _scored_mean(taus: list[torch.Tensor], scores: list[torch.Tensor], weights: list[float],
+                 fallback) -> torch.Tensor:
+    """``Σ w_e s_e τ_e / Σ w_e s_e`` elementwise; ``fallback`` where every ``w_e s_e`` is 0."""
     num = torch.zeros_like(taus[0], dtype=torch.float32)
     den = torch.zeros_like(num)
-    for tau, fisher, w in zip(taus, fishers, weights):
-        wf = fisher.float() * w
-        num.add_(wf * tau.float())
-        den.add_(wf)
-    return torch.where(den > 0, num / den.clamp(min=torch.finfo(torch.float32).tiny),
-                       weighted_mean(taus, weights))
+    for tau, score, w in zip(taus, scores, weights):
+        ws = score.float() * w
+        num.add_(ws * tau.float())
+        den.add_(ws)
+    return torch.where(den > 0, num / den.clamp(min=torch.finfo(torch.float32).tiny), fallback)
+
+
+def fisher_merge(taus: list[torch.Tensor], fishers: list[torch.Tensor],
+                 weights: list[float]) -> torch.Tensor:
+    return _scored_mean(taus, fishers, weights, weighted_mean(taus, weights))
 
 
 def reduce_off_diagonal(gram: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -70,13 +75,7 @@ def top_fraction_threshold(magnitudes: list[torch.Tensor], keep: float) -> float
 
 def stitch(taus: list[torch.Tensor], masks: list[torch.Tensor],
            weights: list[float]) -> torch.Tensor:
-    den = torch.zeros_like(taus[0], dtype=torch.float32)
-    num = torch.zeros_like(den)
-    for tau, mask, w in zip(taus, masks, weights):
-        wm = mask.float() * w
-        num.add_(wm * tau.float())
-        den.add_(wm)
-    return torch.where(den > 0, num / den.clamp(min=torch.finfo(torch.float32).tiny), 0.0)
+    return _scored_mean(taus, masks, weights, torch.zeros((), dtype=torch.float32))
 
 
 def tall_masks(taus: list[torch.Tensor], weights: list[float],
