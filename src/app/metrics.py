@@ -186,6 +186,9 @@ REGISTRY: tuple[Metric, ...] = (
     Metric("eval/trie_tokens", "distinct prefixes of the scored inputs: the floor of "
            "`eval/tokens_forwarded`", "", "job",
            optional="not for a job that reuses a parent's reference"),
+    Metric("eval/forwards", "forward passes the log-likelihood scoring took (fewer, larger "
+           "passes fill a GPU: `task.pack_tokens`)", "lower", "job",
+           optional="not for a job that reuses a parent's reference, nor on engine=vllm"),
     Metric("time/startup_s", "interpreter start and imports before the process's first job",
            "", "job", optional="only the first evaluated job of a process"),
     Metric("time/load_s", "loading the working model and building the tasks", "", "job",

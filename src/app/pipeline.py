@@ -328,7 +328,8 @@ def build_session(cfg: DictConfig, device: str) -> Session:
         engine = VLLMEngine(folder, model, cfg.engine, cfg.model.dtype, device,
                             cfg.model.trust_remote_code)
     else:
-        engine = HFEngine(model, tokenizer, cfg.task.batch_size, cfg.task.scoring)
+        engine = HFEngine(model, tokenizer, cfg.task.batch_size, cfg.task.scoring,
+                          cfg.task.pack_tokens)
     evaluator = Evaluator(engine, cfg.task, seed=cfg.seed)
     merger = merger_for(cfg, device)
     if cfg.model.experts:  # the data-dependent methods' documents: each expert's training split

@@ -24,6 +24,7 @@ PACKAGES = {"mergekit": "mergekit", "lm_eval": "lm-eval", "torch": "torch",
 def _eval_key(cfg: DictConfig) -> dict:
     task = OmegaConf.to_container(cfg.task, resolve=True)
     task.pop("batch_size", None)  # does not change results
+    task.pop("pack_tokens", None)  # nor does the packing of the tree (float rounding)
     task["scoring"] = "lm_eval"  # no scoring changes results (float rounding): all key as it did
     for key in ("chat_template", "fewshot_as_multiturn"):  # off: fingerprints as they were
         if task.get(key) is False:

@@ -16,6 +16,23 @@ from app.evaluate.evaluator import Evaluator
 from app.evaluate.trie import build_tree, trie_tokens
 
 
+@pytest.fixture(scope="module")
+def shaped_standin(tmp_path_factory):
+    """The MMLU-Pro-shaped stand-in (scripts/build_standins.py --shaped), 8 questions a
+    category."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("build_standins",
+                                                  root / "scripts" / "build_standins.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path_factory.mktemp("shaped")
+    module.build_shaped(out, mmlu_pro_per_category=8)
+    return out
+
+
 def distinct_prefixes(seqs) -> int:
     return len({tuple(s[:i]) for s in seqs for i in range(1, len(s) + 1)})
 
@@ -68,10 +85,11 @@ def with_bos(tok):
     return tok
 
 
-def compare(model, tok, cfg, lambdas=(None,), other=None, padding="right"):
-    """Both scorings on the same weights at each λ: per-request answers and every metric."""
+def compare(model, tok, cfg, lambdas=(None,), other=None, padding="right", pack=0):
+    """Both scorings on the same weights at each λ: per-request answers and every metric
+    (``pack``: the tree's tokens per forward pass, 0: the walk by rows)."""
     tok.padding_side = padding
-    engines = [HFEngine(model, tok, cfg.batch_size, s) for s in ("lm_eval", "trie")]
+    engines = [HFEngine(model, tok, cfg.batch_size, s, pack) for s in ("lm_eval", "trie")]
     plain, tree = (Evaluator(engine, cfg) for engine in engines)
     base = {k: v.clone() for k, v in model.state_dict().items()}
     gaps = []
@@ -121,22 +139,54 @@ def test_contexts_longer_than_the_model_go_to_lm_evals_own_code(toy, make_cfg):
     assert scorer.fallback and len(scorer.fallback) < len(scorer.requests)
 
 
-@pytest.mark.parametrize("preset", ["mmlu_pro", "bbh"])
-def test_trie_scoring_gives_lm_evals_answers_on_leaderboard_standins(toy, make_cfg, preset):
+@pytest.mark.parametrize(("preset", "pack"), [("mmlu_pro", 0), ("bbh", 0), ("mmlu_pro", 300),
+                                              ("bbh", 96)])
+def test_trie_scoring_gives_lm_evals_answers_on_leaderboard_standins(toy, make_cfg, preset,
+                                                                     pack):
     _, _, tok = toy
     cfg = make_cfg(f"task={preset}", "task.data_dir=${standins:}", "task.limit=3",
                    "task.batch_size=4").task  # small batches: children split over steps
-    _, tree = compare(random_model(tok), tok, cfg)
-    costs = tree.costs()
-    assert not tree.engine.scorer.fallback
+    _, tree = compare(random_model(tok), tok, cfg, pack=pack)
+    costs, scorer = tree.costs(), tree.engine.scorer
+    assert not scorer.fallback
     assert costs["eval/tokens_forwarded"] <= 1.1 * costs["eval/trie_tokens"]
+    if pack:  # budgets below a few-shot block: packs hang from spans forwarded before them
+        assert costs["eval/tokens_forwarded"] == costs["eval/trie_tokens"]
+        assert costs["eval/forwards"] == len(scorer.packs) and not scorer.steps
+        assert any(p.anchor is not scorer.root for p in scorer.packs)
+        longest = max(n.end - n.start for p in scorer.packs for n in p.nodes)
+        assert all(p.ids.shape[1] <= max(pack, longest) for p in scorer.packs)
 
 
-def test_sliding_window_attention_is_applied_across_the_cached_prefix(toy, make_cfg):
+def test_packs_fill_the_forward_passes_on_the_mmlu_pro_shaped_standin(toy, make_cfg,
+                                                                      shaped_standin):
+    """MMLU-Pro's shape (14 categories × a 5-shot block of 1,000–1,500 tokens, 8 questions
+    each, up to 10 options: 1,010 requests, 20,971 trie tokens): a budget of 4,096 tokens a
+    pass scores a λ in 6 forward passes with nothing forwarded twice; the walk by rows of 32
+    needs 32 passes and 9% more tokens."""
+    _, _, tok = toy
+    cfg = make_cfg("task=mmlu_pro", f"task.data_dir={shaped_standin}").task
+    model = random_model(tok)
+    rows = Evaluator(HFEngine(model, tok, cfg.batch_size, "trie", 0), cfg)
+    packed = Evaluator(HFEngine(model, tok, cfg.batch_size, "trie", 4096), cfg)
+    (a, _), (b, _) = rows.evaluate(), packed.evaluate()
+    gap = max(abs(x.resps[0][0] - y.resps[0][0]) for x, y in zip(rows._ll, packed._ll))
+    assert gap < 1e-4 and [x.resps[0][1] for x in rows._ll] == [y.resps[0][1] for y in packed._ll]
+    name = "leaderboard_mmlu_pro"
+    assert a[name].metrics["acc"] == b[name].metrics["acc"]
+    costs = packed.costs()
+    assert len(rows._ll) == 1010 and costs["eval/trie_tokens"] == 20971
+    assert costs["eval/tokens_forwarded"] == costs["eval/trie_tokens"]
+    assert costs["eval/forwards"] <= 6 < rows.costs()["eval/forwards"]
+
+
+@pytest.mark.parametrize("pack", [0, 200])
+def test_sliding_window_attention_is_applied_across_the_cached_prefix(toy, make_cfg, pack):
     _, _, tok = toy  # Gemma-2: every other layer sees 32 positions, prompts are far longer
     model = random_model(tok, "gemma2", sliding_window=32)
     cfg = make_cfg("task=mmlu_pro", "task.data_dir=${standins:}", "task.limit=3").task
-    _, tree = compare(model, tok, cfg)
+    _, tree = compare(model, tok, cfg, pack=pack)
+    assert bool(tree.engine.scorer.packs) == bool(pack)
     lengths = [len(ctx) for _, ctx, _ in tree.engine.requests]
     assert min(lengths) > 4 * 32
 

@@ -36,7 +36,8 @@ class Engine(Protocol):
 class HFEngine:
     """lm-eval's HFLM over the (in-place updated) working model; float32 log-softmax."""
 
-    def __init__(self, model, tokenizer, batch_size: int, scoring: str = "auto"):
+    def __init__(self, model, tokenizer, batch_size: int, scoring: str = "auto",
+                 pack_tokens: int | str = "auto"):
         from lm_eval.models.huggingface import HFLM
 
         self.lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
@@ -44,7 +45,8 @@ class HFEngine:
         self.scoring = resolve_scoring(scoring, model)
         self.requests: list = []
         self.scorer = None
-        self.costs = {"eval/tokens_forwarded": 0, "eval/trie_tokens": 0}
+        self.pack_tokens = pack_tokens
+        self.costs = {"eval/tokens_forwarded": 0, "eval/trie_tokens": 0, "eval/forwards": 0}
 
     def load_weights(self, model, mk: dict | None = None, merger=None) -> None:
         """Nothing to do: HFLM runs the working model itself."""
@@ -61,18 +63,21 @@ class HFEngine:
 
             self.scorer = SharedContextScorer(self.lm, self.requests)
         elif self.scoring == "trie":
-            from app.evaluate.trie import TrieScorer
+            from app.evaluate.trie import TrieScorer, pack_budget
 
-            self.scorer = TrieScorer(self.lm, self.requests)
+            budget = (pack_budget(self.lm.model, self.lm.device) if self.pack_tokens == "auto"
+                      else int(self.pack_tokens))
+            self.scorer = TrieScorer(self.lm, self.requests, budget)
 
     def loglikelihood(self) -> list[tuple[float, bool]]:
         """The answers; ``costs["eval/tokens_forwarded"]``: the model inputs' tokens (padding
-        included) it took."""
-        forwarded = [0]
+        included) it took, ``costs["eval/forwards"]``: in how many forward passes."""
+        forwarded = [0, 0]
 
         def count(module, args, kwargs):
             ids = kwargs.get("input_ids", args[0] if args else None)
             forwarded[0] += ids.numel() if ids is not None else 0
+            forwarded[1] += 1
 
         hook = self.lm.model.register_forward_pre_hook(count, with_kwargs=True)
         try:
@@ -81,7 +86,7 @@ class HFEngine:
             return compat.loglikelihood_tokens(self.lm, self.requests)
         finally:
             hook.remove()
-            self.costs["eval/tokens_forwarded"] = forwarded[0]
+            self.costs["eval/tokens_forwarded"], self.costs["eval/forwards"] = forwarded
 
     def generate_until(self, instances: list) -> list[str]:
         # lm-eval caps a generation with max_length (context + the task's max_gen_toks); a

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
@@ -64,6 +64,9 @@ class EvalConfig:
     # shared_context: one KV-cached pass per document context | auto: trie where the model
     # takes a cache and logits_to_keep (every transformers decoder), else lm_eval
     scoring: str = "auto"
+    # trie scoring's tokens per forward pass: whole subtrees packed under a tree mask (0: the
+    # walk by rows of batch_size, auto: from free device memory on CUDA, 0 elsewhere)
+    pack_tokens: Any = "auto"
     # every request formatted with the working model's tokenizer chat template (lm-eval's
     # apply_chat_template); off, every λ is scored on the same plain-text prompts
     chat_template: bool = False
@@ -80,6 +83,10 @@ def validate(task, model=None) -> None:
         if value is not None and value < low:
             what = "a positive integer" if low else "≥ 0 (0: no intervals)"
             raise ConfigError(f"task.{key}={value} must be {what}")
+    pack = task.get("pack_tokens", "auto")
+    if pack != "auto" and (isinstance(pack, bool) or not isinstance(pack, int) or pack < 0):
+        raise ConfigError(f"task.pack_tokens={pack!r} must be auto or an integer ≥ 0 (tokens per "
+                          f"forward pass of trie scoring; 0: the walk by rows)")
     for key, value, valid in (("ece_binning", task.ece_binning, BINNINGS),
                               ("scoring", task.scoring, SCORINGS)):
         if value not in valid:
