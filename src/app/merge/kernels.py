@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 
+import numba
 import numpy as np
 import torch
 from numba import njit, prange, types
@@ -32,6 +34,11 @@ from app.merge.torch_ops import (
 )
 
 LOG = logging.getLogger(__name__)
+# numba's OpenMP layer leaves its threads spinning after a kernel, beside torch's own OpenMP
+# pool: on 2 cores every evaluation after a merge ran 10× slower (docs/benchmarks.md). The
+# work-queue layer's threads sleep when idle.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
 
 
 @intrinsic
