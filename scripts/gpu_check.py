@@ -67,7 +67,8 @@ class Working:
         from app.merge.layout import parameters
 
         report = self.merger.merge_into(self.model, mk_config(method, lam, self.pt, self.it))
-        return ({n: p.detach().cpu() for n, p in parameters(self.model).items()},
+        # copies: on the CPU ``.cpu()`` is the parameter itself, which the next λ overwrites
+        return ({n: p.detach().to("cpu", copy=True) for n, p in parameters(self.model).items()},
                 report.seconds, report.engine)
 
 
