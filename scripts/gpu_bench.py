@@ -183,20 +183,90 @@ def equal_section(pt: Path, it: Path, device: str, methods) -> None:
     from app.merge.mergekit_adapter import merged_tensors
 
     model = working(pt, device)
-    for parents_on in ("device", "host"):
-        merger = Merger(device, seed=0, parents_on=parents_on)
-        for method in methods:
-            bad, engines = 0, set()
-            for lam in (0.3, 0.7):
-                mk = mk_config(method, lam, pt, it)
+    mergers = {where: Merger(device, seed=0, parents_on=where) for where in ("device", "host")}
+    for method in methods:
+        bad, engines = dict.fromkeys(mergers, 0), set()
+        for lam in (0.3, 0.7):
+            mk = mk_config(method, lam, pt, it)
+            oracle = {n: t.to(device) for n, t in merged_tensors(mk, device, seed=0)}
+            for where, merger in mergers.items():
                 engines.add(merger.merge_into(model, mk).engine)
                 mine = parameters(model)
-                for name, tensor in merged_tensors(mk, device, seed=0):
-                    bad += not torch.equal(mine[name].data, tensor.to(device))
-            verdict = "PASS" if bad == 0 and engines == {"direct"} else "FAIL"
-            say("equal", f"{verdict} {method:15} parents on {parents_on:6}: {bad} tensors differ "
-                         f"from mergekit's executor on {device} (λ 0.3, 0.7; {'+'.join(engines)})")
-        del merger
+                bad[where] += sum(not torch.equal(mine[n].data, t) for n, t in oracle.items())
+            del oracle
+        verdict = "PASS" if not any(bad.values()) and engines == {"direct"} else "FAIL"
+        say("equal", f"{verdict} {method:15} tensors differing from mergekit's executor on "
+                     f"{device} at λ 0.3, 0.7: parents on the device {bad['device']}, on the "
+                     f"host {bad['host']} ({'+'.join(sorted(engines))})")
+
+
+# ------------------------------------------------------------------------------ fused
+
+def fused_section(device: str, f: dict) -> None:
+    """Whether one fused pass can replace the torch ops of a linear merge bit for bit on
+    this GPU (Triton: float32 maths, fused multiply-adds as asked, bf16 rounded to nearest
+    even), and how close it comes to the HBM floor: what a GPU kernel for the direct merges
+    would buy, measured before writing one."""
+    import triton
+    import triton.language as tl
+
+    from app.merge.torch_ops import torch_linear, torch_slerp
+
+    @triton.jit
+    def linear2(a_ptr, b_ptr, out_ptr, n, w0, w1, FMA: tl.constexpr, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = offs < n
+        a = tl.load(a_ptr + offs, mask=m).to(tl.float32)
+        b = tl.load(b_ptr + offs, mask=m).to(tl.float32)
+        if FMA:
+            r = tl.fma(b, w1, tl.fma(a, w0, 0.0))
+        else:
+            r = (a * w0 + 0.0) + b * w1
+        tl.store(out_ptr + offs, r.to(tl.bfloat16), mask=m)
+
+    @triton.jit
+    def slerp2(a_ptr, b_ptr, out_ptr, n, s0, s1, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = offs < n
+        a = tl.load(a_ptr + offs, mask=m).to(tl.float32)
+        b = tl.load(b_ptr + offs, mask=m).to(tl.float32)
+        tl.store(out_ptr + offs, (a * s0 + b * s1).to(tl.bfloat16), mask=m)
+
+    n = 1 << 28
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(n, device=device, generator=g).to(torch.bfloat16)
+    y = (x.float() + 0.01 * torch.randn(n, device=device, generator=g)).to(torch.bfloat16)
+    x[:64], y[32:96] = -0.0, 0.0
+    floor = 3 * n * 2 / (f["hbm_gbs"] * 1e9)
+    big = (torch.empty(n, device=device), torch.empty(n, device=device))  # one chunk
+    grid = (triton.cdiv(n, 4096),)
+    for w0, w1 in ((0.7, 0.3), (0.31, 0.69)):
+        ref = torch.empty_like(x)
+        _, torch_s = timed(torch_linear, [x, y], [w0, w1], ref, big)
+        for fma in (True, False):
+            out = torch.empty_like(x)
+            run = lambda: linear2[grid](x, y, out, n, w0, w1, FMA=fma, BLOCK=4096,  # noqa
+                                        enable_fp_fusion=False)
+            run()
+            _, seconds = timed(run)
+            same = torch.equal(out.view(torch.int16), ref.view(torch.int16))
+            say("fused", f"linear w={w0},{w1} {'fma' if fma else 'mul+add'}: "
+                         f"{'EQUAL' if same else 'differs'} to the torch path; "
+                         f"{seconds * 1e3:.2f} ms = {seconds / floor:.1f}× the HBM floor "
+                         f"(torch path {torch_s * 1e3:.2f} ms = {torch_s / floor:.1f}×)")
+    for s0, s1 in ((0.7, 0.3), (0.4123, 0.6002)):
+        ref = torch.empty_like(x)
+        _, torch_s = timed(torch_slerp, x, y, torch.tensor([s0], device=device),
+                           torch.tensor([s1], device=device), ref, big)
+        out = torch.empty_like(x)
+        run = lambda: slerp2[grid](x, y, out, n, s0, s1, BLOCK=4096,  # noqa
+                                   enable_fp_fusion=False)
+        run()
+        _, seconds = timed(run)
+        same = torch.equal(out.view(torch.int16), ref.view(torch.int16))
+        say("fused", f"slerp step {s0},{s1}: {'EQUAL' if same else 'differs'} to the torch path; "
+                     f"{seconds * 1e3:.2f} ms = {seconds / floor:.1f}× the HBM floor (torch "
+                     f"path {torch_s * 1e3:.2f} ms = {torch_s / floor:.1f}×)")
 
 
 # ------------------------------------------------------------------------------ eval
@@ -216,7 +286,10 @@ def eval_section(pt: Path, work: Path, device: str, f: dict, stock: bool) -> Non
     task = compose("task=mmlu_pro", f"task.data_dir={data}").task
     tok = AutoTokenizer.from_pretrained(pt)
     model = working(pt, device)
-    params = sum(p.numel() for p in model.parameters())
+    # the matmuls every forwarded token pays (the embedding is a lookup; the output projection
+    # runs only where a token is scored)
+    params = sum(p.numel() for p in model.parameters()) \
+        - model.get_input_embeddings().weight.numel()
     rows = []
     if stock:
         _, seconds = timed(stock_evaluate, model, tok, task)
@@ -239,7 +312,7 @@ def eval_section(pt: Path, work: Path, device: str, f: dict, stock: bool) -> Non
     trie = next(c for _, _, c in rows if c)["eval/trie_tokens"]
     floor = trie * 2 * params / (f["tflops"] * 1e12)
     lm_eval_s = next(s for label, s, _ in rows if label == "lm-eval batching")
-    say("eval", f"{trie:.0f} trie tokens, {params / 1e9:.2f} B parameters: compute floor "
+    say("eval", f"{trie:.0f} trie tokens, {params / 1e9:.2f} B non-embedding parameters: floor "
                 f"{floor * 1e3:.1f} ms per λ at {f['tflops']:.0f} TFLOP/s")
     for label, seconds, c in rows:
         if c is None:
@@ -360,7 +433,7 @@ def main() -> int:
     parser.add_argument("--shape", default=None, choices=SHAPES,
                         help="the pair's shapes (1.5b on CUDA, small elsewhere)")
     parser.add_argument("--sections", nargs="*",
-                        default=["floors", "merge", "equal", "eval", "e2e"])
+                        default=["merge", "equal", "eval", "fused", "e2e"])
     parser.add_argument("--methods", nargs="*", default=list(METHODS))
     parser.add_argument("--no-stock", action="store_true", help="skip stock simple_evaluate")
     args = parser.parse_args()
@@ -384,6 +457,7 @@ def main() -> int:
         "equal": lambda: equal_section(*build_pair(work, "0.5b" if cuda else "small", device),
                                        device, args.methods),
         "eval": lambda: eval_section(pt, work, device, f, not args.no_stock),
+        "fused": lambda: fused_section(device, f),
         "e2e": lambda: e2e_section(pt, it, work, device),
     }
     for name in args.sections:

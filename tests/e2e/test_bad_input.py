@@ -18,6 +18,14 @@ def test_save_dir_with_the_users_files_is_refused_and_untouched(tmp_path):
     assert not (tmp_path / "mlruns" / "mlflow.db").exists() or runs(tmp_path)[1] == []
 
 
+def test_a_placement_of_the_parents_that_does_not_exist_is_one_line(tmp_path):
+    line = one_line(run_app(tmp_path, FAST, "merge.parents_on=devise", check=False))
+    assert line == ("error: merge.parents_on=devise is not valid (did you mean 'device'?); "
+                    "use one of auto, device, host")
+    line = one_line(run_app(tmp_path, FAST, "merge.resident_share=1.5", check=False))
+    assert line.startswith("error: merge.resident_share=1.5 must be in (0, 1]")
+
+
 def test_a_finished_job_asked_for_its_model_saves_it_without_evaluating(tmp_path):
     run_app(tmp_path, FAST, "lambda=0.3")
     out = tmp_path / "merged"

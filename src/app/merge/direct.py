@@ -1,15 +1,20 @@
-"""Direct merges: merged tensors computed straight from the memory-mapped parents, no executor.
+"""Direct merges: merged tensors computed straight from the parents' files, no executor.
 
 For plain linear, slerp, and task arithmetic / TIES with one fine-tuned model, on CPU or with
 the working model on CUDA (which method has which path is declared in ``app.merge.methods``),
 every tensor is computed with mergekit's arithmetic in mergekit's order (float32, rounded once
 to the stored dtype), so the result is bit-identical to mergekit's executor on that device and
 to ``mergekit-yaml`` (tests check it on CPU; ``scripts/gpu_check.sh`` on CUDA), an order of
-magnitude faster, and no parent is held in memory: each parent tensor's pages are dropped from
-the process once merged (on CUDA each chunk is copied to the device and merged there). What
-does not depend on λ (slerp's norms and cosines, the elements TIES keeps) is computed on the
+magnitude faster. Where the parents are (``merge.parents_on``): on CPU they stay mapped and no
+parent is held in memory (each parent tensor's pages are dropped from the process once merged;
+``device`` reads them into RAM once instead); on CUDA they are read once, onto the device when
+they fit beside the working model within ``resident_share`` of its free memory (``auto``) or
+always (``device``), else into pinned host memory, from which each tensor is copied whole to
+the device per λ (``host``). On CUDA every tensor is merged from sources on the device, in
+chunks of up to ``torch_ops.DEVICE_CHUNK`` elements. What does not depend on λ (slerp's norms
+and cosines, the elements TIES keeps, as packed bits on the device on CUDA) is computed on the
 first merge of a pair, on the merge's device, and kept by the ``DirectMerger`` that owns the
-mapped files. Tensors are named as the checkpoint names them (``app.merge.layout``). For
+parents. Tensors are named as the checkpoint names them (``app.merge.layout``). For
 bfloat16 models on CPU the elementwise arithmetic runs in one fused pass (``app.merge.kernels``)
 where a probe shows it equal to the torch path.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import mmap
 import struct
 import warnings
@@ -27,10 +33,14 @@ from typing import Any, Callable, Iterator
 import torch
 
 from app.merge.layout import checkpoint_names, parameters
+from app.merge.methods import PARENTS_ON
 from app.merge.torch_ops import (
+    CHUNK,
+    DEVICE_CHUNK,
     Buffers,
     chunks,
     new_buffers,
+    scalars,
     torch_linear,
     torch_nuslerp,
     torch_slerp,
@@ -49,6 +59,7 @@ class MappedWeights:
     ``release`` drops a tensor's pages from the process (the OS page cache keeps them)."""
 
     def __init__(self, folder: Path):
+        self.folder = folder
         index = folder / "model.safetensors.index.json"
         files = (sorted(set(json.loads(index.read_text())["weight_map"].values()))
                  if index.exists() else ["model.safetensors"])
@@ -81,50 +92,202 @@ class MappedWeights:
         if end > start and hasattr(mmap, "MADV_DONTNEED"):
             mapped.madvise(mmap.MADV_DONTNEED, start, end - start)
 
+    @property
+    def nbytes(self) -> int:
+        return sum(end - begin for _, begin, end, _, _ in self.where.values())
+
+
+class ResidentWeights:
+    """A local model's tensors read once from its mapped files into one block of memory on
+    ``device`` (a CUDA device, or host RAM), or of pinned host memory (``pinned``): the same
+    ``where`` (the tensor at index 0, shape at 4), ``tensor`` and ``release`` (nothing to drop)
+    as ``MappedWeights``."""
+
+    ALIGN = 256  # bytes: every tensor starts aligned for any dtype and vectorised loads
+
+    def __init__(self, mapped: MappedWeights, device: torch.device, pinned: bool = False):
+        self.folder = mapped.folder
+        offsets, total = {}, 0
+        for name, (_, begin, end, _, _) in mapped.where.items():
+            offsets[name] = total
+            total += -(-(end - begin) // self.ALIGN) * self.ALIGN
+        try:
+            # one block per model (pinned blocks come from torch's host cache, which rounds
+            # a request up to a power of two)
+            self.block = torch.empty(total, dtype=torch.uint8, device=device,
+                                     pin_memory=pinned)
+        except RuntimeError as e:  # torch.OutOfMemoryError is one
+            where = "pinned host" if pinned else str(device)
+            raise MemoryError(f"{total / 1e9:.2f} GB of {where} memory refused: "
+                              f"{str(e).splitlines()[0]}") from None
+        self.where: dict[str, tuple[torch.Tensor, int, int, torch.dtype, list[int]]] = {}
+        for name, (_, begin, end, dtype, shape) in mapped.where.items():
+            start = offsets[name]
+            view = self.block[start:start + end - begin].view(dtype).view(shape)
+            view.copy_(mapped.tensor(name))
+            mapped.release(name)
+            self.where[name] = (view, begin, end, dtype, shape)
+
+    def tensor(self, name: str) -> torch.Tensor:
+        return self.where[name][0]
+
+    def release(self, name: str) -> None:
+        pass
+
+    @property
+    def nbytes(self) -> int:
+        return sum(end - begin for _, begin, end, _, _ in self.where.values())
+
+
+Weights = MappedWeights | ResidentWeights
+
+
+def _device(device: str | torch.device) -> torch.device:
+    """``device`` with its index (``cuda`` → ``cuda:<current>``), as tensors report theirs."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def on(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on the CUDA merge device, in its stored dtype: itself where it is there
+    already, else one copy (asynchronous from pinned memory); on other devices, itself."""
+    if device.type != "cuda" or tensor.device == device:
+        return tensor
+    return tensor.to(device, non_blocking=True)
+
+
+def work_chunk(device: torch.device, largest: int) -> int:
+    """Elements per float32 work buffer: ``CHUNK`` on CPU; on a GPU, where the sources are on
+    the device, the largest tensor's size up to ``DEVICE_CHUNK`` (a multiple of 8)."""
+    if device.type == "cpu":
+        return CHUNK
+    return max(CHUNK, min(DEVICE_CHUNK, -(-largest // 8) * 8))
+
 
 def file_key(folder: Path) -> tuple[str, tuple]:
-    """A folder and its weight files' (name, size, mtime): a rewritten file is mapped anew."""
+    """A folder and its weight files' (name, size, mtime): a rewritten file is read anew."""
     folder = folder.resolve()
     files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.safetensors.index.json"))
     return str(folder), tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
 
 
 class DirectMerger:
-    """Direct merges into a working model; owns the mapped parents, the λ-free values computed
-    from them and the float32 work buffers (one per working model, dropped with it)."""
+    """Direct merges into a working model; owns the parents (mapped or resident, as
+    ``parents_on`` places them), the λ-free values computed from them and the float32 work
+    buffers (one pair per merge device)."""
 
-    def __init__(self, cache_dir: str | None = None, seed: int | None = None):
+    def __init__(self, cache_dir: str | None = None, seed: int | None = None,
+                 parents_on: str = "auto", resident_share: float = 0.5,
+                 device: str | None = None):
+        if parents_on not in PARENTS_ON:
+            raise ValueError(f"parents_on={parents_on!r}: use one of {', '.join(PARENTS_ON)}")
         self.cache_dir = cache_dir  # where hub ids' snapshots are (None: HF_HOME's cache)
         self.seed = seed  # DARE's and DELLA's masks: mergekit's --random-seed
-        self.mapped: dict[tuple, MappedWeights] = {}
+        self.parents_on = parents_on  # auto, device or host (app.merge.methods.MergeSettings)
+        self.resident_share = resident_share  # of the device's free memory, for auto
+        self.device = device  # where ``weights`` places parents asked for without a device
+        self.parents: dict[tuple, Weights] = {}  # (file_key, device) → the parent
         self.lambda_free: dict[tuple, dict[str, Any]] = {}
         self.buffers: Buffers = new_buffers()  # float32 work buffers on the model's device
 
-    def weights(self, folder: Path) -> MappedWeights:
-        key = file_key(folder)
-        if key not in self.mapped:
-            self.mapped[key] = MappedWeights(Path(key[0]))
-        return self.mapped[key]
+    def weights(self, folder: Path, device: str | None = None) -> Weights:
+        return self.weights_of([folder], device)[0]
 
-    def cache(self, v0: MappedWeights, v1: MappedWeights, what: Any) -> dict[str, Any]:
+    def weights_of(self, folders: list[Path], device: str | None = None) -> list[Weights]:
+        """The models in ``folders`` for merges on ``device`` (default: the merger's), each
+        read once and placed as ``parents_on`` says; placed together, so that ``auto`` puts
+        a pair on the device only where both fit."""
+        dev = _device(device or self.device or "cpu")
+        keys = [(file_key(f), str(dev)) for f in folders]
+        new = [k for k in dict.fromkeys(keys) if k not in self.parents]
+        for key in new:
+            self._forget(key)
+        mapped = [MappedWeights(Path(k[0][0])) for k in new]
+        if mapped:
+            placement = self.placement(dev, sum(m.nbytes for m in mapped))
+            for key, m in zip(new, mapped):
+                self.parents[key] = self._placed(m, dev, placement)
+        return [self.parents[k] for k in keys]
+
+    def placement(self, device: torch.device, nbytes: int) -> str:
+        """Where parents of ``nbytes`` go on ``device``: "mapped" (host mmap, read per λ),
+        "ram" (CPU: read into memory once), "device" or "pinned" (CUDA); logged with the
+        arithmetic where ``auto`` decides."""
+        if device.type == "cpu":
+            return "ram" if self.parents_on == "device" else "mapped"
+        if device.type != "cuda":
+            return "mapped"
+        if self.parents_on != "auto":
+            return "device" if self.parents_on == "device" else "pinned"
+        free = torch.cuda.mem_get_info(device)[0] + (  # with what torch's cache holds unused
+            torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+        resident = sum(p.nbytes for (_, d), p in self.parents.items()
+                       if d == str(device) and isinstance(p, ResidentWeights)
+                       and p.block.device.type == "cuda")
+        budget = self.resident_share * (free + resident)
+        fits = resident + nbytes <= budget
+        LOG.info("merge.parents_on=auto on %s: parents %.2f GB (+%.2f GB already there) %s "
+                 "%.2f × %.2f GB free beside the working model = %.2f GB → %s", device,
+                 nbytes / 1e9, resident / 1e9, "≤" if fits else ">", self.resident_share,
+                 (free + resident) / 1e9, budget / 1e9,
+                 "on the device" if fits else "pinned host memory, streamed per λ")
+        return "device" if fits else "pinned"
+
+    def _placed(self, mapped: MappedWeights, device: torch.device, placement: str) -> Weights:
+        """``mapped`` as ``placement`` says; where that memory is refused, the next best place
+        (device → pinned → mapped), except where ``parents_on=device`` asked for the device."""
+        if placement == "mapped":
+            LOG.info("%s on %s: mapped, read per λ (%.2f GB)", mapped.folder, device,
+                     mapped.nbytes / 1e9)
+            return mapped
+        try:
+            placed = ResidentWeights(mapped, torch.device("cpu") if placement == "pinned"
+                                     else device, pinned=placement == "pinned")
+        except MemoryError as e:
+            if device.type == "cuda" and self.parents_on == "device":
+                raise MemoryError(f"merge.parents_on=device: {mapped.folder} does not fit on "
+                                  f"{device} ({e}); use merge.parents_on=auto or host") from None
+            fallback = "pinned" if placement == "device" else "mapped"
+            LOG.warning("%s on %s: %s; %s instead", mapped.folder, device, e, fallback)
+            return self._placed(mapped, device, fallback)
+        LOG.info("%s on %s: %s (%.2f GB, read once)", mapped.folder, device,
+                 {"ram": "in host memory", "device": "on the device",
+                  "pinned": "in pinned host memory, copied to the device per λ"}[placement],
+                 placed.nbytes / 1e9)
+        return placed
+
+    def _forget(self, key: tuple) -> None:
+        """Drop the parents an earlier version of this folder's files gave on this device, and
+        what was computed from them (a rewritten file is read anew)."""
+        for old in [k for k in self.parents if k[0][0] == key[0][0] and k[1] == key[1]]:
+            gone = id(self.parents.pop(old))
+            for cached in [c for c in self.lambda_free if gone in c[:2]]:
+                del self.lambda_free[cached]
+
+    def cache(self, v0: Weights, v1: Weights, what: Any) -> dict[str, Any]:
         """Per-tensor values of a pair of parents that do not depend on λ."""
         return self.lambda_free.setdefault((id(v0), id(v1), what), {})
 
     def planned(self, mk: dict[str, Any], device: str,
-                plan: str) -> tuple[list[MappedWeights], list[str], Rule] | None:
-        """The mapped parents, their tensor names and the rule where the direct path ``plan``
-        takes ``mk`` and the parents hold the same tensors; else None."""
+                plan: str) -> tuple[list[Weights], list[str], Rule] | None:
+        """The parents, their tensor names and the rule where the direct path ``plan`` takes
+        ``mk`` and the parents hold the same tensors; else None."""
         planned = PLANS[plan](_local(mk, self.cache_dir), device)
         if planned is None:
             return None
         folders, rule = planned
-        models = [self.weights(f) for f in folders]
+        dev = _device(device)
+        models = self.weights_of(folders, str(dev))
         names = sorted(models[0].where)
-        if self.buffers[0].device != torch.device(device):
-            self.buffers = new_buffers(device)
         if any(set(names) != set(m.where) or any(m.where[n][4] != models[0].where[n][4]
                                                   for n in names) for m in models):
             return None
+        largest = max((math.prod(models[0].where[n][4]) for n in names), default=0)
+        size = work_chunk(dev, largest)
+        if self.buffers[0].device != dev or self.buffers[0].numel() != size:
+            self.buffers = new_buffers(dev, size)
         return models, names, rule
 
     def merge(self, model: torch.nn.Module, mk: dict[str, Any], device: str,
@@ -169,9 +332,9 @@ class DirectMerger:
                     yield name, out
         return stream()
 
-    def _merge_one(self, models: list[MappedWeights], rule: Rule, name: str,
+    def _merge_one(self, models: list[Weights], rule: Rule, name: str,
                    out: torch.Tensor) -> None:
-        sources = [m.tensor(name).reshape(-1) for m in models]
+        sources = [on(m.tensor(name), out.device).reshape(-1) for m in models]
         rule(self, models, name, sources, out)
         for m in models:
             m.release(name)
@@ -219,8 +382,8 @@ def _local_plan(mk: dict[str, Any], device: str, method: str, top: set[str],
 
 
 def on_device(device: str) -> bool:
-    """A device the direct paths merge on: the CPU, or a CUDA device (parents stay mapped
-    on the host, each chunk is copied to the device and merged there in float32)."""
+    """A device the direct paths merge on: the CPU, or a CUDA device (each tensor merged
+    there in float32 from sources on the device: ``DirectMerger.placement``)."""
     return device == "cpu" or device.startswith("cuda")
 
 
@@ -317,14 +480,14 @@ class _Slerp:
     THRESHOLD, EPS = 0.9995, 1e-8
 
     def __init__(self, t: float):
-        self.t = torch.tensor([t], dtype=torch.float32).reshape(-1, 1)
+        self.t = float(t)
 
     def __call__(self, merger, models, name, sources, out):
         v0, v1 = sources
         if not out.numel():
             return
         dot = cosine(merger, models[0], models[1], name)
-        t = self.t.to(dot.device)
+        t = scalars((self.t,), dot.device).reshape(-1, 1)
         linear = dot.abs() > self.THRESHOLD
         theta = torch.acos(torch.where(linear, 0, dot))
         sin_theta = torch.sin(theta)
@@ -350,8 +513,10 @@ class _NuSlerp:
     def __call__(self, merger, models, name, sources, out):
         cos = arc(merger, models[0], models[1], name)
         t = self.t
-        colinear = (1 - cos.square()) <= self.EPS ** 2
-        if bool(colinear.item()):
+        colinear = merger.cache(models[0], models[1], "colinear")
+        if name not in colinear:  # read once: no wait for the device per λ
+            colinear[name] = bool(((1 - cos.square()) <= self.EPS ** 2).item())
+        if colinear[name]:
             coefficients, sin_theta = (1 - t, t), None
         else:
             theta = torch.acos(cos)
@@ -420,29 +585,32 @@ class _TaskVector:
                               states[0].factor)
 
 
-def kept(merger: DirectMerger, base: MappedWeights, tuned: MappedWeights, name: str, sparsity):
+def kept(merger: DirectMerger, base: Weights, tuned: Weights, name: str, sparsity):
     """One tensor's kept elements and rescale factor (``sparsify.Kept``) for one fine-tune,
-    computed on the merge's device as mergekit's executor computes them there, and cached."""
+    computed on the merge's device as mergekit's executor computes them there, and cached;
+    on CUDA the packed bits stay on the device (a uint8 tensor, one bit per element)."""
     from app.merge.sparsify import Kept, prepare
 
     if sparsity is None:
         return Kept()
     cache = kept_cache(merger, base, tuned, sparsity)
     if name not in cache:
-        cache[name] = prepare(sparsity, base.tensor(name), tuned.tensor(name),
-                              merger.buffers[0].device)
+        device = merger.buffers[0].device
+        state = prepare(sparsity, on(base.tensor(name), device), on(tuned.tensor(name), device),
+                        device)
+        if device.type == "cuda" and state.bits is not None:
+            state = Kept(torch.from_numpy(state.bits).to(device), state.factor)
+        cache[name] = state
         tuned.release(name)
     return cache[name]
 
 
-def kept_cache(merger: DirectMerger, base: MappedWeights, tuned: MappedWeights,
-               sparsity) -> dict:
+def kept_cache(merger: DirectMerger, base: Weights, tuned: Weights, sparsity) -> dict:
     """The kept elements of a fine-tune, per tensor, for these knobs, seed and device."""
     return merger.cache(base, tuned, (sparsity, merger.seed, str(merger.buffers[0].device)))
 
 
-def arc(merger: DirectMerger, v0: MappedWeights, v1: MappedWeights,
-        name: str) -> torch.Tensor:
+def arc(merger: DirectMerger, v0: Weights, v1: Weights, name: str) -> torch.Tensor:
     """NuSLERP's clamped cosine of one tensor in two parents, as mergekit computes it: the
     whole flattened tensors normalised by torch's own norm, their product summed by torch."""
     cache = merger.cache(v0, v1, "arc")
@@ -450,8 +618,8 @@ def arc(merger: DirectMerger, v0: MappedWeights, v1: MappedWeights,
         device = merger.buffers[0].device
 
         def unit(weights):
-            x = weights.tensor(name).reshape(-1).to(device=device, dtype=torch.float32,
-                                                    copy=True)  # the mapping is read-only
+            x = on(weights.tensor(name), device).reshape(-1).to(
+                device=device, dtype=torch.float32, copy=True)  # the parents are read-only
             norm = torch.norm(x, dim=-1, keepdim=True).clamp(min=_NuSlerp.NORM_EPS)
             return x.div_(norm)
 
@@ -461,13 +629,13 @@ def arc(merger: DirectMerger, v0: MappedWeights, v1: MappedWeights,
     return cache[name]
 
 
-def cosine(merger: DirectMerger, v0: MappedWeights, v1: MappedWeights,
-           name: str) -> torch.Tensor:
-    """The clamped cosine of one tensor in two parents, as mergekit's slerp sums it."""
+def cosine(merger: DirectMerger, v0: Weights, v1: Weights, name: str) -> torch.Tensor:
+    """The clamped cosine of one tensor in two parents, as mergekit's slerp sums it (over
+    ``CHUNK``-element chunks, whatever the work buffers' length)."""
     cache = merger.cache(v0, v1, "cosine")
     if name not in cache:
         x, y = merger.buffers
-        a, b = v0.tensor(name).reshape(1, -1), v1.tensor(name).reshape(1, -1)
+        a, b = (on(v.tensor(name), x.device).reshape(1, -1) for v in (v0, v1))
         spans = list(chunks(a.shape[1]))
 
         def chunk(source, buffer, start, stop):

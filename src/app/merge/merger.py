@@ -26,7 +26,7 @@ from app.merge.pool import PoolMerger
 class MergeReport:
     tensors: int
     seconds: float
-    engine: str = "mergekit"  # or "direct": computed from the mapped parents; "pool"
+    engine: str = "mergekit"  # or "direct": computed from the parents themselves; "pool"
     stats_seconds: float = 0.0  # of which gathering an expert pool's data statistics
 
 
@@ -35,12 +35,14 @@ class Merger:
 
     def __init__(self, device: str = "cpu", seed: int | None = None,
                  trust_remote_code: bool = False, cache_dir: str | None = None,
-                 towers_from: str | None = None):
+                 towers_from: str | None = None, parents_on: str = "auto",
+                 resident_share: float = 0.5):
         self.device, self.seed, self.trust_remote_code = device, seed, trust_remote_code
         self.cache_dir = cache_dir
         # model.vision=it: a multimodal pair's vision tower and projector are IT's, whatever λ
         self.towers_from = towers_from
-        self.direct = DirectMerger(cache_dir, seed)
+        # where the parents are: merge.parents_on, merge.resident_share (MergeSettings)
+        self.direct = DirectMerger(cache_dir, seed, parents_on, resident_share, device)
         self.pool = PoolMerger(self.direct, seed)  # the expert-pool methods mergekit lacks
 
     def merge_into(self, model: torch.nn.Module, mk: dict[str, Any]) -> MergeReport:
@@ -134,7 +136,8 @@ def merge_into(model: torch.nn.Module, mk: dict[str, Any], device: str = "cpu",
 
 
 def merger_for(cfg, device: str) -> Merger:
-    """The job's merger, with the pair's settings."""
+    """The job's merger, with the pair's and the merge's settings."""
     pair = cfg.model
     return Merger(device, cfg.seed, pair.trust_remote_code, pair.cache_dir,
-                  towers_from=pair.it if pair.vision == "it" else None)
+                  towers_from=pair.it if pair.vision == "it" else None,
+                  parents_on=cfg.merge.parents_on, resident_share=cfg.merge.resident_share)

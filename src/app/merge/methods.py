@@ -197,7 +197,17 @@ def save_dir_problem(path: Path) -> str | None:
     return None
 
 
+PARENTS_ON = ("auto", "device", "host")  # merge.parents_on
+
+
 def validate_settings(merge) -> None:
+    if merge.parents_on not in PARENTS_ON:
+        raise ConfigError(f"merge.parents_on={merge.parents_on} is not valid"
+                          f"{suggest(str(merge.parents_on), list(PARENTS_ON))}; use one of "
+                          f"{', '.join(PARENTS_ON)}")
+    if not 0 < merge.resident_share <= 1:
+        raise ConfigError(f"merge.resident_share={merge.resident_share} must be in (0, 1]: the "
+                          f"share of the device's free memory the parents may take")
     if merge.save_dir:
         path = Path(merge.save_dir).expanduser().resolve()
         if problem := save_dir_problem(path):
@@ -206,6 +216,13 @@ def validate_settings(merge) -> None:
 
 @dataclass
 class MergeSettings:
-    """What to do with a merged model besides evaluating it (the ``merge`` key)."""
+    """Where the parents are while merging, and what to do with a merged model besides
+    evaluating it (the ``merge`` key)."""
 
     save_dir: Optional[str] = None  # write it there (safetensors, tokenizer, mergekit YAML)
+    # The parents (and a pool's experts), read once: "device" holds them on the merge device
+    # (on CPU: in RAM instead of mapped), "host" streams them (on CUDA from pinned memory,
+    # each tensor copied per λ; on CPU mapped, as read), "auto" is "device" on CUDA where
+    # they fit beside the working model within resident_share of its free memory, else host.
+    parents_on: str = "auto"
+    resident_share: float = 0.5  # (0, 1]: of the device's free memory, for parents_on=auto

@@ -67,10 +67,11 @@ class Sparsity:
 
 @dataclass
 class Kept:
-    """One tensor's λ-free state: the kept elements (packed bits, little order; None: all)
-    and the rescale factor (a float32 scalar on the merge device; None: no rescale)."""
+    """One tensor's λ-free state: the kept elements (packed bits, little order, as a numpy
+    array, or a uint8 tensor on a CUDA merge device; None: all) and the rescale factor (a
+    float32 scalar on the merge device; None: no rescale)."""
 
-    bits: np.ndarray | None = None
+    bits: np.ndarray | torch.Tensor | None = None
     factor: torch.Tensor | None = None
 
 

@@ -1,33 +1,55 @@
 """mergekit's elementwise merge arithmetic in torch, chunk by chunk (the reference the fused
 kernels are checked against, and the path where they do not apply).
 
-Every function reads float32 copies of ``CHUNK`` elements at a time into two caller-owned
-work buffers, computes in mergekit 0.1.5's order and rounds once into ``out``'s dtype.
+Every function reads float32 copies of one work buffer's length of elements at a time into two
+caller-owned work buffers, computes in mergekit 0.1.5's order and rounds once into ``out``'s
+dtype. The operations are elementwise (the sum over fine-tunes runs along the models' axis), so
+the chunk length changes no bit: ``CHUNK`` on CPU (the buffers stay in cache), up to
+``DEVICE_CHUNK`` on a GPU, where every source is on the device and each launch should be large.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Iterator
 
 import numpy as np
 import torch
 
-CHUNK = 1 << 20  # elements per float32 work buffer (4 MB: stays in cache)
+CHUNK = 1 << 20  # elements per float32 work buffer on CPU (4 MB: stays in cache)
+DEVICE_CHUNK = 1 << 26  # at most, on a GPU (256 MB each: a few launches per tensor)
 Buffers = tuple[torch.Tensor, torch.Tensor]
 
 
-def new_buffers(device: str = "cpu") -> Buffers:
-    return torch.empty(CHUNK, device=device), torch.empty(CHUNK, device=device)
+def new_buffers(device: str | torch.device = "cpu", size: int = CHUNK) -> Buffers:
+    """Two float32 work buffers of ``size`` elements (a multiple of 8: chunks start on whole
+    bytes of kept-bits)."""
+    return torch.empty(size, device=device), torch.empty(size, device=device)
 
 
-def chunks(n: int) -> Iterator[tuple[int, int]]:
-    for start in range(0, n, CHUNK):
-        yield start, min(start + CHUNK, n)
+def chunks(n: int, size: int = CHUNK) -> Iterator[tuple[int, int]]:
+    for start in range(0, n, size):
+        yield start, min(start + size, n)
 
 
-def dropped(keep: np.ndarray, start: int, stop: int, device) -> torch.Tensor:
+@functools.lru_cache(maxsize=64)
+def scalars(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """``values`` as a float32 tensor on ``device``, made once (no host copy per tensor)."""
+    return torch.tensor(values, dtype=torch.float32, device=device)
+
+
+@functools.lru_cache(maxsize=8)
+def _shifts(device: torch.device) -> torch.Tensor:
+    return torch.arange(8, dtype=torch.uint8, device=device)
+
+
+def dropped(keep: np.ndarray | torch.Tensor, start: int, stop: int, device) -> torch.Tensor:
     """Where packed kept-bits (little order) are unset, for elements ``start:stop`` (chunks
-    start on whole bytes), as a bool mask on ``device``."""
+    start on whole bytes), as a bool mask on ``device``; bits held as a uint8 tensor on the
+    device are unpacked there."""
+    if isinstance(keep, torch.Tensor):
+        packed = keep[start // 8:(stop + 7) // 8].unsqueeze(-1)
+        return (packed >> _shifts(keep.device)).bitwise_and_(1).view(-1)[:stop - start] == 0
     bits = np.unpackbits(keep[start // 8:(stop + 7) // 8], count=stop - start, bitorder="little")
     return torch.from_numpy(bits).to(device) == 0
 
@@ -35,12 +57,12 @@ def dropped(keep: np.ndarray, start: int, stop: int, device) -> torch.Tensor:
 def torch_linear(sources: list[torch.Tensor], weights: list[float], out: torch.Tensor,
                  buffers: Buffers) -> None:
     """mergekit's linear_merge: float32 zeros, then addcmul_(tensor, weight) per model."""
-    coefficients = [torch.tensor([w], dtype=torch.float32, device=out.device) for w in weights]
+    coefficients = scalars(tuple(map(float, weights)), out.device)
     acc, buf = buffers
-    for start, stop in chunks(out.numel()):
+    for start, stop in chunks(out.numel(), acc.numel()):
         x, y = acc[:stop - start].zero_(), buf[:stop - start]
-        for source, coefficient in zip(sources, coefficients):
-            x.addcmul_(y.copy_(source[start:stop]), coefficient)
+        for k, source in enumerate(sources):
+            x.addcmul_(y.copy_(source[start:stop]), coefficients[k:k + 1])
         out[start:stop].copy_(x)
 
 
@@ -48,7 +70,7 @@ def torch_slerp(v0: torch.Tensor, v1: torch.Tensor, a: torch.Tensor, b: torch.Te
                 out: torch.Tensor, buffers: Buffers) -> None:
     """mergekit's last slerp step: ``a·v0 + b·v1`` in float32 (two roundings)."""
     acc, buf = buffers
-    for start, stop in chunks(out.numel()):
+    for start, stop in chunks(out.numel(), acc.numel()):
         x, y = acc[:stop - start], buf[:stop - start]
         x.copy_(v0[start:stop]).mul_(a)
         x.add_(y.copy_(v1[start:stop]).mul_(b))
@@ -60,7 +82,7 @@ def torch_nuslerp(v0: torch.Tensor, v1: torch.Tensor, a, b, sin_theta: torch.Ten
     """mergekit's NuSLERP step: ``(a·v0 + b·v1) / sin θ`` (``a``, ``b``: 1-element tensors), or
     ``a·v0 + b·v1`` with Python scalars where the parents are colinear."""
     acc, buf = buffers
-    for start, stop in chunks(out.numel()):
+    for start, stop in chunks(out.numel(), acc.numel()):
         x, y = acc[:stop - start], buf[:stop - start]
         x.copy_(v0[start:stop]).mul_(a)
         x.add_(y.copy_(v1[start:stop]).mul_(b))
@@ -69,14 +91,15 @@ def torch_nuslerp(v0: torch.Tensor, v1: torch.Tensor, a, b, sin_theta: torch.Ten
         out[start:stop].copy_(x)
 
 
-def torch_task_vector(pt: torch.Tensor, it: torch.Tensor, keep: np.ndarray | None,
-                      weight: float, out: torch.Tensor, buffers: Buffers,
+def torch_task_vector(pt: torch.Tensor, it: torch.Tensor,
+                      keep: np.ndarray | torch.Tensor | None, weight: float,
+                      out: torch.Tensor, buffers: Buffers,
                       factor: torch.Tensor | None = None) -> None:
     """``PT + λ·((IT − PT)·factor)``, +0 where ``keep`` (packed bits, or None for all) is
     unset; without a factor ``PT + λ·(IT − PT)``."""
-    lam = torch.tensor([weight], dtype=torch.float32, device=out.device)
+    lam = scalars((float(weight),), out.device)
     acc, buf = buffers
-    for start, stop in chunks(out.numel()):
+    for start, stop in chunks(out.numel(), acc.numel()):
         x, y = acc[:stop - start], buf[:stop - start]
         x.copy_(it[start:stop]).sub_(y.copy_(pt[start:stop]))
         if factor is not None:  # mergekit: masked · (‖delta‖₁ / ‖masked‖₁), then · λ
@@ -97,9 +120,10 @@ def torch_task_vectors(pt: torch.Tensor, its: list[torch.Tensor], keeps: list, f
     over the models' axis, as mergekit's) and added to PT in float32."""
     base_buf, _ = buffers
     n = out.numel()
-    deltas = torch.empty((len(its), min(CHUNK, n)), dtype=torch.float32, device=out.device)
-    w = torch.tensor(weights, dtype=torch.float32, device=out.device).unsqueeze(-1)
-    for start, stop in chunks(n):
+    deltas = torch.empty((len(its), min(base_buf.numel(), n)), dtype=torch.float32,
+                         device=out.device)
+    w = scalars(tuple(map(float, weights)), out.device).unsqueeze(-1)
+    for start, stop in chunks(n, base_buf.numel()):
         base = base_buf[:stop - start].copy_(pt[start:stop])
         x = deltas[:, :stop - start]
         for row, it, keep, factor in zip(x, its, keeps, factors):
