@@ -14,7 +14,9 @@ rotating per λ, so machine load falls on all alike):
   shared  the same with ``task.scoring=shared_context`` (one KV-cached pass per document
           context, its choices scored from it);
   trie    the same with ``task.scoring=trie`` (the requests' prefix tree, each distinct
-          prefix forwarded once).
+          prefix forwarded once), walked by rows of ``task.batch_size`` (``pack_tokens=0``);
+  packs   the same tree in packs of ``--pack-tokens`` tokens under a tree mask (what
+          ``pack_tokens=auto`` does on a GPU).
 It checks that every λ gives stock's lm-eval metrics on reused, and on shared and trie the
 same accuracy and ECE as reused with log-likelihoods within 1e-4 nats, and prints per path
 the wall seconds per λ, the tokens forwarded per λ over the trie tokens, and the peak RSS
@@ -52,7 +54,8 @@ import torch  # noqa: E402
 
 from app.config import compose  # noqa: E402
 
-SCORINGS = {"reused": "lm_eval", "shared": "shared_context", "trie": "trie"}
+SCORINGS = {"reused": ("lm_eval", 0), "shared": ("shared_context", 0), "trie": ("trie", 0),
+            "packs": ("trie", 4096)}
 SHAPES = {"small": dict(hidden_size=256, intermediate_size=704, num_hidden_layers=4,
                         num_attention_heads=4, num_key_value_heads=2),
           "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
@@ -127,18 +130,20 @@ def run_setup(name: str, pt, it, tokenizer, task_cfg, paths: list[str], lambdas)
     it_state = {k: v.clone() for k, v in it.state_dict().items()}
     with in_include_path(task_cfg):
         manager = task_manager(task_cfg.include_path, [s.name for s in task_cfg.tasks])
-    counted = [0]
-    model.register_forward_pre_hook(
-        lambda m, args, kw: counted.__setitem__(0, counted[0] + (kw.get("input_ids")
-                                                                 if "input_ids" in kw
-                                                                 else args[0]).numel()),
-        with_kwargs=True)
-    evaluators, totals = {}, {p: {"wall": 0.0, "tokens": 0, "rss": 0} for p in paths}
+    counted = [0, 0]  # tokens, forward passes
+
+    def count(module, args, kwargs):
+        counted[0] += (kwargs["input_ids"] if "input_ids" in kwargs else args[0]).numel()
+        counted[1] += 1
+
+    model.register_forward_pre_hook(count, with_kwargs=True)
+    evaluators, totals = {}, {p: {"wall": 0.0, "tokens": 0, "passes": 0, "rss": 0}
+                              for p in paths}
     for path in paths:
         if path != "stock":
             start = time.perf_counter()
             evaluators[path] = Evaluator(HFEngine(model, tokenizer, task_cfg.batch_size,
-                                                  SCORINGS[path]), task_cfg)
+                                                  *SCORINGS[path]), task_cfg)
             totals[path]["wall"] += time.perf_counter() - start  # the build is counted
     trie_tokens = next(iter(evaluators.values())).costs()["eval/trie_tokens"]
     max_gap = 0.0
@@ -146,7 +151,7 @@ def run_setup(name: str, pt, it, tokenizer, task_cfg, paths: list[str], lambdas)
         set_lambda(model, pt_state, it_state, lam)
         results = {}
         for path in paths[i % len(paths):] + paths[: i % len(paths)]:
-            counted[0] = 0
+            counted[:] = [0, 0]
             start = time.perf_counter()
             with PeakRSS() as rss:
                 if path == "stock":
@@ -157,10 +162,11 @@ def run_setup(name: str, pt, it, tokenizer, task_cfg, paths: list[str], lambdas)
                     results[path] = (res, out["results"])
             totals[path]["wall"] += time.perf_counter() - start
             totals[path]["tokens"] += counted[0]
+            totals[path]["passes"] += counted[1]
             totals[path]["rss"] = max(totals[path]["rss"], rss.peak - rss.start)
         check(name, lam, results)
         if "reused" in evaluators:
-            for path in ("shared", "trie"):
+            for path in ("shared", "trie", "packs"):
                 if path in evaluators:
                     max_gap = max(max_gap, loglik_gap(evaluators["reused"], evaluators[path]))
         print(f"  {name} λ={lam:g}: " + "  ".join(
@@ -177,7 +183,7 @@ def check(name: str, lam: float, results: dict) -> None:
                          f"{results['stock'][1]}\n{results['reused'][1]}")
     if "reused" not in results:
         return
-    for path in ("shared", "trie"):
+    for path in ("shared", "trie", "packs"):
         if path not in results:
             continue
         for task, res in results["reused"][0].items():
@@ -195,7 +201,8 @@ def loglik_gap(a, b) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--setups", default="toy,mmlu_pro,bbh")
-    parser.add_argument("--paths", default="stock,reused,shared,trie")
+    parser.add_argument("--paths", default="stock,reused,shared,trie,packs")
+    parser.add_argument("--pack-tokens", type=int, default=4096, help="the packs' budget")
     parser.add_argument("--lambdas", type=int, default=11, help="points on [0, 1]")
     parser.add_argument("--per-category", type=int, default=8,
                         help="MMLU-Pro test questions per category (BBH: inputs per subtask)")
@@ -205,6 +212,7 @@ def main() -> None:
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     lambdas = [round(i / (args.lambdas - 1), 3) for i in range(args.lambdas)]
     paths = args.paths.split(",")
+    SCORINGS["packs"] = ("trie", args.pack_tokens)
     print(f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     setups = {"toy": lambda w: toy_setup(w),
@@ -217,11 +225,12 @@ def main() -> None:
             out = run_setup(name, pt, it, tok, task_cfg, paths, lambdas)
         t, n, floor = out["totals"], out["n"], out["trie_tokens"]
         print(f"{name}: {n} λ, stock's lm-eval metrics on reused; reused's accuracy and ECE on "
-              f"shared and trie (max |Δ loglik| {out['max_gap']:.2e} nats); trie tokens "
+              f"shared, trie and packs (max |Δ loglik| {out['max_gap']:.2e} nats); trie tokens "
               f"{floor:,.0f}")
         for path, v in t.items():
             print(f"  {path:7s} {v['wall'] / n:7.2f} s/λ  forwarded/trie_tokens "
-                  f"{v['tokens'] / n / floor:6.2f}  peak RSS +{v['rss'] / 2**20:,.0f} MiB")
+                  f"{v['tokens'] / n / floor:6.2f}  passes/λ {v['passes'] / n:6.0f}  "
+                  f"peak RSS +{v['rss'] / 2**20:,.0f} MiB")
         for path in paths[1:]:
             if "stock" in t:
                 print(f"  stock/{path} = {t['stock']['wall'] / t[path]['wall']:.2f}×")
