@@ -8,6 +8,7 @@ others are installed (before any model is loaded).
 
 from __future__ import annotations
 
+import contextlib
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -44,6 +45,27 @@ def loglikelihood_tokens(lm, requests: list) -> list[tuple[float, bool]]:
 def encode_pair(lm, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """HFLM's split of a request into context and continuation tokens."""
     return lm._encode_pair(context, continuation)
+
+
+@contextlib.contextmanager
+def memoized_encoding(lm):
+    """Within the block, the model's ``tok_encode`` encodes each distinct (string, options)
+    once (``_encode_pair`` encodes the whole request and its context apart)."""
+    encode, seen = lm.tok_encode, {}
+
+    def once(string, *args, **kwargs):
+        if not isinstance(string, str):  # a batch: as it was
+            return encode(string, *args, **kwargs)
+        key = (string, args, tuple(sorted(kwargs.items())))
+        if key not in seen:
+            seen[key] = encode(string, *args, **kwargs)
+        return list(seen[key])
+
+    lm.tok_encode = once
+    try:
+        yield
+    finally:
+        del lm.tok_encode  # the method again
 
 
 def set_instances(task, instances: list) -> None:

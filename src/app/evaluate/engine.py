@@ -114,7 +114,13 @@ def resolve_scoring(scoring: str, model) -> str:
 
 def tokenize_loglikelihood(lm, instances: list) -> list:
     """HFLM's ``(request, context tokens, continuation tokens)`` for each request, as its
-    ``loglikelihood`` builds them (an empty context is scored after the prefix token)."""
+    ``loglikelihood`` builds them (an empty context is scored after the prefix token). Each
+    distinct string is encoded once (a document's context is encoded for every choice)."""
+    with compat.memoized_encoding(lm):
+        return _tokenize(lm, instances)
+
+
+def _tokenize(lm, instances: list) -> list:
     out = []
     for inst in instances:
         context, continuation = inst.args
