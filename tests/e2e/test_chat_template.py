@@ -183,8 +183,8 @@ def test_a_tokenizer_without_a_template_fails_in_one_line_before_loading(tmp_pat
 def key_before_these_settings(cfg) -> dict:
     """The evaluation part of a fingerprint as it was computed before the two settings."""
     task = OmegaConf.to_container(cfg.task, resolve=True)
-    for key in ("batch_size", "chat_template", "fewshot_as_multiturn"):
-        task.pop(key)
+    for key in ("batch_size", "chat_template", "fewshot_as_multiturn", "pack_tokens"):
+        task.pop(key)  # (pack_tokens came later and never entered a fingerprint)
     task["scoring"] = "lm_eval"  # the default then; every scoring keys as it now
     return {"task": task, "seed": cfg.seed, "tokenizer": cfg.model.tokenizer,
             "metrics": METRICS_VERSION}

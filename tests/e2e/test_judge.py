@@ -5,6 +5,7 @@ IT model on a loopback port."""
 import json
 import os
 import socket
+import shutil
 import subprocess
 import sys
 import time
@@ -198,24 +199,40 @@ def tiny_reward_model(path: Path) -> Path:
 
 # ---------------------------------------------------------------- a real OpenAI-compatible server
 
+def _served_copy() -> str:
+    """The toy IT model with 4,096 positions in its config: the judge's prompts are longer
+    than the toy's 256, which `transformers serve` refuses (its rotary positions go further;
+    a stand-in judge's answers need not be good)."""
+    import json
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="toy-judge-")) / "it"
+    shutil.copytree(IT, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 4096}))
+    return str(folder)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _server_process():
     """`transformers serve` of the toy IT model on a loopback port, started with this module's
     first test so that it boots while the others run."""
     port = free_port()
     exe = Path(sys.executable).parent / "transformers"
-    proc = subprocess.Popen([str(exe), "serve", IT, "--host", "127.0.0.1", "--port", str(port),
-                             "--device", "cpu"], env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    served = _served_copy()
+    proc = subprocess.Popen([str(exe), "serve", served, "--host", "127.0.0.1", "--port",
+                             str(port), "--device", "cpu"], env={**os.environ, "HF_HUB_OFFLINE": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    yield proc, port
+    yield proc, port, served
     proc.terminate()
     proc.wait(timeout=30)
+    shutil.rmtree(Path(served).parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def toy_server(_server_process):
     """The server once it answers: (base_url, served model name)."""
-    proc, port = _server_process
+    proc, port, served = _server_process
     deadline = time.monotonic() + 120
     while True:
         try:
@@ -225,7 +242,7 @@ def toy_server(_server_process):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("transformers serve did not start") from None
             time.sleep(0.5)
-    return f"http://127.0.0.1:{port}/v1", IT
+    return f"http://127.0.0.1:{port}/v1", served
 
 
 def test_openai_judge_on_a_real_server_never_leaks_the_key_and_caches(make_cfg, tmp_path,
