@@ -4,8 +4,8 @@ IT model on a loopback port."""
 
 import json
 import os
-import socket
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -203,7 +203,6 @@ def _served_copy() -> str:
     """The toy IT model with 4,096 positions in its config: the judge's prompts are longer
     than the toy's 256, which `transformers serve` refuses (its rotary positions go further;
     a stand-in judge's answers need not be good)."""
-    import json
     import tempfile
 
     folder = Path(tempfile.mkdtemp(prefix="toy-judge-")) / "it"
