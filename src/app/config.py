@@ -24,6 +24,7 @@ from app.evaluate import engine_schema
 from app.evaluate import schema as task_schema
 from app.judge import schema as judge_schema
 from app.merge import methods
+from app.modelset import ModelSet
 from app.probe import schema as probe_schema
 from app.tracking import TrackingConfig
 
@@ -117,6 +118,59 @@ def experiment_name(cfg) -> str:
     return cfg.tracking.experiment
 
 
+@dataclass(frozen=True)
+class Job:
+    """One job's settings: the run config turned, once, into each component's own slice (its
+    section, resolved and detached from the rest) and the few facts they share (λ, the seed,
+    the device, the model set). Only ``pipeline`` and ``sweep`` hold the whole config."""
+
+    models: ModelSet
+    method: Any  # its section; ``mk`` is its mergekit template resolved at λ
+    lam: float
+    mk: dict
+    task: Any
+    judge: Any
+    probe: Any
+    engine: Any
+    merge: Any
+    tracking: Any
+    seed: int
+    device: str
+    force: bool
+    params: dict  # the resolved config: the run's params and config.yaml
+    secrets: tuple[str, ...] = ()  # values read from the environment: never written
+
+
+def job_settings(cfg) -> Job:
+    """The job a (validated) run config describes."""
+    from app.provenance import env_values
+
+    lam = clean_lambda(cfg["lambda"])
+    models_ = ModelSet.from_config(cfg.model)
+    resolving = cfg.copy()
+    resolving["lambda"] = lam
+    try:
+        template = OmegaConf.to_container(resolving.method.mergekit, resolve=True)
+    except Exception as e:  # an interpolation in the method YAML that does not resolve
+        raise ConfigError(f"method={cfg.method.name}: mergekit template does not resolve: {e}")
+    from app.merge.mergekit_adapter import with_pair_settings
+
+    mk = with_pair_settings(models_.with_members(template), models_)
+    params = OmegaConf.to_container(cfg, resolve=True)
+    params["lambda"] = lam
+    sections = {k: OmegaConf.create(params[k]) for k in SECTIONS}
+    return Job(models=models_, lam=lam, mk=mk, seed=int(cfg.seed), device=str(cfg.device),
+               force=bool(cfg.force), params=params, secrets=tuple(env_values(cfg)), **sections)
+
+
+SECTIONS = ("method", "task", "judge", "probe", "engine", "merge", "tracking")  # a Job's slices
+
+
+def mergekit_config(cfg) -> dict[str, Any]:
+    """The mergekit configuration (a plain dict, as in a mergekit-yaml file) of a run config."""
+    return job_settings(cfg).mk
+
+
 def validate(cfg) -> None:
     """Every component's checks that need no model loaded; ConfigError with one line."""
     check_keys(cfg)
@@ -124,14 +178,15 @@ def validate(cfg) -> None:
     if cfg.seed < 0:
         raise ConfigError(f"seed={cfg.seed} must be ≥ 0 (it seeds torch, numpy and the masks)")
     check_device(cfg.device)
-    methods.validate(cfg)
+    model_set = ModelSet.from_config(cfg.model)
+    methods.validate(cfg.method, clean_lambda(cfg["lambda"]), model_set)
     methods.validate_settings(cfg.merge)
-    models.validate(cfg.model)
-    task_schema.validate(cfg.task, cfg.model)
+    models.validate(model_set)
+    task_schema.validate(cfg.task, model_set)
     judge_schema.validate(cfg.judge)
-    probe_schema.validate(cfg.probe, models.num_layers(cfg.model)
+    probe_schema.validate(cfg.probe, models.num_layers(model_set)
                           if cfg.probe.name != "none" else None)
-    engine_schema.validate(cfg.engine, cfg.model, cfg.device)
+    engine_schema.validate(cfg.engine, model_set, cfg.device)
 
 
 def check_keys(node, path: str = "") -> None:

@@ -22,56 +22,56 @@ from app.judge.schema import SCHEMAS as JUDGES
 Spec = object  # a task.tasks entry (TaskSpec) or None for job-level metrics
 
 
-def _always(cfg, spec) -> bool:
+def _always(job, spec) -> bool:
     return True
 
 
-def _bootstrap(cfg, spec) -> bool:
-    return cfg.task.bootstrap > 0
+def _bootstrap(job, spec) -> bool:
+    return job.task.bootstrap > 0
 
 
-def _probed(cfg, spec) -> bool:
-    return cfg.probe.name != "none"
+def _probed(job, spec) -> bool:
+    return job.probe.name != "none"
 
 
-def _judged(cfg, spec) -> bool:
-    return cfg.judge.name != "none"
+def _judged(job, spec) -> bool:
+    return job.judge.name != "none"
 
 
-def _llm(cfg, spec) -> bool:
-    return _judged(cfg, spec) and JUDGES[cfg.judge.name].llm
+def _llm(job, spec) -> bool:
+    return _judged(job, spec) and JUDGES[job.judge.name].llm
 
 
-def _rated(cfg, spec) -> bool:  # degeneration rates over every judged response
-    return _judged(cfg, spec) and not (_llm(cfg, spec) and cfg.judge.reward_model)
+def _rated(job, spec) -> bool:  # degeneration rates over every judged response
+    return _judged(job, spec) and not (_llm(job, spec) and job.judge.reward_model)
 
 
-def _rewarded(cfg, spec) -> bool:
-    return _judged(cfg, spec) and bool(cfg.judge.reward_model)
+def _rewarded(job, spec) -> bool:
+    return _judged(job, spec) and bool(job.judge.reward_model)
 
 
-def _split(cfg, spec) -> bool:
-    return bool(cfg.task.selection.share)
+def _split(job, spec) -> bool:
+    return bool(job.task.selection.share)
 
 
-def _split_bootstrap(cfg, spec) -> bool:
-    return _split(cfg, spec) and _bootstrap(cfg, spec)
+def _split_bootstrap(job, spec) -> bool:
+    return _split(job, spec) and _bootstrap(job, spec)
 
 
-def _split_calibrated(cfg, spec) -> bool:
-    return _split(cfg, spec) and _any_calibrated(cfg, spec)
+def _split_calibrated(job, spec) -> bool:
+    return _split(job, spec) and _any_calibrated(job, spec)
 
 
-def _pool(cfg, spec) -> bool:
-    return bool(cfg.model.experts)
+def _pool(job, spec) -> bool:
+    return job.models.pool
 
 
-def _vllm(cfg, spec) -> bool:
-    return cfg.engine.name == "vllm"
+def _vllm(job, spec) -> bool:
+    return job.engine.name == "vllm"
 
 
-def _any_calibrated(cfg, spec) -> bool:
-    return any(s.calibration for s in cfg.task.tasks)
+def _any_calibrated(job, spec) -> bool:
+    return any(s.calibration for s in job.task.tasks)
 
 
 @dataclass(frozen=True)
@@ -80,17 +80,17 @@ class Metric:
     meaning: str
     better: str  # "higher", "lower" or "" (a count, a time or a bound)
     producer: str  # "calibrated task", "generative task", "every task", "job", "judge", "probe"
-    when: Callable = _always  # (cfg, task spec) -> whether a job of cfg returns it
+    when: Callable = _always  # (job, task spec) -> whether the job returns it
     optional: str = ""  # why a job may leave it out ("" = always there when ``when`` holds)
     summary: bool = False  # shown in the one-line job summary
 
-    def names(self, cfg) -> list[str]:
-        """The concrete names a job of ``cfg`` returns for this entry."""
+    def names(self, job) -> list[str]:
+        """The concrete names a job (an ``app.config.Job``) returns for this entry."""
         if "{task}" not in self.name:
-            return [self.name] if self.when(cfg, None) else []
+            return [self.name] if self.when(job, None) else []
         kinds = {"calibrated task": [True], "generative task": [False], "every task": [True, False]}
-        return [self.name.format(task=s.name) for s in cfg.task.tasks
-                if s.calibration in kinds[self.producer] and self.when(cfg, s)]
+        return [self.name.format(task=s.name) for s in job.task.tasks
+                if s.calibration in kinds[self.producer] and self.when(job, s)]
 
 
 CI = "95% percentile-bootstrap interval (`task.bootstrap` resamples, seeded)"
@@ -239,37 +239,37 @@ class Prediction:
             task in self.tasks and rest.endswith("/acc") and rest.count("/") == 1)
 
 
-def predict(cfg) -> Prediction:
-    """The metric names a job of ``cfg`` returns."""
+def predict(job) -> Prediction:
+    """The metric names a job (an ``app.config.Job``) returns."""
     required, optional = set(), set()
     for metric in REGISTRY:
         if metric.name == "{task}/<extra>":
-            names = [f"{s.name}/{m}" for s in cfg.task.tasks for m in s.extra_metrics]
-        elif metric.name.startswith("probe/<") and _probed(cfg, None):
+            names = [f"{s.name}/{m}" for s in job.task.tasks for m in s.extra_metrics]
+        elif metric.name.startswith("probe/<") and _probed(job, None):
             from app.probe.data import select
 
-            chosen = select(cfg.probe)
+            chosen = select(job.probe)
             kind, values = (("<phenomenon>", {p for _, p, _ in chosen})
                             if "<phenomenon>" in metric.name
                             else ("<task>", [t for t, _, _ in chosen]))
             names = [metric.name.replace(kind, v) for v in values]
         elif metric.name in ("mt/<task>/normalized", "forget/<task>/normalized"):
-            tasks = ([t for e in cfg.model.experts for t in e.tasks] if metric.name[0] == "m"
-                     else [s.name for s in cfg.task.tasks if s.forgetting] if _pool(cfg, None)
-                     else [])
+            domain, forgetting = job.models.normalized_tasks(
+                [s.name for s in job.task.tasks if s.forgetting])
+            tasks = domain if metric.name[0] == "m" else forgetting
             names = [metric.name.replace("<task>", t) for t in tasks]
         elif metric.name.startswith("probe/<") or metric.name == "{task}/<part>/acc":
             names = []  # parts are known once lm-eval has loaded the documents: ``covers``
         else:
-            names = metric.names(cfg)
+            names = metric.names(job)
         (optional if metric.optional else required).update(names)
     return Prediction(frozenset(required), frozenset(optional - required),
-                      frozenset(s.name for s in cfg.task.tasks))
+                      frozenset(s.name for s in job.task.tasks))
 
 
-def job_metric_names(cfg) -> list[str]:
-    """Every metric a job of this config may return (what a search may name)."""
-    return predict(cfg).all
+def job_metric_names(job) -> list[str]:
+    """Every metric a job may return (what a search may name)."""
+    return predict(job).all
 
 
 def summary_line(label: str, lam: float, metrics: dict[str, float]) -> str:

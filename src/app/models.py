@@ -17,6 +17,7 @@ from omegaconf import MISSING
 from app.errors import ConfigError
 from app.hub import hub_problem, local_folder, local_snapshot, looks_local
 from app.merge.layout import VISION, multimodal
+from app.modelset import ModelSet
 
 DTYPES = ("float32", "bfloat16", "float16")
 TOKENIZERS = ("pt", "it", "union")
@@ -64,25 +65,20 @@ class PairConfig:
     vision: str = "merge"
 
 
-def validate(model) -> None:
+def validate(models: ModelSet) -> None:
     """Settings, model folders and weight headers (milliseconds, whatever the size)."""
-    if model.tokenizer not in TOKENIZERS:
-        raise ConfigError(f"model.tokenizer={model.tokenizer!r} is not valid; use pt or it "
+    if models.tokenizer not in TOKENIZERS:
+        raise ConfigError(f"model.tokenizer={models.tokenizer!r} is not valid; use pt or it "
                           f"(the merge takes that parent's vocabulary) or union (every model's)")
-    if model.dtype not in DTYPES:
-        raise ConfigError(f"model.dtype={model.dtype!r} is not valid; use float32, bfloat16 or "
+    if models.dtype not in DTYPES:
+        raise ConfigError(f"model.dtype={models.dtype!r} is not valid; use float32, bfloat16 or "
                           f"float16")
-    if model.vision not in VISION:
-        raise ConfigError(f"model.vision={model.vision!r} is not valid; use merge (the towers "
+    if models.vision not in VISION:
+        raise ConfigError(f"model.vision={models.vision!r} is not valid; use merge (the towers "
                           f"are merged like every tensor) or it (IT's towers whatever λ)")
-    if model.experts:
-        check_pool(model)
-    refs = {"model.pt": model.pt, "model.it": model.it}
-    refs.update({f"model.extra[{i}].path": e.path for i, e in enumerate(model.extra)})
-    refs.update({f"model.experts[{i}].path": e.path for i, e in enumerate(model.experts)
-                 if i > 0})
-    _check_hub_ids(refs, model.cache_dir)
-    shapes = {key: _check_model_ref(key, ref, model.cache_dir) for key, ref in refs.items()}
+    refs = models.model_keys()
+    _check_hub_ids(refs, models.cache_dir)
+    shapes = {key: _check_model_ref(key, ref, models.cache_dir) for key, ref in refs.items()}
     base = shapes["model.pt"]
     for key, shape in shapes.items():
         if base is None or shape is None:
@@ -92,14 +88,14 @@ def validate(model) -> None:
             k, (a, b) = next(iter(diff.items()))
             raise ConfigError(f"{key} does not match model.pt's architecture: {k} is {b} there, "
                               f"{a} in model.pt; no merge method or tokenizer policy can fix that")
-    if model.vision != "merge" and base is not None \
+    if models.vision != "merge" and base is not None \
             and not multimodal(base.get("architectures")):
-        raise ConfigError(f"model.vision={model.vision} applies to multimodal checkpoints only; "
+        raise ConfigError(f"model.vision={models.vision} applies to multimodal checkpoints only; "
                           f"model.pt is {', '.join(base.get('architectures') or ['?'])}")
     # whose tokenizer is loaded: the chosen parent's, or (union) every model's
-    readers = list(refs) if model.tokenizer == "union" else [f"model.{model.tokenizer}"]
+    readers = list(refs) if models.tokenizer == "union" else [f"model.{models.tokenizer}"]
     for key, ref in refs.items():
-        path = local_folder(ref, model.cache_dir)
+        path = local_folder(ref, models.cache_dir)
         if shapes[key] is None:
             continue  # a hub id the hub will serve
         if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
@@ -111,42 +107,17 @@ def validate(model) -> None:
                               f"too")
 
 
-def check_pool(model) -> None:
-    """A pool's shape: a base, named experts with distinct models, weights that are numbers."""
-    from omegaconf import OmegaConf
-
-    if OmegaConf.is_missing(model, "pt") or not model.pt:
-        raise ConfigError("model.pt: an expert pool needs its base (the model every expert was "
-                          "fine-tuned from), e.g. model.pt=path/to/base")
-    if model.extra:
-        raise ConfigError("model.extra and model.experts cannot be combined; list every "
-                          "fine-tune in model.experts")
-    names = [e.name for e in model.experts]
-    for i, e in enumerate(model.experts):
-        if OmegaConf.is_missing(e, "name") or OmegaConf.is_missing(e, "path"):
-            raise ConfigError(f"model.experts[{i}] needs a name and a path")
-        if names.count(e.name) > 1:
-            raise ConfigError(f"model.experts[{i}].name={e.name!r} is used twice; expert names "
-                              f"must be distinct")
-        if e.path == model.pt:
-            raise ConfigError(f"model.experts[{i}].path is the base (model.pt); an expert is a "
-                              f"fine-tune of it")
-    if model.it != model.experts[0].path:
-        raise ConfigError("model.it must be the first expert's path in a pool (leave it as "
-                          "${.experts[0].path})")
-
-
-def text_config(model, parent: str = "pt") -> dict | None:
+def text_config(models: ModelSet, parent: str = "pt") -> dict | None:
     """A parent's language-model config (a multimodal checkpoint's ``text_config``) from its
     config.json; None for a hub id not downloaded yet."""
-    config = _check_model_ref(f"model.{parent}", model[parent], model.cache_dir)
+    config = _check_model_ref(f"model.{parent}", models.path_of(parent), models.cache_dir)
     return None if config is None else (config.get("text_config") or config)
 
 
-def num_layers(model) -> int | None:
-    """The pair's decoder layer count (``num_hidden_layers``), read from model.pt's config.json;
+def num_layers(models: ModelSet) -> int | None:
+    """The set's decoder layer count (``num_hidden_layers``), read from model.pt's config.json;
     None where it cannot be read yet."""
-    n = (text_config(model) or {}).get("num_hidden_layers")
+    n = (text_config(models) or {}).get("num_hidden_layers")
     return int(n) if n is not None else None
 
 
@@ -222,18 +193,18 @@ def _check_model_ref(key: str, ref: str, cache_dir: str | None = None) -> dict |
     return config
 
 
-def load_working_model(cfg, device: str):
+def load_working_model(models: ModelSet, device: str):
     """(model, tokenizer): the parent whose vocabulary the merge takes, on ``device``, in the
-    pair's dtype (with ``model.tokenizer=union``: IT resized to mergekit's union vocabulary)."""
+    set's dtype (with ``model.tokenizer=union``: IT resized to mergekit's union vocabulary)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from app.merge.mergekit_adapter import union_tokenizer
 
-    pair = cfg.model
+    pair = models
     union = pair.tokenizer == "union"
-    source = pair.it if union else pair[pair.tokenizer]
-    tokenizer = union_tokenizer(cfg) if union else AutoTokenizer.from_pretrained(
+    source = pair.tokenizer_source
+    tokenizer = union_tokenizer(models) if union else AutoTokenizer.from_pretrained(
         source, trust_remote_code=pair.trust_remote_code, cache_dir=pair.cache_dir)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, pair.dtype),
                                                  trust_remote_code=pair.trust_remote_code,

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from app import pool, tracking
-from app.config import experiment_name, validate
-from app.errors import ConfigError, clean_lambda
+from app import tracking
+from app.config import Job, job_settings, validate
+from app.errors import ConfigError
 from app.faults import JobFailed, check_finite, faults_explained
 from app.lease import Held, Leases
 from app.merge.methods import reference_for
@@ -73,53 +73,49 @@ class Pipeline:
         self.devices: dict[str, str] = {}  # a worker keeps its first job's device
         self.leases: dict[str, Leases] = {}  # per store folder
 
-    def leases_for(self, cfg: DictConfig) -> Leases:
-        folder = str(Path(cfg.tracking.dir).expanduser().resolve())
+    def leases_for(self, job: Job) -> Leases:
+        folder = str(Path(job.tracking.dir).expanduser().resolve())
         if folder not in self.leases:
             self.leases[folder] = Leases(folder)
         return self.leases[folder]
 
     # ------------------------------------------------------------------ the job
     def run_job(self, cfg: DictConfig, ctx: JobContext = JobContext()) -> dict[str, float]:
-        """Run one (pair, method, λ) job; return its metrics as {'<task>/<metric>': value}."""
-        from app.merge.mergekit_adapter import mergekit_config
-
+        """Run one (model set, method, λ) job; return its metrics as {'<task>/<metric>': value}."""
         start = time.perf_counter()
         validate(cfg)
-        lam = clean_lambda(cfg["lambda"])
-        mk = mergekit_config(cfg)
-        tracker = self.open_tracker(cfg.tracking, experiment_name(cfg))
-        if ctx.evaluate_references or cfg.model.experts:  # a pool's scores are normalised
-            self.evaluate_references(cfg, tracker)          # by its references'
-        references = pool_references(cfg, tracker)
-        fingerprint = job_fingerprint(cfg, mk)
-        done = None if cfg.force else tracker.find(fingerprint)
+        job = job_settings(cfg)  # each component's own settings, from here on
+        lam, mk = job.lam, job.mk
+        tracker = self.open_tracker(job.tracking, job.tracking.experiment)
+        references = self.references_of(job, tracker, first=ctx.evaluate_references)
+        fingerprint = job_fingerprint(job)
+        done = None if job.force else tracker.find(fingerprint)
         if done is not None:
-            saved = self.save_again(cfg, mk, tracker, done.run_id) if cfg.merge.save_dir else ""
-            return skipped(cfg.method.name, lam, done, saved)
+            saved = self.save_again(job, tracker, done.run_id) if job.merge.save_dir else ""
+            return skipped(job.method.name, lam, done, saved)
         session, fault = None, None
         try:  # loads models and tasks: config errors surface before any run exists
-            session = self.session_for(cfg, ctx.job_num)
+            session = self.session_for(job, ctx.job_num)
         except ConfigError:
             raise
         except Exception as e:  # a fault (unreadable weights, out of memory): recorded in a run
             fault = e
-        name = f"{cfg.method.name} λ={lam:g}"
-        leases = self.leases_for(cfg)  # claim the job, or wait for the process that holds it
+        name = f"{job.method.name} λ={lam:g}"
+        leases = self.leases_for(job)  # claim the job, or wait for the process that holds it
         run, done = claim(leases, tracker, fingerprint, name,
-                          job_tags(cfg, lam, fingerprint, "job", ctx.overrides), ctx.parent,
-                          force=cfg.force)
+                          job_tags(job, lam, fingerprint, "job", ctx.overrides), ctx.parent,
+                          force=job.force)
         if done is not None:
-            return skipped(cfg.method.name, lam, done)
-        parent = reference_for(cfg, lam)
+            return skipped(job.method.name, lam, done)
+        parent = reference_for(job.method, lam, job.models)
         reference = None
-        if parent and not cfg.force and not cfg.merge.save_dir:
-            reference = tracker.find(reference_fingerprint(cfg, parent))
-        device = session.device if session else cfg.device
+        if parent and not job.force and not job.merge.save_dir:
+            reference = tracker.find(reference_fingerprint(job, parent))
+        device = session.device if session else job.device
         try:
             with (tracking.tracked(tracker, run), Held(leases, fingerprint),
-                  faults_explained(device, cfg.task.batch_size)):
-                log_config(run, cfg, lam, mk)
+                  faults_explained(device, job.task.batch_size)):
+                log_config(run, job, lam, mk)
                 if fault is not None:
                     raise fault
                 if reference is not None:
@@ -128,17 +124,17 @@ class Pipeline:
                     metrics["time/total_s"] = time.perf_counter() - start
                     run.log_metrics(metrics)
                 else:
-                    metrics = self.step(session, cfg, mk, run, start, references)
+                    metrics = self.step(session, job, mk, lam, run, start, references)
         except JobFailed as e:
             print(f"{name}  FAILED: {e}", flush=True)
             raise
-        print(summary_line(cfg.method.name, lam, metrics), flush=True)
+        print(summary_line(job.method.name, lam, metrics), flush=True)
         return metrics
 
-    def step(self, session: Session, cfg: DictConfig, mk: dict, run, start: float,
+    def step(self, session: Session, job: Job, mk: dict, lam: float, run, start: float,
              references: dict | None = None) -> dict[str, float]:
-        """Merge into the working model, evaluate, judge, log metrics and artifacts to ``run``
-        (an expert pool's scores normalised by its ``references``' metrics)."""
+        """Merge ``mk`` (at ``lam``) into the working model, evaluate, judge, log metrics and
+        artifacts to ``run`` (an expert pool's scores normalised by its ``references``')."""
         from app.judge import judge_run
         from app.judge.adapters import JudgeContext
         from app.merge.merger import save_merged
@@ -149,14 +145,14 @@ class Pipeline:
         if session.model is not None:  # the pair's size, for the scaling study's axes
             run.tag("parameters", str(sum(p.numel() for p in session.model.parameters())))
         run.tag("scoring", session.evaluator.scoring)
-        run.tag("engine", cfg.engine.name)
+        run.tag("engine", job.engine.name)
         report = session.merger.merge_into(session.model, mk)
         run.tag("merge_engine", report.engine)
         engine_update = session.evaluator.load_weights(session.model, mk, session.merger)
         if engine_update is not None:
             run.tag("engine_weights", session.evaluator.engine.weights_from)
-        if cfg.merge.save_dir:
-            saved = save_merged(session.model, session.tokenizer, mk, cfg.merge.save_dir)
+        if job.merge.save_dir:
+            saved = save_merged(session.model, session.tokenizer, mk, job.merge.save_dir)
             run.tag("saved_to", str(saved))
         t_eval = time.perf_counter()
         results, lm_eval_out = session.evaluator.evaluate()
@@ -170,12 +166,12 @@ class Pipeline:
                 run.log_jsonl(res.records, f"samples/{task}.jsonl")
             if res.bins:
                 run.log_json(res.bins, f"reliability/{task}.json")
-                run.log_figure(reliability_figure(res.bins, f"{task}  λ={cfg['lambda']:g}"),
+                run.log_figure(reliability_figure(res.bins, f"{task}  λ={lam:g}"),
                                f"reliability/{task}.png")
         metrics.update(aggregate(results))
-        metrics.update(pool.normalized(cfg, metrics, references or {}))
+        metrics.update(job.models.normalized(metrics, references or {}, forgetting(job.task)))
         metrics["time/merge_s"] = report.seconds - report.stats_seconds
-        if cfg.model.experts:
+        if job.models.pool:
             metrics["time/stats_s"] = report.stats_seconds
         metrics["time/eval_s"] = time.perf_counter() - t_eval
         if engine_update is not None:
@@ -183,41 +179,56 @@ class Pipeline:
         metrics.update(session.evaluator.costs())
         metrics.update(session.overhead)
         session.overhead = {}
-        judge = JudgeContext(session.device, cfg.model.pt,
-                             Path(cfg.tracking.dir) / "judge_cache.sqlite", session.judge_models,
+        judge = JudgeContext(session.device, job.models.base,
+                             Path(job.tracking.dir) / "judge_cache.sqlite", session.judge_models,
                              session.evaluator.sampler)
-        metrics.update(judge_run(session.model, session.tokenizer, cfg, run, judge))
-        metrics.update(probe_run(session.model, session.tokenizer, cfg, run, session.device))
+        metrics.update(judge_run(session.model, session.tokenizer, job.judge, run, judge))
+        metrics.update(probe_run(session.model, session.tokenizer, job.probe, run,
+                                 session.device, f"λ={lam:g}"))
         metrics["time/total_s"] = time.perf_counter() - start
         run.log_metrics(metrics)
         run.log_json(lm_eval_out, "lm_eval_results.json")
         return metrics
 
-    def save_again(self, cfg: DictConfig, mk: dict, tracker, run_id: str) -> str:
+    def save_again(self, job: Job, tracker, run_id: str) -> str:
         """A finished job asked for its model: merge it again (no evaluation) and save it."""
         from app.merge.merger import save_merged
 
-        session = self.session_for(cfg)
-        with faults_explained(session.device, cfg.task.batch_size):
-            session.merger.merge_into(session.model, mk)
-            saved = save_merged(session.model, session.tokenizer, mk, cfg.merge.save_dir)
+        session = self.session_for(job)
+        with faults_explained(session.device, job.task.batch_size):
+            session.merger.merge_into(session.model, job.mk)
+            saved = save_merged(session.model, session.tokenizer, job.mk, job.merge.save_dir)
         tracker.run(run_id).tag("saved_to", str(saved))
         return f"; saved to {saved}"
 
-    def evaluate_references(self, cfg: DictConfig, tracker) -> None:
-        """Evaluate PT (λ=0) and IT (λ=1) once per (pair, tasks, settings), as references
-        (``cfg`` is validated: by ``run_job``, or for a sweep by ``sweep.check_jobs``)."""
+    def references_of(self, job: Job, tracker, first: bool = False) -> dict[str, dict]:
+        """The references' metrics a job's scores are normalised by, by reference name ({}
+        where none is: a pair's). Evaluated first where missing, with ``first`` (a cluster's
+        first task) or where the model set normalises by them (a pool)."""
+        if first or job.models.normalized_by_references:
+            self.evaluate_references(job, tracker)
+        if not job.models.normalized_by_references:
+            return {}
+        found = {p: tracker.find(reference_fingerprint(job, p))
+                 for p, _ in job.models.references()}
+        return {p: r.metrics for p, r in found.items() if r is not None}
+
+    def evaluate_references(self, job: Job, tracker) -> None:
+        """Evaluate the model set's references (PT at λ=0 and IT at λ=1; a pool's base and each
+        expert) once per (model set, tasks, settings); ``job`` is validated (by ``run_job``, or
+        for a sweep by ``sweep.check_jobs``)."""
         from app.merge.mergekit_adapter import reference_config
 
-        for parent, lam in pool.parents(cfg):
-            fingerprint = reference_fingerprint(cfg, parent)
+        models = job.models
+        for parent, lam in models.references():
+            fingerprint = reference_fingerprint(job, parent)
             if tracker.find(fingerprint) is not None:
                 continue
-            session = self.session_for(cfg)
-            mk = reference_config(cfg, parent)
-            name = f"reference {pool.label(parent)} (λ={lam:g})"
-            leases = self.leases_for(cfg)
-            tags = job_tags(cfg, lam, fingerprint, "reference")
+            session = self.session_for(job)
+            mk = reference_config(models, parent)
+            name = f"reference {models.label(parent)} (λ={lam:g})"
+            leases = self.leases_for(job)
+            tags = job_tags(job, lam, fingerprint, "reference")
             if parent.startswith("expert:"):
                 tags["expert"] = parent.split(":", 1)[1]
             run, done = claim(leases, tracker, fingerprint, name, tags)
@@ -225,21 +236,22 @@ class Pipeline:
                 continue
             try:
                 with (tracking.tracked(tracker, run), Held(leases, fingerprint),
-                      faults_explained(session.device, cfg.task.batch_size)):
-                    log_config(run, cfg, lam, mk)
-                    metrics = self.step(session, cfg, mk, run, time.perf_counter())
+                      faults_explained(session.device, job.task.batch_size)):
+                    log_config(run, job, lam, mk)
+                    metrics = self.step(session, job, mk, lam, run, time.perf_counter())
             except JobFailed as e:
-                print(f"reference {pool.label(parent)} λ={lam:g}  FAILED: {e}", flush=True)
+                print(f"reference {models.label(parent)} λ={lam:g}  FAILED: {e}", flush=True)
                 raise
-            print(summary_line(f"reference {pool.label(parent)}", lam, metrics), flush=True)
-        if cfg.model.experts:  # each reference normalised by the others, once all exist
-            records = {p: tracker.find(reference_fingerprint(cfg, p)) for p, _ in
-                       pool.parents(cfg)}
-            references = {p: r.metrics for p, r in records.items() if r is not None}
-            for parent, record in records.items():
-                if record is not None and "mt/normalized" not in record.metrics:
-                    tracker.run(record.run_id).log_metrics(
-                        pool.normalized(cfg, record.metrics, references))
+            print(summary_line(f"reference {models.label(parent)}", lam, metrics), flush=True)
+        # each reference normalised by the others, once all exist (a pool's)
+        records = {p: tracker.find(reference_fingerprint(job, p)) for p, _ in models.references()}
+        references = {p: r.metrics for p, r in records.items() if r is not None}
+        for parent, record in records.items():
+            if record is None or "mt/normalized" in record.metrics:
+                continue
+            normalized = models.normalized(record.metrics, references, forgetting(job.task))
+            if normalized:
+                tracker.run(record.run_id).log_metrics(normalized)
 
     # ------------------------------------------------------------------ the session
     def device_for(self, device: str, job_num: int = 0) -> str:
@@ -252,24 +264,20 @@ class Pipeline:
             self.devices[device] = pick_device(device, count, job_num)
         return self.devices[device]
 
-    def session_for(self, cfg: DictConfig, job_num: int = 0) -> Session:
-        """This process's Session for the pair, tasks and device (built on first use)."""
-        device = self.device_for(cfg.device, job_num)
-        key = json.dumps([OmegaConf.to_container(cfg.model, resolve=True),
-                          OmegaConf.to_container(cfg.task, resolve=True), device, cfg.seed])
+    def session_for(self, job: Job, job_num: int = 0) -> Session:
+        """This process's Session for the model set, tasks and device (built on first use)."""
+        device = self.device_for(job.device, job_num)
+        key = json.dumps([job.params["model"], job.params["task"], device, job.seed])
         if key != self.session_key:
             self.session = None  # one working model per process
-            self.session = build_session(cfg, device)
+            self.session = build_session(job, device)
             self.session_key = key
         return self.session
 
 
-def pool_references(cfg: DictConfig, tracker) -> dict[str, dict[str, float]]:
-    """An expert pool's reference metrics by parent name ({} for a pair)."""
-    if not cfg.model.experts:
-        return {}
-    found = {p: tracker.find(reference_fingerprint(cfg, p)) for p, _ in pool.parents(cfg)}
-    return {p: r.metrics for p, r in found.items() if r is not None}
+def forgetting(task) -> list[str]:
+    """The tasks of the ``task`` settings that measure forgetting."""
+    return [spec.name for spec in task.tasks if spec.forgetting]
 
 
 def skipped(method: str, lam: float, done, saved: str = "") -> dict[str, float]:
@@ -310,36 +318,35 @@ def this_process() -> Pipeline:
     return _THIS_PROCESS[0]
 
 
-def build_session(cfg: DictConfig, device: str) -> Session:
+def build_session(job: Job, device: str) -> Session:
     """Load the working model, build the tasks and the engine; note what that cost."""
     from app.evaluate.engine import HFEngine
     from app.evaluate.evaluator import Evaluator
+    from app.evaluate.tasks import training_examples
+    from app.hub import local_folder
     from app.judge.adapters import JudgeModels
     from app.merge.merger import merger_for
     from app.models import load_working_model
 
     t0 = time.perf_counter()
-    model, tokenizer = load_working_model(cfg, device)
-    if cfg.engine.name == "vllm":
+    models = job.models
+    model, tokenizer = load_working_model(models, device)
+    if job.engine.name == "vllm":
         from app.evaluate.vllm_engine import VLLMEngine
-        from app.hub import local_folder
 
-        folder = local_folder(str(cfg.model[cfg.model.tokenizer]), cfg.model.cache_dir)
-        engine = VLLMEngine(folder, model, cfg.engine, cfg.model.dtype, device,
-                            cfg.model.trust_remote_code)
+        folder = local_folder(models.tokenizer_source, models.cache_dir)
+        engine = VLLMEngine(folder, model, job.engine, models.dtype, device,
+                            models.trust_remote_code)
     else:
-        engine = HFEngine(model, tokenizer, cfg.task.batch_size, cfg.task.scoring,
-                          cfg.task.pack_tokens)
-    evaluator = Evaluator(engine, cfg.task, seed=cfg.seed)
-    merger = merger_for(cfg, device)
-    if cfg.model.experts:  # the data-dependent methods' documents: each expert's training split
-        from app.hub import local_folder
-
-        merger.pool.tokenizer = tokenizer
-        merger.pool.examples = {
-            str(local_folder(e.path, cfg.model.cache_dir).resolve()):
-                [x for t in e.tasks for x in pool.training_examples(evaluator.tasks[t])]
-            for e in cfg.model.experts}
+        engine = HFEngine(model, tokenizer, job.task.batch_size, job.task.scoring,
+                          job.task.pack_tokens)
+    evaluator = Evaluator(engine, job.task, seed=job.seed)
+    merger = merger_for(models, job.merge, job.seed, device)
+    merger.pool.tokenizer = tokenizer  # the data-dependent methods' documents: each expert's
+    merger.pool.examples = {                   # training split
+        str(local_folder(e.path, models.cache_dir).resolve()):
+            [x for t in e.tasks for x in training_examples(evaluator.tasks[t])]
+        for e in models.experts}
     # What this process paid before its first merge, logged by the job that evaluates next:
     # interpreter start and imports up to here, then loading the model and building tasks.
     overhead = {"time/startup_s": t0 - _process_start(),

@@ -21,42 +21,37 @@ PACKAGES = {"mergekit": "mergekit", "lm_eval": "lm-eval", "torch": "torch",
             "optuna": "optuna"}
 
 
-def _eval_key(cfg: DictConfig) -> dict:
-    task = OmegaConf.to_container(cfg.task, resolve=True)
-    task.pop("batch_size", None)  # does not change results
-    task.pop("pack_tokens", None)  # nor does the packing of the tree (float rounding)
-    task["scoring"] = "lm_eval"  # no scoring changes results (float rounding): all key as it did
-    for key in ("chat_template", "fewshot_as_multiturn"):  # off: fingerprints as they were
-        if task.get(key) is False:
-            task.pop(key)
-    key = {"task": task, "seed": cfg.seed, "tokenizer": cfg.model.tokenizer,
+def _eval_key(job) -> dict:
+    """What determines every evaluation of a job (its merge's or a reference's), assembled from
+    the components' own parts."""
+    from app.evaluate import engine_schema
+    from app.evaluate.schema import fingerprint_part as task_part
+    from app.probe.schema import fingerprint_part as probe_part
+
+    key = {"task": task_part(job.task), "seed": job.seed, **job.models.evaluation_key(),
            "metrics": METRICS_VERSION}
-    if cfg.engine.name != "hf":  # engine=hf leaves fingerprints as they were
-        key["engine"] = {"name": cfg.engine.name, "seed": cfg.engine.seed}
-    if cfg.judge.name != "none":  # judge=none leaves fingerprints as they were
+    if (engine := engine_schema.fingerprint_part(job.engine)) is not None:
+        key["engine"] = engine
+    if job.judge.name != "none":  # judge=none leaves fingerprints as they were
         from app.judge import fingerprint as judge_fingerprint
 
-        key["judge"] = judge_fingerprint(cfg.judge)
-    if cfg.probe.name != "none":  # probe=none leaves fingerprints as they were
-        from app.probe.data import file_digest, select
-
-        key["probe"] = {**OmegaConf.to_container(cfg.probe, resolve=True),
-                        "data": {t: file_digest(path) for t, _, path in select(cfg.probe)}}
+        key["judge"] = judge_fingerprint(job.judge)
+    if (probe := probe_part(job.probe)) is not None:
+        key["probe"] = probe
     return key
 
 
-def job_fingerprint(cfg: DictConfig, mk: dict) -> str:
-    """Hash of everything that determines a job's result: the merge (pair, method, parameters,
-    λ, dtype), the seed, the tasks and their settings, the metric definitions' version."""
-    key = {"merge": mk, **_eval_key(cfg)}
-    if cfg.model.vision != "merge":  # model.vision=merge leaves fingerprints as they were
-        key["vision"] = cfg.model.vision
-    if _masks_on_cuda(cfg, mk):  # CPU-drawn masks leave fingerprints as they were
+def job_fingerprint(job) -> str:
+    """Hash of everything that determines a job's result (``job``: an ``app.config.Job``): the
+    merge (model set, method, parameters, λ, dtype), the seed, the tasks and their settings,
+    the metric definitions' version."""
+    key = {"merge": job.mk, **_eval_key(job), **job.models.merge_key()}
+    if _masks_on_cuda(job.device, job.mk):  # CPU-drawn masks leave fingerprints as they were
         key["masks"] = "cuda"
     return digest(key)
 
 
-def _masks_on_cuda(cfg: DictConfig, mk: dict) -> bool:
+def _masks_on_cuda(device: str, mk: dict) -> bool:
     """Whether this merge draws random masks (DARE, DELLA) with CUDA's generator: the same seed
     gives other masks than on CPU, so it is another merge."""
     from app.merge.sparsify import SPARSIFICATION
@@ -64,7 +59,6 @@ def _masks_on_cuda(cfg: DictConfig, mk: dict) -> bool:
     kind = SPARSIFICATION.get(str(mk.get("merge_method")), ("",))[0]
     if kind not in ("random", "della_magprune"):
         return False
-    device = str(cfg.device)
     if device == "auto":
         import torch
 
@@ -72,12 +66,9 @@ def _masks_on_cuda(cfg: DictConfig, mk: dict) -> bool:
     return device.startswith("cuda")
 
 
-def reference_fingerprint(cfg: DictConfig, parent: str) -> str:
-    """Hash of a parent's reference evaluation (shared by every method's sweep)."""
-    from app.pool import parent_path
-
-    return digest({"reference": parent_path(cfg, parent), "dtype": cfg.model.dtype,
-                   **_eval_key(cfg)})
+def reference_fingerprint(job, parent: str) -> str:
+    """Hash of a reference's evaluation (shared by every method's sweep over the model set)."""
+    return digest({**job.models.reference_key(parent), **_eval_key(job)})
 
 
 def digest(payload: Any) -> str:
@@ -86,23 +77,22 @@ def digest(payload: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def job_tags(cfg: DictConfig, lam: float, fingerprint: str, role: str,
+def job_tags(job, lam: float, fingerprint: str, role: str,
              overrides: str = "") -> dict[str, str]:
-    return {"role": role, "method": "reference" if role == "reference" else cfg.method.name,
-            "pair": cfg.model.name, "lambda": f"{lam:g}",
-            "tasks": ",".join(t.name for t in cfg.task.tasks), "seed": str(cfg.seed),
+    return {"role": role, "method": "reference" if role == "reference" else job.method.name,
+            "pair": job.models.name, "lambda": f"{lam:g}",
+            "tasks": ",".join(t.name for t in job.task.tasks), "seed": str(job.seed),
             "overrides": overrides or "(defaults)", "fingerprint": fingerprint,
             **process_tags()}
 
 
-def log_config(run, cfg: DictConfig, lam: float, mk: dict) -> None:
+def log_config(run, job, lam: float, mk: dict) -> None:
     """The resolved config as params and config.yaml, package versions, mergekit.yaml; a value
     read from the environment (``${oc.env:…}``) is logged as ``***``."""
     import yaml
 
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved["lambda"] = lam
-    hide = scrubber(env_values(cfg))
+    resolved = {**job.params, "lambda": lam}
+    hide = scrubber(list(job.secrets))
     params = {k: hide(str(v)) for k, v in flatten(resolved).items()
               if not k.startswith("method.mergekit")}
     params.update(package_versions())

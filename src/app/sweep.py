@@ -20,7 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from app import tracking
-from app.config import experiment_name, validate
+from app.config import experiment_name, job_settings, validate
 from app.errors import Abort, ConfigError, suggest
 from app.faults import JobFailed
 from app.frontier import Point, best
@@ -52,11 +52,11 @@ class SweepCallback(Callback):
                 check_study(config)
             tracker = tracking.open_tracker(job_cfg.tracking, experiment_name(job_cfg))
             if not on_cluster(config):  # there the first array task evaluates them
-                for pair_cfg in one_per_pair(job_cfg, jobs):  # a sweep over pairs: each's
-                    pair_tracker = tracker if experiment_name(pair_cfg) == experiment_name(
-                        job_cfg) else tracking.open_tracker(pair_cfg.tracking,
-                                                            experiment_name(pair_cfg))
-                    this_process().evaluate_references(pair_cfg, pair_tracker)
+                for job in one_per_set(job_cfg, jobs):  # a sweep over model sets: each's
+                    set_tracker = tracker if job.tracking.experiment == experiment_name(
+                        job_cfg) else tracking.open_tracker(job.tracking,
+                                                            job.tracking.experiment)
+                    this_process().evaluate_references(job, set_tracker)
         except JobFailed:  # a parent cannot be evaluated: its run says why; the jobs go on
             pass
         except Exception as e:
@@ -98,14 +98,15 @@ def job_part(config: DictConfig) -> DictConfig:
     return OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
 
 
-def one_per_pair(job_cfg: DictConfig, jobs: list[DictConfig]) -> list[DictConfig]:
-    """One config per pair the sweep's jobs run (``model=toy_s,toy,toy_l``: three), whose
-    references must exist before the jobs: the sweep's own config for its pair, else that
-    pair's first job."""
-    out: dict[str, DictConfig] = {}
-    for job in jobs:
-        out.setdefault(job.model.name, job_cfg if job.model.name == job_cfg.model.name else job)
-    return list(out.values()) or [job_cfg]
+def one_per_set(job_cfg: DictConfig, jobs: list[DictConfig]):
+    """One job per model set the sweep's jobs run (``model=toy_s,toy,toy_l``: three; two
+    values of ``model.it``: two), whose references must exist before the jobs: the sweep's own
+    config for its set, else that set's first job."""
+    own = job_settings(job_cfg)
+    out = {}
+    for job in map(job_settings, jobs):
+        out.setdefault(job.models.key(), own if job.models.key() == own.models.key() else job)
+    return list(out.values()) or [own]
 
 
 def check_jobs(config: DictConfig) -> list[DictConfig]:
@@ -184,7 +185,6 @@ def _runs_not_in_store(config: DictConfig, trials: list, tracker) -> int:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from app.merge.mergekit_adapter import mergekit_config
     from app.provenance import job_fingerprint
     from hydra_plugins.lambda_star_sweeper.lambda_star_sweeper import trial_overrides
 
@@ -195,7 +195,7 @@ def _runs_not_in_store(config: DictConfig, trials: list, tracker) -> int:
     for trial in trials:
         cfg = loader.load_sweep_config(config, fixed + trial_overrides(trial.params))
         job = job_part(cfg)
-        if tracker.find(job_fingerprint(job, mergekit_config(job))) is None:
+        if tracker.find(job_fingerprint(job_settings(job))) is None:
             missing += 1
     return missing
 
@@ -237,7 +237,7 @@ def check_search(cfg: DictConfig) -> None:
 
     sweeper = cfg.hydra.sweeper
     check_stop(sweeper.get("stop_patience", 0), sweeper.get("stop_min_delta", 0.0))
-    valid = job_metric_names(cfg)
+    valid = job_metric_names(job_settings(job_part(cfg)))
     named = [("hydra.sweeper.objective", sweeper.objective)]
     named += [("hydra.sweeper.constraints", parse_constraint(c)[0]) for c in sweeper.constraints]
     for key, metric in named:

@@ -14,11 +14,10 @@ from helpers import one_line, run_app, runs
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from app.config import TOY_DIR, ConfigError, validate
+from app.config import TOY_DIR, ConfigError, job_settings, mergekit_config, validate
 from app.evaluate.engine import HFEngine
 from app.evaluate.evaluator import Evaluator
 from app.evaluate.stock import stock_evaluate
-from app.merge.mergekit_adapter import mergekit_config
 from app.metrics import METRICS_VERSION
 from app.provenance import digest, job_fingerprint, log_config, reference_fingerprint
 
@@ -196,14 +195,15 @@ def test_both_settings_off_keep_the_fingerprints_on_changes_them(make_cfg, task)
     assert cfg.task.chat_template is False and cfg.task.fewshot_as_multiturn is False
     mk = mergekit_config(cfg)
     before = key_before_these_settings(cfg)
-    assert job_fingerprint(cfg, mk) == digest({"merge": mk, **before})
-    assert reference_fingerprint(cfg, "it") == digest(
+    assert job_fingerprint(job_settings(cfg)) == digest({"merge": mk, **before})
+    assert reference_fingerprint(job_settings(cfg), "it") == digest(
         {"reference": cfg.model.it, "dtype": cfg.model.dtype, **before})
     chat = make_cfg(f"task={task}", "lambda=0.3", *CHAT)
     multi = make_cfg(f"task={task}", "lambda=0.3", *MULTITURN)
-    prints = {job_fingerprint(c, mk) for c in (cfg, chat, multi)}
+    prints = {job_fingerprint(job_settings(c)) for c in (cfg, chat, multi)}
     assert len(prints) == 3
-    assert reference_fingerprint(chat, "it") != reference_fingerprint(cfg, "it")
+    assert reference_fingerprint(job_settings(chat), "it") != reference_fingerprint(
+        job_settings(cfg), "it")
 
 
 def test_both_settings_are_logged_with_the_resolved_config(make_cfg):
@@ -219,6 +219,6 @@ def test_both_settings_are_logged_with_the_resolved_config(make_cfg):
 
     for overrides, value in (([], "False"), (MULTITURN, "True")):
         cfg, run = make_cfg(*overrides), Run()
-        log_config(run, cfg, 0.5, mergekit_config(cfg))
+        log_config(run, job_settings(cfg), 0.5, mergekit_config(cfg))
         assert run.params["task.chat_template"] == run.params["task.fewshot_as_multiturn"] == value
         assert f"chat_template: {value.lower()}" in run.texts["config.yaml"]

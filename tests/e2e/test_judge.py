@@ -100,16 +100,16 @@ def test_verdict_parsing(make_cfg, reply, expect):
 
 
 def test_fingerprints_leave_judge_none_unchanged_and_never_hold_the_key(make_cfg, monkeypatch):
-    from app.merge.mergekit_adapter import mergekit_config
+    from app.config import job_settings
     from app.provenance import _eval_key, job_fingerprint
 
     cfg = make_cfg()
-    assert "judge" not in _eval_key(cfg)  # judge=none: fingerprints as before judges existed
-    before = job_fingerprint(cfg, mergekit_config(cfg))
+    assert "judge" not in _eval_key(job_settings(cfg))  # judge=none: as before judges existed
+    before = job_fingerprint(job_settings(cfg))
     key = f"sk-fp-{uuid.uuid4().hex}"
     monkeypatch.setenv("OPENAI_API_KEY", key)
     judged = make_cfg("judge=openai", "judge.base_url=http://127.0.0.1:9/v1", f"judge.model={IT}")
-    assert job_fingerprint(judged, mergekit_config(judged)) != before
+    assert job_fingerprint(job_settings(judged)) != before
     from app.judge import fingerprint
 
     assert key not in json.dumps(fingerprint(judged.judge))

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from app.config import TOY_DIR, group_options
-from app.merge.mergekit_adapter import mergekit_config
+from app.config import job_settings, mergekit_config
 from app.merge.merger import merge_into
 
 # λ=0 gives PT and λ=1 gives IT bit for bit (linear, slerp), or up to float32 rounding:
@@ -175,7 +175,7 @@ def test_tokenizer_policy_aligns_vocabularies(make_cfg, it_with_extra_tokens, po
                    f"lambda={lam}", "task.limit=4")
     mk = mergekit_config(cfg)
     assert mk["tokenizer"]["source"] == cfg.model[policy]
-    model = this_process().session_for(cfg).model
+    model = this_process().session_for(job_settings(cfg)).model
     merge_into(model, mk)
     state = model.state_dict()
     vocab = 640 if policy == "pt" else 642
@@ -206,7 +206,7 @@ def test_union_policy_keeps_every_models_tokens(make_cfg, it_with_extra_tokens, 
                    "model.tokenizer=union", "lambda=0.5", "task.limit=4", "task.bootstrap=0",
                    f"tracking.dir={tmp_path}/mlruns")
     assert mergekit_config(cfg)["tokenizer"] == {"source": "union"}
-    session = this_process().session_for(cfg)
+    session = this_process().session_for(job_settings(cfg))
     union = session.tokenizer
     assert len(union.get_vocab()) == 643
     assert union.chat_template == it_tok.chat_template

@@ -119,9 +119,11 @@ def test_resident_parents_are_read_once_and_anew_when_rewritten(pair, tmp_path):
 
 
 def test_auto_keeps_the_cpus_parents_mapped_and_the_settings_reach_the_merger(make_cfg, pair):
+    from app.config import job_settings
     from app.merge.merger import merger_for
 
-    merger = merger_for(make_cfg("merge.parents_on=device", "merge.resident_share=0.25"), "cpu")
+    job = job_settings(make_cfg("merge.parents_on=device", "merge.resident_share=0.25"))
+    merger = merger_for(job.models, job.merge, job.seed, "cpu")
     assert (merger.direct.parents_on, merger.direct.resident_share) == ("device", 0.25)
     auto = Merger("cpu")
     model = AutoModelForCausalLM.from_pretrained(pair[0], dtype=torch.bfloat16)
@@ -130,9 +132,8 @@ def test_auto_keeps_the_cpus_parents_mapped_and_the_settings_reach_the_merger(ma
 
 
 def test_a_pools_experts_held_in_memory_merge_as_mapped_ones(make_cfg):
-    from app.config import TOY_DIR
+    from app.config import TOY_DIR, mergekit_config
     from app.merge.layout import parameters
-    from app.merge.mergekit_adapter import mergekit_config
 
     mk = mergekit_config(make_cfg("model=toy_pool", "method=consensus_ta", "lambda=0.5",
                                   "method.params.min_agree=1"))

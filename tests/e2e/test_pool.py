@@ -7,7 +7,7 @@ from helpers import one_line, run_app, runs
 
 from app.config import TOY_DIR
 from app.merge.layout import parameters
-from app.merge.mergekit_adapter import mergekit_config
+from app.config import mergekit_config
 
 METHODS = "task_arithmetic,ties,fisher,regmean,localize_stitch,consensus_ta"
 

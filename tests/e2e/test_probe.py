@@ -307,8 +307,7 @@ def test_the_shipped_toy_tasks_are_small_and_complete():
 def test_a_job_with_a_probe_set_logs_metrics_that_rescore_from_its_artifact(tmp_path):
     from helpers import run_app, runs
 
-    from app.config import compose
-    from app.merge.mergekit_adapter import mergekit_config
+    from app.config import compose, job_settings
     from app.provenance import job_fingerprint
 
     run_app(tmp_path, "probe=toy", "probe.layers=all", "task.limit=10", "task.bootstrap=0")
@@ -322,5 +321,4 @@ def test_a_job_with_a_probe_set_logs_metrics_that_rescore_from_its_artifact(tmp_
     assert "layers.png" in {a.path.rsplit("/", 1)[-1]
                             for a in client.list_artifacts(job.info.run_id, "probes")}
     plain, probed = compose("lambda=0.3"), compose("lambda=0.3", "probe=toy")
-    mk = mergekit_config(plain)
-    assert job_fingerprint(plain, mk) != job_fingerprint(probed, mk)
+    assert job_fingerprint(job_settings(plain)) != job_fingerprint(job_settings(probed))

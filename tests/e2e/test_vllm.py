@@ -27,7 +27,7 @@ def working_model():
 
 def merge(model, cfg, lam):
     from app.merge.merger import merge_into
-    from app.merge.mergekit_adapter import mergekit_config
+    from app.config import mergekit_config
 
     cfg["lambda"] = lam
     merge_into(model, mergekit_config(cfg))
@@ -118,7 +118,7 @@ def test_in_place_weights_give_a_fresh_engines_numbers(engines, tmp_path):
     from transformers import AutoTokenizer
 
     from app.merge.merger import save_merged
-    from app.merge.mergekit_adapter import mergekit_config
+    from app.config import mergekit_config
 
     cfg, _, (vl, vllm_model), engine = engines
     merge(vllm_model, cfg, 0.3)
@@ -179,7 +179,7 @@ def test_leaderboard_stand_ins_score_and_generate_as_on_the_hf_engine(engines,
 def test_each_worker_merges_its_own_weights_as_the_driver_would(engines, make_cfg_module):
     """engine.weights=workers: the worker merges from the mapped parents itself (what a pair
     split over several GPUs does on each); its scores equal the driver's tensors' exactly."""
-    from app.merge.mergekit_adapter import mergekit_config
+    from app.config import mergekit_config
     from app.merge.merger import Merger
 
     _, _, (vl, vllm_model), engine = engines

@@ -5,7 +5,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
 from app.config import ConfigError, clean_lambda, group_options, validate
-from app.merge.mergekit_adapter import mergekit_config
+from app.config import mergekit_config
 
 GROUPS = ["model", "method", "task", "judge", "tracking"]
 
@@ -119,12 +119,12 @@ def test_masks_drawn_on_cuda_make_another_fingerprint(make_cfg):
     """DARE's and DELLA's masks from CUDA's generator differ from CPU's for the same seed: a
     sweep merged on a GPU is not taken for one merged on CPU. Other methods, and every CPU
     fingerprint, are unchanged."""
-    from app.merge.mergekit_adapter import mergekit_config
+    from app.config import job_settings
     from app.provenance import job_fingerprint
 
     def fingerprint(*overrides):
         cfg = make_cfg(*overrides)
-        return job_fingerprint(cfg, mergekit_config(cfg))
+        return job_fingerprint(job_settings(cfg))
 
     for method in ("dare_ties", "della"):
         assert fingerprint(f"method={method}", "device=cuda") != fingerprint(f"method={method}")

@@ -6,6 +6,7 @@ import pytest
 from helpers.fake_tracker import FakeTracker
 
 from app import pipeline
+from app.config import job_settings
 from app.evaluate.scoring import TaskResult
 from app.faults import JobFailed
 from app.merge.merger import MergeReport
@@ -45,7 +46,7 @@ def job(make_cfg, monkeypatch, tmp_path):
     tracker = FakeTracker()
     session = Session(None, None, Evaluator(), Merger(), None, "cpu",
                       overhead={"time/startup_s": 1.0, "time/load_s": 2.0})
-    monkeypatch.setattr(pipeline, "build_session", lambda cfg, device: session)
+    monkeypatch.setattr(pipeline, "build_session", lambda job, device: session)
     p = Pipeline(open_tracker=lambda tracking, experiment: tracker)
     return p, tracker, session, lambda *o: make_cfg(f"tracking.dir={tmp_path}", *o)
 
@@ -75,14 +76,14 @@ def test_a_finished_fingerprint_is_skipped_and_force_runs_it_again(job, capsys):
 
 def test_a_parent_merge_copies_the_reference(job):
     p, tracker, session, make_cfg = job
-    p.evaluate_references(make_cfg(), tracker)
+    p.evaluate_references(job_settings(make_cfg()), tracker)
     refs = [r for r in tracker.runs.values() if r.tags["role"] == "reference"]
     assert [r.tags["lambda"] for r in refs] == ["0", "1"] and session.evaluator.calls == 2
     metrics = p.run_job(make_cfg("lambda=1"))
     assert session.evaluator.calls == 2  # not evaluated again
     run = list(tracker.runs.values())[-1]
     assert run.tags["reused_from"] == refs[1].run_id and "time/merge_s" not in metrics
-    p.evaluate_references(make_cfg(), tracker)  # once per fingerprint
+    p.evaluate_references(job_settings(make_cfg()), tracker)  # once per fingerprint
     assert session.evaluator.calls == 2
 
 

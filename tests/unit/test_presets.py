@@ -71,8 +71,9 @@ def _numel(shape) -> int:
 def test_a_toy_family_size_not_built_says_how_to_build_it(make_cfg):
     from app.errors import ConfigError
     from app.models import validate
+    from app.modelset import ModelSet
 
     with pytest.raises(ConfigError) as e:
-        validate(make_cfg("model=toy_s", "model.pt=${toy:sizes/xl/pt}").model)
+        validate(ModelSet.from_config(make_cfg("model=toy_s", "model.pt=${toy:sizes/xl/pt}").model))
     assert str(e.value) == ("model.pt: the toy family's size 'xl' is not built here; build it "
                             "once with `python scripts/build_toy.py --size xl`")

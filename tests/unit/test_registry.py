@@ -10,11 +10,16 @@ from hydra import initialize_config_dir
 from app import metrics
 from app.cli import user_error
 from app.compat import SUPPORTED, check_versions
-from app.config import conf_dir, group_options, register
+from app.config import compose, conf_dir, group_options, job_settings, register
 from app.errors import ConfigError
 from app.merge.direct import PLANS
 from app.merge.methods import METHODS
 from app.sweep import check_search
+
+
+def job_of(*overrides: str):
+    """The job the shipped config composed with ``overrides`` describes."""
+    return job_settings(compose(*overrides))
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -33,16 +38,16 @@ def test_readme_metric_table_is_the_registrys():
 
 
 def test_calibrated_tasks_return_brier_top(make_cfg):  # it was missing from the search's list
-    assert "toy_mc/brier_top" in metrics.job_metric_names(make_cfg())
+    assert "toy_mc/brier_top" in metrics.job_metric_names(job_of())
 
 
 def test_extra_metrics_and_generative_intervals_are_names_jobs_return(make_cfg):
-    names = metrics.job_metric_names(make_cfg("task=gpqa"))
+    names = metrics.job_metric_names(job_of("task=gpqa"))
     assert {"leaderboard_gpqa_main/acc_norm", "leaderboard_gpqa_diamond/acc_ci_low"} <= set(names)
-    toy = metrics.job_metric_names(make_cfg())
+    toy = metrics.job_metric_names(job_of())
     assert {"toy_gen/acc_ci_low", "toy_gen/acc_ci_high"} <= set(toy)
     assert "toy_gen/ece" not in toy and "toy_mc/acc_ci_low" in toy
-    assert "toy_mc/acc_ci_low" not in metrics.job_metric_names(make_cfg("task.bootstrap=0"))
+    assert "toy_mc/acc_ci_low" not in metrics.job_metric_names(job_of("task.bootstrap=0"))
 
 
 def test_a_search_may_name_judge_metrics():  # check_search used to reject them
@@ -57,13 +62,13 @@ def test_a_search_may_name_judge_metrics():  # check_search used to reject them
     ("hf", {"judge/unparsed_rate", "judge/degeneration_rate"}, {"judge/mean_reward"}),
 ])
 def test_judge_metrics_follow_the_judge(make_cfg, judge, present, absent):
-    names = set(metrics.job_metric_names(make_cfg(f"judge={judge}", "judge.model=x/y")
-                                         if judge == "hf" else make_cfg(f"judge={judge}")))
+    names = set(metrics.job_metric_names(job_of(f"judge={judge}", "judge.model=x/y")
+                                         if judge == "hf" else job_of(f"judge={judge}")))
     assert present <= names and not absent & names
 
 
 def test_an_llm_judge_with_a_reward_model_rates_only_the_lowest(make_cfg):
-    names = set(metrics.job_metric_names(make_cfg("judge=hf", "judge.model=x/y",
+    names = set(metrics.job_metric_names(job_of("judge=hf", "judge.model=x/y",
                                                   "judge.reward_model=r/m")))
     assert "judge/lowest_k/degeneration_rate" in names and "judge/degeneration_rate" not in names
 

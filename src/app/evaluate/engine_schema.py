@@ -39,8 +39,8 @@ class EngineConfig:
     weights: str = "auto"
 
 
-def validate(engine, model=None, device: str = "cpu") -> None:
-    """The engine settings; with the run's ``model`` (its PT config.json where it is local),
+def validate(engine, models=None, device: str = "cpu") -> None:
+    """The engine settings; with the run's model set (an ``app.modelset.ModelSet``),
     that vLLM can run it: its tokenizer policy and, on CPU, its attention head size."""
     if engine.name not in NAMES:
         raise ConfigError(f"engine.name={engine.name!r} is not an engine"
@@ -62,9 +62,9 @@ def validate(engine, model=None, device: str = "cpu") -> None:
         raise ConfigError(f"engine.weights={engine.weights!r} is not a source of the merge's "
                           f"tensors{suggest(str(engine.weights), list(WEIGHTS))}; valid: "
                           f"{', '.join(WEIGHTS)}")
-    if model is None:
+    if models is None:
         return
-    if model.tokenizer == "union":
+    if models.tokenizer == "union":
         raise ConfigError("engine=vllm needs model.tokenizer=pt or it (the engine is built on "
                           "that parent's folder; a union vocabulary changes the model's shape); "
                           "use engine=hf for model.tokenizer=union")
@@ -73,19 +73,25 @@ def validate(engine, model=None, device: str = "cpu") -> None:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if str(device).startswith("cpu"):
-        head = head_size(model)
+        head = head_size(models)
         if head is not None and head not in CPU_HEAD_SIZES:
-            raise ConfigError(f"engine=vllm: model.{model.tokenizer}'s attention head size is "
+            raise ConfigError(f"engine=vllm: model.{models.tokenizer}'s attention head size is "
                               f"{head}, which vLLM's CPU backend does not support (it takes "
                               f"{', '.join(map(str, CPU_HEAD_SIZES))}); use engine=hf here, or "
                               f"a GPU")
 
 
-def head_size(model) -> int | None:
+def fingerprint_part(engine) -> dict | None:
+    """What about the engine determines a job's results (None for ``hf``: fingerprints as
+    they were before engines existed)."""
+    return None if engine.name == "hf" else {"name": engine.name, "seed": engine.seed}
+
+
+def head_size(models) -> int | None:
     """The working model's attention head size from its config.json, or None."""
     from app.models import text_config
 
-    text = text_config(model, model.tokenizer) or {}
+    text = text_config(models, models.tokenizer) or {}
     if text.get("head_dim"):
         return int(text["head_dim"])
     heads = text.get("num_attention_heads")

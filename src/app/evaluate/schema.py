@@ -75,9 +75,10 @@ class EvalConfig:
     selection: SelectionConfig = field(default_factory=SelectionConfig)
 
 
-def validate(task, model=None) -> None:
-    """The task settings; with the run's ``model``, that its tokenizer can apply a chat
-    template where one is asked for."""
+def validate(task, models=None) -> None:
+    """The task settings; with the run's model set (an ``app.modelset.ModelSet``), that its
+    tokenizer can apply a chat template where one is asked for and that a pool's domain tasks
+    are evaluated."""
     for key, value, low in (("ece_bins", task.ece_bins, 1), ("batch_size", task.batch_size, 1),
                             ("limit", task.limit, 1), ("bootstrap", task.bootstrap, 0)):
         if value is not None and value < low:
@@ -104,19 +105,24 @@ def validate(task, model=None) -> None:
     if task.fewshot_as_multiturn and not task.chat_template:
         raise ConfigError("task.fewshot_as_multiturn=true needs task.chat_template=true (few-shot "
                           "turns exist only in a chat); set both, or neither")
-    if task.chat_template and model is not None:
-        _check_chat_template(model)
-    if model is not None and model.experts:
-        names = [t.name for t in task.tasks]
-        for i, e in enumerate(model.experts):
-            for t in e.tasks:
-                if t not in names:
-                    raise ConfigError(f"model.experts[{i}].tasks: {t!r} ({e.name}'s domain) is "
-                                      f"not in task.tasks{suggest(t, names)}; evaluated: "
-                                      f"{', '.join(names)}")
-                if next(s for s in task.tasks if s.name == t).forgetting:
-                    raise ConfigError(f"task.tasks: {t!r} is {e.name}'s domain and cannot also "
-                                      f"be a forgetting task")
+    if task.chat_template and models is not None:
+        _check_chat_template(models)
+    if models is not None:
+        models.check_tasks(task.tasks)
+
+
+def fingerprint_part(task) -> dict[str, Any]:
+    """What about the task settings determines a job's results (their fingerprint's part)."""
+    from omegaconf import OmegaConf
+
+    out = OmegaConf.to_container(task, resolve=True)
+    out.pop("batch_size", None)  # does not change results
+    out.pop("pack_tokens", None)  # nor does the packing of the tree (float rounding)
+    out["scoring"] = "lm_eval"  # no scoring changes results (float rounding): all key as it did
+    for key in ("chat_template", "fewshot_as_multiturn"):  # off: fingerprints as they were
+        if out.get(key) is False:
+            out.pop(key)
+    return out
 
 
 # where a tokenizer folder keeps its chat template (transformers 5 reads each of them)
@@ -142,14 +148,15 @@ def no_template_error(where: str) -> ConfigError:
                        f"task.fewshot_as_multiturn=false) or use a tokenizer that has one")
 
 
-def _check_chat_template(model) -> None:
+def _check_chat_template(models) -> None:
     """Before anything is loaded: the tokenizer the working model takes (``model.tokenizer``;
     union takes IT's template, else PT's) has a chat template, where its local files can tell.
     The loaded tokenizer is checked again before the first merge (``app.evaluate.evaluator``)."""
     from app.hub import local_folder
 
-    keys = ["it", "pt"] if model.tokenizer == "union" else [model.tokenizer]
-    folders = {f"model.{k}": str(local_folder(str(model[k]), model.cache_dir)) for k in keys}
-    if not model.trust_remote_code and all(has_chat_template(f) is False
+    keys = ["it", "pt"] if models.tokenizer == "union" else [models.tokenizer]
+    folders = {f"model.{k}": str(local_folder(models.path_of(k), models.cache_dir))
+               for k in keys}
+    if not models.trust_remote_code and all(has_chat_template(f) is False
                                            for f in folders.values()):
         raise no_template_error(", ".join(f"{k}={f!r}" for k, f in folders.items()))

@@ -309,3 +309,23 @@ def gold_index(task, doc) -> int:
         raise ConfigError(f"task {task.task_name}: a document's target {gold!r} is not one "
                           f"choice index (multi-target tasks cannot be calibrated)")
     return gold
+
+
+def training_examples(tasks: dict, limit: int | None = None) -> list[tuple[str, str]]:
+    """(prompt, answer) pairs from the training documents of lm-eval task objects (a task's
+    leaves), as lm-eval renders them: the answer is the gold choice (multiple choice) or the
+    target, after the task's target delimiter."""
+    out = []
+    for task in tasks.values():
+        if not task.has_training_docs():
+            continue
+        delimiter = task.config.target_delimiter or ""
+        for doc in task.training_docs():
+            target = task.doc_to_target(doc)
+            if task.OUTPUT_TYPE == "multiple_choice":
+                choices = task.doc_to_choice(doc)
+                target = choices[target] if isinstance(target, int) else target
+            out.append((task.doc_to_text(doc), f"{delimiter}{target}"))
+            if limit is not None and len(out) >= limit:
+                return out
+    return out

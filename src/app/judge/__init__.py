@@ -52,10 +52,10 @@ def fingerprint(judge: DictConfig) -> dict[str, Any]:
     return settings
 
 
-def judge_run(model, tokenizer, cfg: DictConfig, run, context) -> dict[str, float]:
+def judge_run(model, tokenizer, j: DictConfig, run, context) -> dict[str, float]:
     """Generate with the working model, judge and log to ``run`` (see the module doc); the
-    metrics as {'judge/<name>': value}. ``context``: an ``adapters.JudgeContext``."""
-    j = cfg.judge
+    metrics as {'judge/<name>': value}. ``j``: the ``judge`` settings; ``context``: an
+    ``adapters.JudgeContext``."""
     if j.name == "none":
         return {}
     from app.judge import adapters

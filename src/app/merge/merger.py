@@ -135,9 +135,9 @@ def merge_into(model: torch.nn.Module, mk: dict[str, Any], device: str = "cpu",
     return Merger(device, seed, trust_remote_code).merge_into(model, mk)
 
 
-def merger_for(cfg, device: str) -> Merger:
-    """The job's merger, with the pair's and the merge's settings."""
-    pair = cfg.model
-    return Merger(device, cfg.seed, pair.trust_remote_code, pair.cache_dir,
-                  towers_from=pair.it if pair.vision == "it" else None,
-                  parents_on=cfg.merge.parents_on, resident_share=cfg.merge.resident_share)
+def merger_for(models, merge, seed: int, device: str) -> Merger:
+    """The job's merger, with the model set's (an ``app.modelset.ModelSet``) and the merge's
+    settings (the ``merge`` section)."""
+    return Merger(device, seed, models.trust_remote_code, models.cache_dir,
+                  towers_from=models.it if models.vision == "it" else None,
+                  parents_on=merge.parents_on, resident_share=merge.resident_share)

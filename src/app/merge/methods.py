@@ -115,12 +115,11 @@ def lambda_range(method_cfg) -> tuple[float, float]:
     return float(values[0]), float(values[1])
 
 
-def validate(cfg) -> None:
-    """λ inside the method's range, its knobs inside theirs, model.extra only with a base."""
-    method = cfg.method
+def validate(method, lam: float, models) -> None:
+    """λ inside the method's range, its knobs inside theirs, the method fit for the model set
+    (``models``: an ``app.modelset.ModelSet``)."""
     entry = method_of(method)
     lo, hi = lambda_range(method)
-    lam = clean_lambda(cfg["lambda"])
     if not lo <= lam <= hi:
         raise ConfigError(f"lambda={lam:g} is outside method={method.name}'s range "
                           f"[{lo:g}, {hi:g}]")
@@ -143,22 +142,8 @@ def validate(cfg) -> None:
             raise ConfigError(f"method.params.epsilon={method.params.epsilon} must leave "
                               f"density ± epsilon strictly inside (0, 1) (density={dens:g}: "
                               f"epsilon < {min(dens, 1 - dens):g})")
-    if (cfg.model.extra or cfg.model.experts) and not entry.task_vector:
-        which = "model.extra" if cfg.model.extra else "an expert pool (model.experts)"
-        valid = "task_arithmetic, ties, dare_ties, ..." if cfg.model.extra else \
-            "task_arithmetic, ties, fisher, regmean, localize_stitch, consensus_ta, ..."
-        raise ConfigError(f"{which} needs a task-vector method ({valid}); "
-                          f"method={method.name} has no base model")
-    if entry.pool and not cfg.model.experts and entry.data and (
-            method.params.get("masks", "trained") == "trained"):
-        raise ConfigError(f"method={method.name} learns from each expert's data: it needs an "
-                          f"expert pool (model.experts, each with its tasks), e.g. "
-                          f"model=toy_pool")
-    if entry.data and (method.params.get("masks", "trained") == "trained"):
-        for i, e in enumerate(cfg.model.experts):
-            if not e.tasks:
-                raise ConfigError(f"model.experts[{i}] ({e.name}) has no tasks; "
-                                  f"method={method.name} computes its statistics on them")
+    models.check_method(method.name, entry.task_vector, entry.pool,
+                        entry.data and method.params.get("masks", "trained") == "trained")
 
 
 def _is_number(value) -> bool:
@@ -169,15 +154,13 @@ def _is_number(value) -> bool:
     return not isinstance(value, bool)
 
 
-def reference_for(cfg, lam: float) -> str | None:
+def reference_for(method, lam: float, models) -> str | None:
     """'pt' or 'it' when this job's merge is that parent bit for bit, else None."""
-    same_lambda = all(clean_lambda(v) == lam for k, v in cfg.method.params.items()
+    same_lambda = all(clean_lambda(v) == lam for k, v in method.params.items()
                       if k.startswith("lambda_"))
-    if lam not in cfg.method.reference_endpoints or not same_lambda or cfg.model.extra:
+    if lam not in method.reference_endpoints or not same_lambda:
         return None
-    if cfg.model.experts and lam != 0.0:  # λ=1 of a pool merges every expert
-        return None
-    return {0.0: "pt", 1.0: "it"}.get(lam)
+    return models.is_parent(lam)
 
 
 SAVE_MARKER = "merge_info.json"  # what a folder this project saved a merge to holds

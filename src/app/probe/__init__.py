@@ -189,22 +189,23 @@ def rescore(folder) -> dict[str, float]:
     return metrics_of(scores)
 
 
-def probe_run(model, tokenizer, cfg, run, device: str = "cpu") -> dict[str, float]:
+def probe_run(model, tokenizer, probe_cfg, run, device: str = "cpu",
+              title: str = "") -> dict[str, float]:
     """Probe the working model as it is now and log to ``run``: the ``probe/*`` metrics
     (returned), ``probes/`` (settings, metrics, per-layer accuracies and the features that
-    re-score them: ``rescore``) and ``probes/layers.png``; nothing with ``probe=none``."""
-    if cfg.probe.name == "none":
+    re-score them: ``rescore``) and ``probes/layers.png`` (titled ``title``); nothing with
+    ``probe=none``."""
+    if probe_cfg.name == "none":
         return {}
     import tempfile
 
-    result = run_probes(model, tokenizer, cfg.probe, device)
+    result = run_probes(model, tokenizer, probe_cfg, device)
     with tempfile.TemporaryDirectory() as tmp:
         result.save(tmp)
         run.log_artifacts(tmp, "probes")
     if any(len(layers) > 1 for layers in result.per_layer.values()):
         from app.plots import probe_layers_figure
 
-        run.log_figure(probe_layers_figure(result.per_layer, f"λ={cfg['lambda']:g}"),
-                       "probes/layers.png")
+        run.log_figure(probe_layers_figure(result.per_layer, title), "probes/layers.png")
     return result.metrics
 

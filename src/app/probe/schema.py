@@ -111,3 +111,16 @@ def validate(probe, n_layers: int | None = None) -> None:
         if value is not None and (not _is_int(value) or value < low):
             raise ConfigError(f"probe.{key}={value!r} must be an integer ≥ {low}")
     check_files(select(probe))
+
+
+def fingerprint_part(probe) -> dict | None:
+    """What about the probes determines a job's results: their settings and each data file's
+    content (None with ``probe=none``: fingerprints as they were before probes existed)."""
+    if probe.name == "none":
+        return None
+    from omegaconf import OmegaConf
+
+    from app.probe.data import file_digest, select
+
+    return {**OmegaConf.to_container(probe, resolve=True),
+            "data": {t: file_digest(path) for t, _, path in select(probe)}}
