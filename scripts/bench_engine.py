@@ -97,9 +97,9 @@ def main() -> None:
     from app.evaluate.engine import HFEngine
     from app.evaluate.evaluator import Evaluator
     from app.evaluate.vllm_engine import VLLMEngine
+    from app.config import mergekit_config
     from app.judge import adapters
     from app.merge.merger import Merger, save_merged
-    from app.merge.mergekit_adapter import mergekit_config
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--setup", choices=("toy", "0.5b"), default="toy")

@@ -70,8 +70,7 @@ def copy_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
 
 def mk_config(method: str, lam: float, pt: Path, it: Path, dtype: str) -> dict:
     """The project's own mergekit config for this method and λ (conf/method/<method>.yaml)."""
-    from app.config import compose
-    from app.merge.mergekit_adapter import mergekit_config
+    from app.config import compose, mergekit_config
 
     return mergekit_config(compose(f"method={method}", f"lambda={lam}", f"model.pt={pt}",
                                    f"model.it={it}", f"model.dtype={dtype}"))

@@ -138,8 +138,7 @@ def floors(device: str) -> dict[str, float]:
 # ------------------------------------------------------------------------------ merge
 
 def mk_config(method: str, lam: float, pt: Path, it: Path) -> dict:
-    from app.config import compose
-    from app.merge.mergekit_adapter import mergekit_config
+    from app.config import compose, mergekit_config
 
     return mergekit_config(compose(f"method={method}", f"lambda={lam}", f"model.pt={pt}",
                                    f"model.it={it}", "model.dtype=bfloat16"))

@@ -205,12 +205,11 @@ def engine_check(cuda: bool) -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from app.config import TOY_DIR, compose
+    from app.config import TOY_DIR, compose, mergekit_config
     from app.evaluate.engine import HFEngine
     from app.evaluate.evaluator import Evaluator
     from app.evaluate.vllm_engine import VLLMEngine
     from app.merge.merger import merge_into
-    from app.merge.mergekit_adapter import mergekit_config
 
     if not cuda:
         verdict("FAIL", "engine/vllm", "no CUDA device (the CPU comparison: "

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from app import models
 from app.errors import ConfigError, clean_lambda, suggest  # noqa: F401 - re-exported
@@ -125,15 +125,15 @@ class Job:
     the device, the model set). Only ``pipeline`` and ``sweep`` hold the whole config."""
 
     models: ModelSet
-    method: Any  # its section; ``mk`` is its mergekit template resolved at λ
+    method: DictConfig  # its section; ``mk`` is its mergekit template resolved at λ
     lam: float
     mk: dict
-    task: Any
-    judge: Any
-    probe: Any
-    engine: Any
-    merge: Any
-    tracking: Any
+    task: DictConfig
+    judge: DictConfig
+    probe: DictConfig
+    engine: DictConfig
+    merge: DictConfig
+    tracking: DictConfig
     seed: int
     device: str
     force: bool
@@ -142,25 +142,26 @@ class Job:
 
 
 def job_settings(cfg) -> Job:
-    """The job a (validated) run config describes."""
+    """The job a (validated) run config describes: the method's mergekit template resolved at
+    λ with the model set's fine-tunes, each section resolved and detached."""
+    from app.merge.mergekit_adapter import with_pair_settings  # (imports torch)
     from app.provenance import env_values
 
     lam = clean_lambda(cfg["lambda"])
-    models_ = ModelSet.from_config(cfg.model)
+    model_set = ModelSet.from_config(cfg.model)
     resolving = cfg.copy()
     resolving["lambda"] = lam
     try:
         template = OmegaConf.to_container(resolving.method.mergekit, resolve=True)
     except Exception as e:  # an interpolation in the method YAML that does not resolve
         raise ConfigError(f"method={cfg.method.name}: mergekit template does not resolve: {e}")
-    from app.merge.mergekit_adapter import with_pair_settings
-
-    mk = with_pair_settings(models_.with_members(template), models_)
     params = OmegaConf.to_container(cfg, resolve=True)
     params["lambda"] = lam
-    sections = {k: OmegaConf.create(params[k]) for k in SECTIONS}
-    return Job(models=models_, lam=lam, mk=mk, seed=int(cfg.seed), device=str(cfg.device),
-               force=bool(cfg.force), params=params, secrets=tuple(env_values(cfg)), **sections)
+    return Job(models=model_set, lam=lam,
+               mk=with_pair_settings(model_set.with_members(template), model_set),
+               seed=int(cfg.seed), device=str(cfg.device), force=bool(cfg.force), params=params,
+               secrets=tuple(env_values(cfg)),
+               **{k: OmegaConf.create(params[k]) for k in SECTIONS})
 
 
 SECTIONS = ("method", "task", "judge", "probe", "engine", "merge", "tracking")  # a Job's slices

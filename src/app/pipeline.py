@@ -1,22 +1,22 @@
-"""One job, top to bottom: merge (pair, method, λ) in memory → evaluate → judge → log.
+"""One job, top to bottom: merge (model set, method, λ) in memory → evaluate → judge → log.
 
-A ``Pipeline`` lives as long as its process and keeps one ``Session``: the working model,
-tokenizer, evaluation engine, tasks and merger, built for the first job and reused by every
-later job with the same pair, tasks and device, so a λ step only rewrites tensors and
-re-scores the same requests. ``run_job`` skips a job whose fingerprint already has a FINISHED
-run, and copies a parent's reference evaluation where the merge is that parent bit for bit.
-Nothing here knows Hydra or MLflow: the caller passes a ``JobContext`` and the pipeline logs
-through a ``Tracker``.
+``run_job`` turns the run config, once, into each component's own settings (``app.config.Job``)
+and hands each component its slice. A ``Pipeline`` lives as long as its process and keeps one
+``Session`` (``app.session``): the working model, tokenizer, evaluation engine, tasks and
+merger, built for the first job and reused by every later job with the same model set, tasks and
+device, so a λ step only rewrites tensors and re-scores the same requests. ``run_job`` skips a
+job whose fingerprint already has a FINISHED run, and copies a parent's reference evaluation
+where the merge is that parent bit for bit. Nothing here knows Hydra or MLflow: the caller
+passes a ``JobContext`` and the pipeline logs through a ``Tracker``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from omegaconf import DictConfig
 
@@ -28,6 +28,7 @@ from app.lease import Held, Leases
 from app.merge.methods import reference_for
 from app.metrics import summary_line, without_costs
 from app.provenance import job_fingerprint, job_tags, log_config, reference_fingerprint
+from app.session import Session, build_session, pick_device
 
 
 @dataclass
@@ -38,29 +39,6 @@ class JobContext:
     overrides: str = ""
     job_num: int = 0
     evaluate_references: bool = False  # evaluate PT and IT first (a cluster's first task)
-
-
-@dataclass
-class Session:
-    """What a process loads once: the working model, its tokenizer, the evaluator, the merger."""
-
-    model: Any
-    tokenizer: Any
-    evaluator: Any
-    merger: Any
-    judge_models: Any  # app.judge.adapters.JudgeModels: what judges load, kept across jobs
-    device: str
-    overhead: dict[str, float] = field(default_factory=dict)  # logged by the next evaluated job
-
-
-def pick_device(device: str, cuda_count: int, job_num: int) -> str:
-    """``auto``: CPU without CUDA, the GPU with one, GPU ``job_num % count`` with several (so
-    parallel jobs of a local launcher spread one per GPU); any other value is kept."""
-    if device != "auto":
-        return device
-    if cuda_count == 0:
-        return "cpu"
-    return "cuda" if cuda_count == 1 else f"cuda:{job_num % cuda_count}"
 
 
 class Pipeline:
@@ -282,7 +260,8 @@ def forgetting(task) -> list[str]:
 
 def skipped(method: str, lam: float, done, saved: str = "") -> dict[str, float]:
     """A job whose fingerprint has a FINISHED run: say so, return that run's metrics."""
-    print(summary_line(method, lam, without_costs(done.metrics)) + f"  [done: run {done.run_id}{saved}]", flush=True)
+    print(summary_line(method, lam, without_costs(done.metrics))
+          + f"  [done: run {done.run_id}{saved}]", flush=True)
     return dict(done.metrics)
 
 
@@ -316,52 +295,6 @@ def this_process() -> Pipeline:
     if not _THIS_PROCESS:
         _THIS_PROCESS.append(Pipeline())
     return _THIS_PROCESS[0]
-
-
-def build_session(job: Job, device: str) -> Session:
-    """Load the working model, build the tasks and the engine; note what that cost."""
-    from app.evaluate.engine import HFEngine
-    from app.evaluate.evaluator import Evaluator
-    from app.evaluate.tasks import training_examples
-    from app.hub import local_folder
-    from app.judge.adapters import JudgeModels
-    from app.merge.merger import merger_for
-    from app.models import load_working_model
-
-    t0 = time.perf_counter()
-    models = job.models
-    model, tokenizer = load_working_model(models, device)
-    if job.engine.name == "vllm":
-        from app.evaluate.vllm_engine import VLLMEngine
-
-        folder = local_folder(models.tokenizer_source, models.cache_dir)
-        engine = VLLMEngine(folder, model, job.engine, models.dtype, device,
-                            models.trust_remote_code)
-    else:
-        engine = HFEngine(model, tokenizer, job.task.batch_size, job.task.scoring,
-                          job.task.pack_tokens)
-    evaluator = Evaluator(engine, job.task, seed=job.seed)
-    merger = merger_for(models, job.merge, job.seed, device)
-    merger.pool.tokenizer = tokenizer  # the data-dependent methods' documents: each expert's
-    merger.pool.examples = {                   # training split
-        str(local_folder(e.path, models.cache_dir).resolve()):
-            [x for t in e.tasks for x in training_examples(evaluator.tasks[t])]
-        for e in models.experts}
-    # What this process paid before its first merge, logged by the job that evaluates next:
-    # interpreter start and imports up to here, then loading the model and building tasks.
-    overhead = {"time/startup_s": t0 - _process_start(),
-                "time/load_s": time.perf_counter() - t0}
-    return Session(model, tokenizer, evaluator, merger, JudgeModels(), device, overhead)
-
-
-def _process_start() -> float:
-    """This process's start on the perf_counter clock (Linux; 0 overhead if unknown)."""
-    try:
-        ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
-        uptime = float(open("/proc/uptime").read().split()[0])
-        return time.perf_counter() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
-        return time.perf_counter()
 
 
 def aggregate(results: dict) -> dict[str, float]:

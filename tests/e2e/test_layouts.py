@@ -16,9 +16,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from app.config import compose
+from app.config import compose, mergekit_config
 from app.merge.layout import checkpoint_names, layout_of, parameters
-from app.config import mergekit_config
 from app.merge.mergekit_adapter import merged_tensors
 from app.merge.merger import Merger
 from tests.helpers import child_runs, one_line, run_app

@@ -5,9 +5,8 @@ import pytest
 import torch
 from helpers import one_line, run_app, runs
 
-from app.config import TOY_DIR
+from app.config import TOY_DIR, mergekit_config
 from app.merge.layout import parameters
-from app.config import mergekit_config
 
 METHODS = "task_arithmetic,ties,fisher,regmean,localize_stitch,consensus_ta"
 

@@ -97,3 +97,43 @@ def test_private_library_apis_are_used_only_in_compat():
         for node in ast.walk(ast.parse(path.read_text())):
             attr = getattr(node, "attr", None) or getattr(node, "module", None) or ""
             assert attr.rsplit(".", 1)[-1] not in PRIVATE, f"{name} uses {attr}"
+
+
+BOUNDARY = {"app.pipeline", "app.sweep", "app.config", "app.cli"}  # where the run config lives
+MODEL_SET = "app.modelset"
+
+
+def whole_config_uses(tree: ast.AST) -> list[str]:
+    """Where code holds the whole run config: a parameter or name ``cfg`` (the run config's
+    name everywhere; a component's own settings are ``task_cfg``, ``probe_cfg``, …)."""
+    return [f"line {n.lineno}" for n in ast.walk(tree)
+            if isinstance(n, ast.arg) and n.arg == "cfg"
+            or isinstance(n, ast.Name) and n.id == "cfg"]
+
+
+def pool_tests(tree: ast.AST) -> list[str]:
+    """Where code reads ``model.experts`` (whether a model config is a pool, or its experts)."""
+    return [f"line {n.lineno}" for n in ast.walk(tree)
+            if isinstance(n, ast.Attribute) and n.attr == "experts"
+            and (isinstance(n.value, ast.Attribute) and n.value.attr == "model"
+                 or isinstance(n.value, ast.Name) and n.value.id == "model")]
+
+
+def test_only_the_boundary_takes_the_whole_config():
+    offenders = {name: found for name, path in modules().items()
+                 if name.startswith("app.") and name not in BOUNDARY
+                 and (found := whole_config_uses(ast.parse(path.read_text())))}
+    assert offenders == {}
+
+
+def test_only_the_model_set_asks_whether_a_model_is_a_pool():
+    offenders = {name: found for name, path in modules().items()
+                 if name != MODEL_SET and (found := pool_tests(ast.parse(path.read_text())))}
+    assert offenders == {}
+
+
+def test_the_walks_see_what_they_forbid():
+    code = ast.parse("def f(cfg):\n    if cfg.model.experts:\n        return cfg['lambda']\n"
+                     "def g(model):\n    return model.experts\n")
+    assert len(whole_config_uses(code)) == 3 and len(pool_tests(code)) == 2
+    assert whole_config_uses(ast.parse("def f(task_cfg):\n    return task_cfg.limit\n")) == []

@@ -4,8 +4,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
-from app.config import ConfigError, clean_lambda, group_options, validate
-from app.config import mergekit_config
+from app.config import ConfigError, clean_lambda, group_options, mergekit_config, validate
 
 GROUPS = ["model", "method", "task", "judge", "tracking"]
 

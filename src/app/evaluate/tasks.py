@@ -118,23 +118,23 @@ def leaf_names(manager, name: str) -> list[str]:
 def leaf_overrides(manager, leaf: str, task_cfg: DictConfig, spec) -> dict[str, Any]:
     """Task-config keys laid over the leaf's own YAML (lm-eval's group-member override, which
     works like ``include:``): shots, generation cap, local dataset, raw ``acc``."""
-    cfg = manager.task_index[leaf].cfg or {}
+    leaf_cfg = manager.task_index[leaf].cfg or {}
     out: dict[str, Any] = {}
     if spec.num_fewshot is not None:
         out["num_fewshot"] = spec.num_fewshot
-    if task_cfg.max_gen_toks is not None and cfg.get("output_type") == "generate_until":
-        out["generation_kwargs"] = {**(cfg.get("generation_kwargs") or {}),
+    if task_cfg.max_gen_toks is not None and leaf_cfg.get("output_type") == "generate_until":
+        out["generation_kwargs"] = {**(leaf_cfg.get("generation_kwargs") or {}),
                                     "max_gen_toks": task_cfg.max_gen_toks}
-    path = cfg.get("dataset_path")
+    path = leaf_cfg.get("dataset_path")
     if task_cfg.data_dir and path and (Path(task_cfg.data_dir) / path).is_dir():
         out["dataset_path"] = str((Path(task_cfg.data_dir) / path).resolve())
         # datasets keys a local folder's cache on its name and README, not on its files: two
         # copies of one dataset would share it, so a local copy is always read afresh
-        out["dataset_kwargs"] = {**(cfg.get("dataset_kwargs") or {}),
+        out["dataset_kwargs"] = {**(leaf_cfg.get("dataset_kwargs") or {}),
                                  "download_mode": "force_redownload",
                                  "verification_mode": "no_checks"}
-    metrics = cfg.get("metric_list") or []
-    if (spec.calibration and cfg.get("output_type") == "multiple_choice"
+    metrics = leaf_cfg.get("metric_list") or []
+    if (spec.calibration and leaf_cfg.get("output_type") == "multiple_choice"
             and "acc" not in [m.get("metric") for m in metrics]):
         out["metric_list"] = [dict(RAW_ACC), *metrics]
     return out
@@ -233,9 +233,9 @@ def own_validation_split(task) -> str | None:
     """The task's validation split where λ* can be chosen on it: set, and neither its test
     split nor its few-shot pool (MMLU-Pro's validation split is its 5-shot examples); else
     None."""
-    cfg = task.config
-    val = cfg.validation_split
-    if val and cfg.test_split and val != cfg.test_split and val != cfg.fewshot_split:
+    split = task.config
+    val = split.validation_split
+    if val and split.test_split and val != split.test_split and val != split.fewshot_split:
         return val
     return None
 
