@@ -80,7 +80,8 @@ def digest(payload: Any) -> str:
 def job_tags(job, lam: float, fingerprint: str, role: str,
              overrides: str = "") -> dict[str, str]:
     return {"role": role, "method": "reference" if role == "reference" else job.method.name,
-            "pair": job.models.name, "lambda": f"{lam:g}",
+            "pair": job.models.name, "model_set": digest(job.models.key()),
+            "lambda": f"{lam:g}",
             "tasks": ",".join(t.name for t in job.task.tasks), "seed": str(job.seed),
             "overrides": overrides or "(defaults)", "fingerprint": fingerprint,
             **process_tags()}

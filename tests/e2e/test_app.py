@@ -90,3 +90,23 @@ def test_bad_value_in_a_sweep_is_found_before_any_job(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: lambda='abc' is not a valid float"]
     assert not (tmp_path / "mlruns" / "mlflow.db").exists() or runs(tmp_path)[1] == []
+
+
+def test_a_sweep_over_two_fine_tunes_evaluates_each_sets_references(tmp_path):
+    """model.it=A,B: two model sets under one name, each with its own IT reference (the base
+    they share is evaluated once), before any job."""
+    import shutil
+
+    from app.config import TOY_DIR
+
+    copy = tmp_path / "it_copy"
+    shutil.copytree(TOY_DIR / "it", copy)
+    proc = run_app(tmp_path, "-m", f"model.it={TOY_DIR / 'it'},{copy}", "lambda=0.5",
+                   "task.limit=4", "task.bootstrap=0")
+    assert proc.stdout.count("reference IT λ=1") == 2 and proc.stdout.count("reference PT") == 1
+    assert proc.stdout.index("reference IT λ=1", proc.stdout.index("reference IT λ=1") + 1) \
+        < proc.stdout.index("linear λ=0.5")
+    _, found = runs(tmp_path)
+    its = {r.data.params["model.it"] for r in found
+           if r.data.tags.get("role") == "reference" and r.data.tags["lambda"] == "1"}
+    assert its == {str(TOY_DIR / "it"), str(copy)}
