@@ -72,9 +72,8 @@ def main() -> None:
     try:
         _main()
     except JobFailed as e:  # a fault during work: its run is FAILED with the reason
-        multirun = "-m" in sys.argv or "--multirun" in sys.argv
         again = ("; the sweep's other jobs ran and are kept: fix the cause and run the same "
-                 "command again (finished jobs are skipped)") if multirun else ""
+                 "command again (finished jobs are skipped)") if _multirun() else ""
         print(f"error: {e}{again}", file=sys.stderr, flush=True)
         sys.exit(1)
     except Abort as e:  # a bad config found by the sweep's callback
@@ -87,10 +86,33 @@ def main() -> None:
               flush=True)
         sys.exit(130)
     except Exception as e:  # noqa: BLE001 - user errors become one line, bugs re-raise
-        line = user_error(e)
+        line = _unwritable_output_dir(e) or user_error(e)
         if line is None:
             raise
         _fail(line)
+
+
+def _unwritable_output_dir(e: BaseException) -> str | None:
+    """One line where Hydra itself could not create or write an output folder (the run's, the
+    sweep's or a job's in it): ``hydra.run.dir``, or ``hydra.sweep.dir`` in a multirun."""
+    import sysconfig
+    import traceback
+
+    files = [frame.f_code.co_filename for frame, _ in traceback.walk_tb(e.__traceback__)]
+    files = [f for f in files if not f.startswith((sysconfig.get_path("stdlib"), "<frozen"))]
+    if not files or not files[-1].startswith(os.path.dirname(hydra.__file__)):
+        return None  # raised by a job, a plugin or this project: not Hydra's folder
+    while e is not None and not isinstance(e, OSError):  # logging wraps it in a ValueError
+        e = e.__cause__ or e.__context__
+    if e is None or e.filename is None:
+        return None
+    key = "hydra.sweep.dir" if _multirun() else "hydra.run.dir"
+    return (f"{key}: {str(e.filename)!r} cannot be created or written ({e.strerror}); give a "
+            f"folder you can write")
+
+
+def _multirun() -> bool:
+    return "-m" in sys.argv or "--multirun" in sys.argv
 
 
 class _WithoutHydrasJobLine:

@@ -140,6 +140,12 @@ class Job:
     params: dict  # the resolved config: the run's params and config.yaml
     secrets: tuple[str, ...] = ()  # values read from the environment: never written
 
+    def hide(self, text: str) -> str:
+        """``text`` with every value read from the environment written ``***``."""
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
 
 def job_settings(cfg) -> Job:
     """The job a (validated) run config describes: the method's mergekit template resolved at
@@ -174,11 +180,16 @@ def mergekit_config(cfg) -> dict[str, Any]:
 
 def validate(cfg) -> None:
     """Every component's checks that need no model loaded; ConfigError with one line."""
+    from app.modelset import check_shape
+
+    check_shape(cfg.model)  # before anything resolves model.it from a pool's experts
     check_keys(cfg)
     clean_lambda(cfg["lambda"])
     if cfg.seed < 0:
         raise ConfigError(f"seed={cfg.seed} must be ≥ 0 (it seeds torch, numpy and the masks)")
+    check_seeds(cfg)
     check_device(cfg.device)
+    check_experiment(cfg)
     model_set = ModelSet.from_config(cfg.model)
     methods.validate(cfg.method, clean_lambda(cfg["lambda"]), model_set)
     methods.validate_settings(cfg.merge)
@@ -215,6 +226,40 @@ def check_keys(node, path: str = "") -> None:
     elif isinstance(node, ListConfig):
         for i, item in enumerate(node):
             check_keys(item, f"{path[:-1]}[{i}].")
+
+
+SEED_MAX = 2**32 - 1  # numpy's, torch's and Python's generators all take a 32-bit seed
+
+
+def check_seeds(node, path: str = "") -> None:
+    """Every seed (a key ``seed`` or ``*_seed``, anywhere) is an integer in [0, 2³²)."""
+    from omegaconf import DictConfig, ListConfig
+
+    keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+    for key in keys:
+        if isinstance(node, DictConfig) and OmegaConf.is_missing(node, key):
+            continue
+        value = node[key]
+        where = f"{path}{key}" if isinstance(node, DictConfig) else f"{path[:-1]}[{key}]"
+        if isinstance(value, (DictConfig, ListConfig)):
+            check_seeds(value, f"{where}.")
+        elif isinstance(key, str) and (key == "seed" or key.endswith("_seed")) \
+                and value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                           or not 0 <= value <= SEED_MAX):
+            raise ConfigError(f"{where}={value} is not a valid seed; use an integer from 0 to "
+                              f"{SEED_MAX} (the random generators take 32-bit seeds)")
+
+
+def check_experiment(cfg) -> None:
+    """The experiment's name is stored and shown in clear: no value read from the environment
+    (``${oc.env:…}``, which every record shows as ``***``) may be part of it."""
+    from app.provenance import env_values
+
+    name = str(cfg.tracking.experiment)
+    if any(secret in name for secret in env_values(cfg)):
+        raise ConfigError("tracking.experiment holds a value read from the environment "
+                          "(${oc.env:…}); an experiment's name is stored and shown in clear: "
+                          "give the name itself, e.g. tracking.experiment=merge-study")
 
 
 def check_device(device: str) -> None:

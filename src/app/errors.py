@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Any
 
 LAMBDA_DECIMALS = 6  # Hydra's range() yields 0.7000000000000001; λ is rounded to this
@@ -15,6 +16,14 @@ class ConfigError(ValueError):
 class Abort(BaseException):
     """A one-line user error raised where Hydra would only warn about an Exception (its
     callbacks); ``app.cli`` prints it and exits 2."""
+
+
+LONG = re.compile(r"[^\s'\"]{121,}")  # a value too long to show whole in one line
+
+
+def cut_long(line: str) -> str:
+    """``line`` with every value over 120 characters cut to its start and end."""
+    return LONG.sub(lambda m: f"{m.group()[:60]}…{m.group()[-40:]}", line)
 
 
 def suggest(word: str, valid: list[str]) -> str:

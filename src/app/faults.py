@@ -51,11 +51,52 @@ def explain_fault(e: BaseException, device: str, batch_size: int) -> str | None:
         return f"a weight file cannot be read ({text}); check the files of model.pt and model.it"
     if isinstance(e, NonFinite):
         return str(e)
+    return store_fault(e)
+
+
+STORE_ERRORS = ("readonly database", "database is locked", "unable to open database file",
+                "disk I/O error", "Permission denied")
+
+
+def store_fault(e: BaseException) -> str | None:
+    """One line for a tracking store that cannot be written (made read-only, locked, gone)
+    while a job works, or None."""
+    seen, chain = set(), e
+    while chain is not None and id(chain) not in seen:  # the store's error is often wrapped
+        seen.add(id(chain))
+        text = str(chain)
+        if any(s in text for s in STORE_ERRORS) and ("mlflow" in type(chain).__module__
+                                                    or "sqlalchemy" in type(chain).__module__
+                                                    or "sqlite" in text.lower()):
+            what = next(s for s in STORE_ERRORS if s in text)
+            return (f"the tracking store cannot be written ({what}); make tracking.dir "
+                    f"writable and run the same command again (runs left open are closed the "
+                    f"next time the store is opened)")
+        chain = chain.__cause__ or chain.__context__
     return None
 
 
-def check_finite(results: dict) -> None:
-    """NonFinite if any task's log-likelihoods or metrics are NaN or infinite."""
+@contextlib.contextmanager
+def store_faults():
+    """A tracking store that cannot be written becomes one JobFailed line."""
+    try:
+        yield
+    except JobFailed:
+        raise
+    except Exception as e:
+        line = store_fault(e)
+        if line is None:
+            raise
+        raise JobFailed(line) from e
+
+
+ADVICE = {"float16": "; prefer model.dtype=float32 or bfloat16 to float16 (its range is narrow)",
+          "bfloat16": "; try model.dtype=float32"}  # float32: the weights alone are to check
+
+
+def check_finite(results: dict, dtype: str = "float32") -> None:
+    """NonFinite if any task's log-likelihoods or metrics are NaN or infinite (the advice
+    follows the merge's ``dtype``)."""
     for task, res in results.items():
         bad = [r["doc_id"] for r in res.records
                if not all(math.isfinite(x) for x in r.get("logliks", ()))]
@@ -63,5 +104,5 @@ def check_finite(results: dict) -> None:
         if bad or bad_metrics:
             what = (f"NaN/inf log-likelihoods on {len(bad)} {task} documents" if bad
                     else f"non-finite {task} metrics {bad_metrics}")
-            raise NonFinite(f"the merged model gives {what}; check the parents' weights, and "
-                            f"prefer model.dtype=float32 or bfloat16 to float16")
+            raise NonFinite(f"the merged model gives {what} (model.dtype={dtype}); check the "
+                            f"parents' weights for NaN/inf{ADVICE.get(dtype, '')}")

@@ -6,11 +6,17 @@ import re
 import sys
 
 from app.config import group_options, schema_keys
-from app.errors import ConfigError, suggest
+from app.errors import ConfigError, cut_long, suggest
 
 
 def user_error(e: BaseException) -> str | None:
-    """One line for a configuration mistake, or None if ``e`` is a bug."""
+    """One line for a configuration mistake (an over-long value cut), or None if ``e`` is a
+    bug."""
+    line = _user_error(e)
+    return None if line is None else cut_long(line)
+
+
+def _user_error(e: BaseException) -> str | None:
     from hydra.errors import (
         ConfigCompositionException,
         MissingConfigException,

@@ -184,8 +184,9 @@ def _check_model_ref(key: str, ref: str, cache_dir: str | None = None) -> dict |
                               f"it once with `python scripts/build_toy.py --size {size}`") from None
         raise ConfigError(f"{key}={ref!r}: no model there (expected a folder with "
                           f"config.json)") from None
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{key}={ref!r}: config.json is unreadable ({e})") from None
+    except (OSError, ValueError) as e:  # (an OSError's own text repeats the path)
+        why = e.strerror if isinstance(e, OSError) and e.strerror else e
+        raise ConfigError(f"{key}={ref!r}: config.json is unreadable ({why})") from None
     for weights in sorted(path.glob("*.safetensors")):
         if problem := safetensors_problem(weights):
             raise ConfigError(f"{key}={ref!r}: {weights.name} is {problem}; copy or "

@@ -54,8 +54,7 @@ class ModelSet:
         """The set a ``model`` config describes (its shape checked: ConfigError in one line)."""
         from omegaconf import OmegaConf
 
-        if model.experts:
-            _check_pool(model)
+        check_shape(model)
         members = tuple(Member(str(e.name), str(e.path), tuple(str(t) for t in e.tasks),
                                float(e.weight)) for e in model.experts) \
             or (Member("it", str(model.it)),)
@@ -241,6 +240,50 @@ def _ratio(metrics: dict, reference: dict | None, key: str) -> float | None:
     return metrics[key] / reference[key]
 
 
+def check_shape(model) -> None:
+    """A set's shape, before anything reads its models: a pool has a base and at least one
+    named expert, every fine-tune is a distinct model, every weight a finite number."""
+    from omegaconf import OmegaConf
+
+    raw_it = OmegaConf.to_container(model, resolve=False).get("it")
+    if not model.experts and isinstance(raw_it, str) and ".experts[" in raw_it:
+        raise ConfigError("model.experts=[]: an expert pool needs at least one expert "
+                          "({name, path, tasks}); for a pair, give model.it instead")
+    if model.experts:
+        _check_pool(model)
+    for i, e in enumerate(model.extra):
+        _check_weight(f"model.extra[{i}].weight", e.weight)
+    named = {f"model.experts[{i}].path": e.path for i, e in enumerate(model.experts)}
+    named.update({f"model.extra[{i}].path": e.path for i, e in enumerate(model.extra)})
+    if model.extra:
+        named = {"model.it": model.it, **named}
+    seen: dict[str, str] = {}
+    for key, path in named.items():
+        same = seen.setdefault(_identity(str(path)), key)
+        if same != key:
+            raise ConfigError(f"{key} is the same model as {same} ({path!r}); every fine-tune "
+                              f"of a set must be a distinct model")
+
+
+def _identity(ref: str) -> str:
+    """A model's identity: a local folder's resolved path, else the hub id."""
+    from pathlib import Path
+
+    path = Path(ref).expanduser()
+    return str(path.resolve()) if path.exists() else ref
+
+
+def _check_weight(key: str, value) -> None:
+    import math
+
+    try:
+        weight = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value!r} is not a number; use e.g. 1.0") from None
+    if not math.isfinite(weight):
+        raise ConfigError(f"{key}={value} is not finite; use a number such as 1.0")
+
+
 def _check_pool(model) -> None:
     """A pool's shape: a base, named experts with distinct models, weights that are numbers."""
     from omegaconf import OmegaConf
@@ -258,9 +301,10 @@ def _check_pool(model) -> None:
         if names.count(e.name) > 1:
             raise ConfigError(f"model.experts[{i}].name={e.name!r} is used twice; expert names "
                               f"must be distinct")
-        if e.path == model.pt:
+        if _identity(str(e.path)) == _identity(str(model.pt)):
             raise ConfigError(f"model.experts[{i}].path is the base (model.pt); an expert is a "
                               f"fine-tune of it")
+        _check_weight(f"model.experts[{i}].weight", e.weight)
     if model.it != model.experts[0].path:
         raise ConfigError("model.it must be the first expert's path in a pool (leave it as "
                           "${.experts[0].path})")

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from app import tracking
 from app.config import Job, job_settings, validate
 from app.errors import ConfigError
-from app.faults import JobFailed, check_finite, faults_explained
+from app.faults import JobFailed, check_finite, faults_explained, store_faults
 from app.lease import Held, Leases
 from app.merge.methods import reference_for
 from app.metrics import summary_line, without_costs
@@ -59,7 +59,12 @@ class Pipeline:
 
     # ------------------------------------------------------------------ the job
     def run_job(self, cfg: DictConfig, ctx: JobContext = JobContext()) -> dict[str, float]:
-        """Run one (model set, method, λ) job; return its metrics as {'<task>/<metric>': value}."""
+        """Run one (model set, method, λ) job; return its metrics as {'<task>/<metric>': value}
+        (a store that cannot be written on the way: one JobFailed line)."""
+        with store_faults():
+            return self._run_job(cfg, ctx)
+
+    def _run_job(self, cfg: DictConfig, ctx: JobContext) -> dict[str, float]:
         start = time.perf_counter()
         validate(cfg)
         job = job_settings(cfg)  # each component's own settings, from here on
@@ -134,7 +139,7 @@ class Pipeline:
             run.tag("saved_to", str(saved))
         t_eval = time.perf_counter()
         results, lm_eval_out = session.evaluator.evaluate()
-        check_finite(results)
+        check_finite(results, job.models.dtype)
         metrics: dict[str, float] = {}
         for task, res in results.items():
             metrics.update({f"{task}/{k}": v for k, v in res.metrics.items()})

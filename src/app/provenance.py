@@ -79,12 +79,14 @@ def digest(payload: Any) -> str:
 
 def job_tags(job, lam: float, fingerprint: str, role: str,
              overrides: str = "") -> dict[str, str]:
-    return {"role": role, "method": "reference" if role == "reference" else job.method.name,
+    """A run's tags (no value read from the environment among them: ``***``)."""
+    tags = {"role": role, "method": "reference" if role == "reference" else job.method.name,
             "pair": job.models.name, "model_set": digest(job.models.key()),
             "lambda": f"{lam:g}",
             "tasks": ",".join(t.name for t in job.task.tasks), "seed": str(job.seed),
             "overrides": overrides or "(defaults)", "fingerprint": fingerprint,
             **process_tags()}
+    return {k: job.hide(v) for k, v in tags.items()}
 
 
 def log_config(run, job, lam: float, mk: dict) -> None:
@@ -93,7 +95,7 @@ def log_config(run, job, lam: float, mk: dict) -> None:
     import yaml
 
     resolved = {**job.params, "lambda": lam}
-    hide = scrubber(list(job.secrets))
+    hide = job.hide
     params = {k: hide(str(v)) for k, v in flatten(resolved).items()
               if not k.startswith("method.mergekit")}
     params.update(package_versions())

@@ -10,6 +10,7 @@ follows one rule everywhere, the frontier's (``app.frontier.best``).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import math
 import os
@@ -50,6 +51,7 @@ class SweepCallback(Callback):
             jobs = check_jobs(config)
             if search:
                 check_study(config)
+            sweep_dir = make_sweep_dir(config.hydra.sweep.dir)
             tracker = tracking.open_tracker(job_cfg.tracking, experiment_name(job_cfg))
             if not on_cluster(config):  # there the first array task evaluates them
                 for job in one_per_set(job_cfg, jobs):  # a sweep over model sets: each's
@@ -60,11 +62,7 @@ class SweepCallback(Callback):
         except JobFailed:  # a parent cannot be evaluated: its run says why; the jobs go on
             pass
         except Exception as e:
-            line = user_error(e)
-            if line is None:
-                LOG.exception("the sweep could not start")
-                line = f"the sweep could not start: {type(e).__name__}: {e}".splitlines()[0]
-            raise Abort(line) from e
+            raise Abort(start_failure(e)) from e
         overrides = sorted(typed_overrides(config.hydra))
         key = digest([experiment_name(job_cfg), overrides])
         found = tracker.find_tagged("sweep_key", key)
@@ -78,19 +76,56 @@ class SweepCallback(Callback):
                                    {"role": "sweep", "sweep_key": key,
                                     "overrides": " ".join(overrides)[:5000],
                                     **process_tags()}).run_id
-        sweep_dir = Path(config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / PARENT_FILE).write_text(run_id)
         self.run_id, self.tracker = run_id, tracker
         # Whatever ends this process (an exception in a job included), the parent is closed.
-        atexit.register(tracker.close, run_id, "FAILED",
-                        "the sweep process ended before the sweep finished")
+        atexit.register(self.ended_early)
+        try:
+            (sweep_dir / PARENT_FILE).write_text(run_id)
+        except Exception as e:
+            raise Abort(start_failure(e)) from e
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.run_id is None:
             return
         log_sweep_summary(self.tracker, self.run_id)
         self.tracker.close(self.run_id)
+
+    def ended_early(self) -> None:
+        """The process ends without ``on_multirun_end`` (a job failed, the sweep was stopped
+        or could not start): close the parent FAILED with the reason its children give."""
+        with contextlib.suppress(Exception):  # a store that cannot be written: next start
+            failed = self.tracker.children(self.run_id, "FAILED")
+            killed = self.tracker.children(self.run_id, "KILLED")
+            if failed:
+                first = failed[0].tags.get("failure_reason", "see its run").removeprefix(
+                    "JobFailed: ")
+                reason = (f"{len(failed)} job(s) failed (first: {first}); run the same command "
+                          f"again for them")
+            elif killed:
+                reason = "interrupted; run the same command again to resume"
+            else:
+                reason = "the sweep process ended before the sweep finished"
+            self.tracker.close(self.run_id, "FAILED", reason)
+
+
+def make_sweep_dir(folder: str) -> Path:
+    """The sweep's folder, created; ConfigError in one line where it cannot be."""
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"hydra.sweep.dir={folder!r} cannot be created ({e.strerror}); give "
+                          f"a folder you can write") from None
+    return path
+
+
+def start_failure(e: BaseException) -> str:
+    """The one line that says why a sweep could not start."""
+    line = user_error(e)
+    if line is None:
+        LOG.exception("the sweep could not start")
+        line = f"the sweep could not start: {type(e).__name__}: {e}".splitlines()[0]
+    return line
 
 
 def job_part(config: DictConfig) -> DictConfig:
@@ -233,10 +268,11 @@ def check_search(cfg: DictConfig) -> None:
     """Objective and constraints must name metrics the job returns (checked before any job)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from hydra_plugins.lambda_star_sweeper.lambda_star_sweeper import check_stop, parse_constraint
+    from hydra_plugins.lambda_star_sweeper.lambda_star_sweeper import (check_settings,
+                                                                       parse_constraint)
 
     sweeper = cfg.hydra.sweeper
-    check_stop(sweeper.get("stop_patience", 0), sweeper.get("stop_min_delta", 0.0))
+    check_settings(sweeper)
     valid = job_metric_names(job_settings(job_part(cfg)))
     named = [("hydra.sweeper.objective", sweeper.objective)]
     named += [("hydra.sweeper.constraints", parse_constraint(c)[0]) for c in sweeper.constraints]

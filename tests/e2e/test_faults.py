@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from app.cli import user_error
 from app.config import TOY_DIR, validate
 from app.faults import JobFailed, explain_fault, faults_explained
-from helpers import run_app, runs
+from helpers import one_line, run_app, runs
 from helpers import child_runs, finished_jobs
 
 FAST = "task.limit=10"
@@ -234,3 +234,26 @@ def test_artifact_names_cannot_escape_the_run():
     assert artifact_name("../../etc/passwd") == "etc/passwd"
     assert artifact_name("/abs/a b;rm -rf.json") == "abs/a_b_rm_-rf.json"
     assert artifact_name("..") == "artifact"
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+    def app(*args):
+        return subprocess.run([sys.executable, "-m", "app", *args, FAST,
+                               f"tracking.dir={tmp_path}/mlruns"],
+                              capture_output=True, text=True, env=env)
+
+    run = app("hydra.run.dir=/proc/x")
+    assert one_line(run) == "error: hydra.run.dir: '/proc/x' cannot be created or written (No " \
+        "such file or directory); give a folder you can write"
+    assert not (tmp_path / "mlruns").exists()  # before any store, model or run
+    sweep = app("-m", "lambda=0.5", f"hydra.sweep.dir={tmp_path}/a_file/x")
+    assert "hydra.sweep.dir" in one_line(sweep) and "(Not a directory)" in one_line(sweep)
+    assert "reference" not in sweep.stdout  # no parent was evaluated
+    if (tmp_path / "mlruns").exists():  # a sweep's parent run, if made, is closed
+        assert all(status != "RUNNING" for status, _ in statuses(tmp_path))
+    preview = app("-m", "hydra/launcher=slurm", "hydra.launcher.preview=true", "lambda=0.5",
+                  f"hydra.sweep.dir={tmp_path}/a_file/y")  # no callback: Hydra's own mkdir
+    assert "hydra.sweep.dir" in one_line(preview) and "(Not a directory)" in one_line(preview)

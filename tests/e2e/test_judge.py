@@ -311,3 +311,53 @@ def test_unreachable_or_silent_endpoint_keeps_the_evaluation_and_says_why(
     assert run.data.tags["judge_missing"] == reason
     assert "toy_mc/acc" in run.data.metrics and "toy_gen/acc" in metrics
     assert not any(k.endswith("_rate") for k in run.data.metrics)
+
+
+@pytest.fixture
+def echoing_endpoint():
+    """An OpenAI-compatible endpoint that answers every request with its Authorization
+    header, as a misconfigured proxy or a debugging server may."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Echo(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            reply = f"Authorization: {self.headers['Authorization']}"
+            body = json.dumps({"id": "echo", "object": "chat.completion", "created": 0,
+                               "model": "echo", "choices": [{"index": 0, "finish_reason": "stop",
+                               "message": {"role": "assistant", "content": reply}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+
+
+def test_a_key_echoed_by_the_endpoint_is_written_nowhere(tmp_path, echoing_endpoint):
+    # long enough that the failure reason's 60-character excerpt of the reply would cut it
+    key = f"sk-echo-{uuid.uuid4().hex}{uuid.uuid4().hex}"
+    proc = run_app(tmp_path, *FAST, "judge=openai", f"judge.base_url={echoing_endpoint}",
+                   "judge.model=echo", "judge.api_key_env=ECHO_JUDGE_KEY",
+                   env={"ECHO_JUDGE_KEY": key})
+    (run,) = runs(tmp_path)
+    assert run.data.tags["judge_missing"].startswith(
+        "JudgeFailed: no judge reply could be parsed (0 of 8; the first was "
+        "'Authorization: Bearer ***'")
+    rows = verdict_rows(run, tmp_path)
+    assert {r["reply"] for r in rows} == {"Authorization: Bearer ***"}
+    cache = tmp_path / "mlruns" / "judge_cache.sqlite"
+    assert b"Authorization: Bearer ***" in cache.read_bytes()
+    # neither the key nor a piece of it in any file (the store, artifacts, the reply cache,
+    # Hydra's outputs and logs) nor in the output
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert [p for p in files if key[:16].encode() in p.read_bytes()] == []
+    assert key[:16] not in proc.stdout + proc.stderr

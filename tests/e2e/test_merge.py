@@ -2,7 +2,9 @@
 
 import json
 import math
+import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +18,8 @@ from transformers import AutoModelForCausalLM
 from app.config import TOY_DIR, group_options
 from app.config import job_settings, mergekit_config
 from app.merge.merger import merge_into
+from app.merge.methods import SAVE_MARKER
+from helpers import one_line
 
 # λ=0 gives PT and λ=1 gives IT bit for bit (linear, slerp), or up to float32 rounding:
 # nuslerp computes sin(θ)·v/sin(θ); task-vector methods give PT exactly at λ=0 and compute
@@ -462,3 +466,70 @@ def test_anything_else_goes_to_mergekits_executor(bf16_pair, mk):
     plan = METHODS[mk["merge_method"]].direct
     assert plan is None or DirectMerger().merge(model, mk, "cpu", plan) is None
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # untouched
+
+
+def app_in(cwd, tmp_path, *args, umask=0o022):
+    """``python -m app`` on four documents, started in ``cwd`` with ``umask``; its store and
+    outputs under ``tmp_path``."""
+    cmd = [sys.executable, "-m", "app", "task.limit=4", "task.bootstrap=0", *args,
+           f"tracking.dir={tmp_path}/mlruns", f"hydra.run.dir={tmp_path}/outputs"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run(cmd, cwd=cwd, umask=umask, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_saving_into_the_working_folder_keeps_it_and_replaces_a_save_in_place(tmp_path):
+    work = tmp_path / "work"  # empty, and the user's shell is in it
+    work.mkdir()
+    work.chmod(0o751)
+    inode = work.stat().st_ino
+    for lam in (0.3, 0.6):  # an empty folder, then a previous save: both written in place
+        proc = app_in(work, tmp_path, f"lambda={lam}", "merge.save_dir=.", umask=0o027)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert work.stat().st_ino == inode and mode(work) == 0o751
+        mk = yaml.safe_load((work / "mergekit_config.yml").read_text())
+        assert mk["models"][1]["parameters"]["weight"] == lam
+        assert (work / "model.safetensors").is_file() and (work / SAVE_MARKER).is_file()
+        assert {mode(p) for p in work.iterdir()} == {0o640}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlruns", "outputs", "work"]
+
+
+def test_a_saved_merge_honours_the_umask(tmp_path):
+    out = tmp_path / "shared" / "merged"
+    for umask, folder, file in ((0o022, 0o755, 0o644), (0o002, 0o775, 0o664)):  # new, replaced
+        proc = app_in(tmp_path, tmp_path, "lambda=0.3", f"merge.save_dir={out}", umask=umask)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert mode(out) == folder and {mode(p) for p in out.iterdir()} == {file}
+    assert mode(out.parent) == 0o755 and [p.name for p in out.parent.iterdir()] == ["merged"]
+
+
+def test_a_previous_save_around_the_working_folder_is_refused_and_untouched(tmp_path):
+    saved = tmp_path / "merged"
+    (saved / "notes").mkdir(parents=True)  # the user's shell is in there
+    (saved / SAVE_MARKER).write_text("{}")
+    inode = saved.stat().st_ino
+    line = one_line(app_in(saved / "notes", tmp_path, "merge.save_dir=.."))
+    assert line == ("error: merge.save_dir='..': holds the folder 'notes', which no save "
+                    "writes (a previous save is replaced whole); give a new or empty folder")
+    assert saved.stat().st_ino == inode
+    assert sorted(p.name for p in saved.iterdir()) == [SAVE_MARKER, "notes"]
+
+
+def test_a_full_disk_while_saving_in_place_leaves_the_folder_empty(tmp_path):
+    disk = tmp_path / "small"  # a real 1 MiB filesystem: too small for the toy's 1.3 MB
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        inode = disk.stat().st_ino
+        proc = app_in(disk, tmp_path, "lambda=0.3", "merge.save_dir=.")
+        assert proc.returncode == 1
+        assert proc.stderr.strip().splitlines()[-1].startswith("error: no space left writing")
+        assert disk.stat().st_ino == inode and list(disk.iterdir()) == []  # no partial save
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)

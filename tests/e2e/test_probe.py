@@ -137,11 +137,19 @@ def test_probing_leaves_the_model_as_it_was_and_reads_every_layer_asked_for():
 
 # ---------------------------------------------------------------- bad settings
 
+def jsonl(rows) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+# twenty rows, two classes, a distinct last word (the default control key) each
+GOOD_ROWS = [{"text": f"Sentence {i} ends in word{i}.", "label": ("good", "bad")[i % 2]}
+             for i in range(20)]
+
+
 @pytest.fixture
 def broken_data(tmp_path):
     (tmp_path / "syntax").mkdir()
-    (tmp_path / "syntax" / "agreement.jsonl").write_text(
-        json.dumps({"text": "The cats sleeps.", "label": "bad"}) + "\n")
+    (tmp_path / "syntax" / "agreement.jsonl").write_text(jsonl(GOOD_ROWS))
     (tmp_path / "syntax" / "no_label.jsonl").write_text(
         json.dumps({"text": "The cat sleeps.", "class": "good"}) + "\n")
     (tmp_path / "syntax" / "late_gap.jsonl").write_text(
@@ -179,11 +187,11 @@ def test_a_probing_file_without_its_label_column_fails_naming_the_file(broken_da
         validate(cfg)
     assert "\n" not in str(e.value)
     validate(probe_cfg(data_dir=str(broken_data), tasks=["agreement"]))
-    # validation reads each file's first row; loading checks every row
+    # validation reads every row, as loading does
     later = probe_cfg(data_dir=str(broken_data), tasks=["late_gap"])
-    validate(later)
-    with pytest.raises(ConfigError, match=r"late_gap\.jsonl' line 3 has no 'label' column"):
-        load_tasks(later)
+    for check in (validate, load_tasks):
+        with pytest.raises(ConfigError, match=r"late_gap\.jsonl' line 3 has no 'label' column"):
+            check(later)
 
 
 def test_run_probes_checks_the_layers_against_the_model_before_reading_it(models):
@@ -322,3 +330,110 @@ def test_a_job_with_a_probe_set_logs_metrics_that_rescore_from_its_artifact(tmp_
                             for a in client.list_artifacts(job.info.run_id, "probes")}
     plain, probed = compose("lambda=0.3"), compose("lambda=0.3", "probe=toy")
     assert job_fingerprint(job_settings(plain)) != job_fingerprint(job_settings(probed))
+
+
+# ---------------------------------------------------------------- probing files, read whole
+
+def refused(tmp_path, *args) -> str:
+    """The one error line of a command refused before any model loaded or run was made."""
+    from helpers import one_line, run_app
+
+    proc = run_app(tmp_path, *args, check=False)
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
+    line = one_line(proc)  # exit 2, one line
+    assert not (tmp_path / "mlruns").exists()  # no store: no run, not even a FAILED one
+    return line
+
+
+LATE = jsonl(GOOD_ROWS)  # a good file's 20 lines; what follows is line 21
+BAD_FILES = {
+    "not_utf8": (LATE.encode() + '{"text": "Un café.", "label": "bad"}\n'.encode("latin-1"),
+                 ["bad.jsonl' line 21 is not UTF-8 (byte 0xe9)", "save it as UTF-8"]),
+    "one_class": (jsonl({**r, "label": "good"} for r in GOOD_ROWS),
+                  ["bad.jsonl': all its 20 rows have label 'good'",
+                   "a probe needs at least two classes"]),
+    "single_row": (jsonl(GOOD_ROWS[:1]),
+                   ["bad.jsonl': 1 distinct input(s) are too few for the seeded split",
+                    "test_share=0.2 and validation_share=0.2", "needs at least 4"]),
+    "three_rows": (jsonl(GOOD_ROWS[:3]), ["bad.jsonl': 3 distinct input(s)", "at least 4"]),
+    "bad_json_late": (LATE + "{oops\n", ["bad.jsonl' line 21 is not JSON"]),
+    "missing_label_late": (LATE + jsonl([{"text": "No label."}]),
+                           ["bad.jsonl' line 21 has no 'label' column", '"text": ...']),
+    "wrong_type_late": (LATE + jsonl([{"text": 5, "label": "bad"}]),
+                        ["bad.jsonl' line 21: text must be a non-empty string"]),
+    "empty_text_late": (LATE + jsonl([{"text": " ", "label": "bad"}]),
+                        ["bad.jsonl' line 21: text must be a non-empty string"]),
+    "label_not_a_class": (LATE + jsonl([{"text": "A list.", "label": ["bad"]}]),
+                          ["bad.jsonl' line 21: label and control_key must be strings"]),
+    "empty_file": ("", ["bad.jsonl' has no rows", '"text": ...']),
+    "one_control_label": (jsonl({**r, "control_key": "same"} for r in GOOD_ROWS),
+                          ["bad.jsonl': the split of probe.seed=0 leaves one control label",
+                           "training rows a probe is fit on", "distinct control_key values"]),
+}
+
+
+@pytest.mark.parametrize("fault", list(BAD_FILES))
+def test_a_bad_probing_file_is_refused_whole_before_any_model_loads(tmp_path, fault):
+    content, needles = BAD_FILES[fault]
+    data = tmp_path / "data" / "syntax"
+    data.mkdir(parents=True)
+    (data / "good.jsonl").write_text(jsonl(GOOD_ROWS))
+    bad = data / "bad.jsonl"
+    bad.write_bytes(content) if isinstance(content, bytes) else bad.write_text(content)
+    line = refused(tmp_path, "probe=toy", f"probe.data_dir={tmp_path / 'data'}")
+    for needle in needles:
+        assert needle in line, line
+
+
+def test_duplicate_probing_task_names_are_refused_before_any_model_loads(tmp_path):
+    for phenomenon in ("syntax", "semantics"):
+        (tmp_path / "data" / phenomenon).mkdir(parents=True)
+        (tmp_path / "data" / phenomenon / "agreement.jsonl").write_text(jsonl(GOOD_ROWS))
+    line = refused(tmp_path, "probe=toy", f"probe.data_dir={tmp_path / 'data'}")
+    assert "task 'agreement' is in both semantics/ and syntax/; task names must be unique" \
+        in line, line
+
+
+@pytest.mark.parametrize("fault", ["not_utf8", "no_dev_rows", "empty_inputs"])
+def test_a_bad_holmes_file_is_refused_whole_before_any_model_loads(holmes_standin, tmp_path,
+                                                                  fault):
+    import csv
+    import shutil
+
+    data = tmp_path / "holmes"
+    shutil.copytree(holmes_standin, data)
+    samples = data / "ellipsis" / "samples.csv"
+    rows = list(csv.DictReader(open(samples, newline="")))
+    if fault == "not_utf8":
+        rows[-1]["inputs"] = "('Un café.',)"
+    elif fault == "no_dev_rows":
+        rows = [{**r, "set-0": "train" if r["set-0"] == "dev" else r["set-0"]} for r in rows]
+    else:
+        rows[-1]["inputs"] = "()"
+    with open(samples, "w", newline="", encoding="latin-1") as fh:
+        w = csv.DictWriter(fh, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    line = refused(tmp_path, "probe=holmes", f"probe.data_dir={data}",
+                   f"probe.phenomena={holmes_standin.parent / 'leaderboards' / 'holmes.csv'}")
+    needle = {"not_utf8": f"ellipsis/samples.csv' line {len(rows) + 1} is not UTF-8 (byte 0xe9)",
+              "no_dev_rows": "ellipsis/samples.csv': its set-0 column has no dev rows; the "
+                             "published split needs train, dev and test rows",
+              "empty_inputs": f"ellipsis/samples.csv' row {len(rows) + 1}: inputs '()' are "
+                              f"neither sentences nor (token"}[fault]
+    assert needle in line, line
+
+
+def test_a_class_only_outside_the_training_rows_is_refused_naming_the_file(tmp_path):
+    from app.probe.data import load_task
+
+    (tmp_path / "syntax").mkdir()
+    path = tmp_path / "syntax" / "rare.jsonl"
+    path.write_text(jsonl({**r, "label": "good"} for r in GOOD_ROWS))
+    s = split(load_task("rare", "syntax", path, 0), 0, 0.2, 0.2)
+    rows = [{**r, "label": "bad" if i in s.test else "good"} for i, r in enumerate(GOOD_ROWS)]
+    path.write_text(jsonl(rows))  # two classes, but "bad" only in test
+    with pytest.raises(ConfigError) as e:
+        validate(probe_cfg(data_dir=str(tmp_path)))
+    assert "rare.jsonl': the split of probe.seed=0 leaves one label ('good') in the" \
+        in str(e.value) and "add rows of another class, or change probe.seed" in str(e.value)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import run_app, runs
+from helpers import one_line, run_app, runs
 from helpers import CHROMIUM, CHROMIUM_ARGS
 
 
@@ -202,3 +202,103 @@ def test_a_sweep_over_the_toy_family_reports_each_pair_and_the_scaling(tmp_path)
         assert float(cells[5]) == pytest.approx(it.metrics["toy_mc/ece"], abs=5e-5)
     sizes = {pair: int(refs[(pair, "0")].tags["parameters"]) for pair in ("toy_s", "toy")}
     assert sizes["toy_s"] < sizes["toy"]
+
+
+@pytest.fixture(scope="module")
+def one_job(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("one_job")
+    run_app(tmp, "-m", "task.limit=20", "task.bootstrap=0", "method=linear", "lambda=0.5")
+    return tmp
+
+
+def _parent_and_job(tmp):
+    client, found = runs(tmp)
+    parent = next(r for r in found if r.data.tags.get("role") == "sweep")
+    job = next(r for r in found if r.data.tags.get("role") == "job")
+    return client, parent, job
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_work(one_job):
+    mine = one_job / "notes.txt"
+    mine.write_text("mine")
+    line = one_line(report(one_job, "--out", str(mine), check=False))
+    assert line == (f"error: --out '{mine}': it is a file; give a folder (a new one, or an "
+                    f"existing one to add the report to)")
+    assert mine.read_text() == "mine"
+    client, parent, _ = _parent_and_job(one_job)
+    assert client.list_artifacts(parent.info.run_id, "report") == []
+
+
+def test_a_run_whose_artifacts_are_gone_is_named_and_no_report_is_left(one_job, tmp_path):
+    from urllib.parse import urlparse
+
+    client, parent, job = _parent_and_job(one_job)
+    folder = Path(urlparse(job.info.artifact_uri).path).parent  # the run's artifact folder
+    aside = tmp_path / "aside"
+    folder.rename(aside)
+    try:
+        line = one_line(report(one_job, check=False))  # the default out: reports/merge-toy
+    finally:
+        aside.rename(folder)
+    run_id = job.info.run_id
+    assert line.startswith(f"error: run {run_id} (linear λ=0.5) has lost its artifact ")
+    assert line.endswith(f"mlflow runs delete --run-id {run_id}) and run the sweep command "
+                         f"again: it redoes only the missing jobs")
+    assert not (one_job / "reports").exists()
+    assert client.list_artifacts(parent.info.run_id, "report") == []
+
+
+def test_a_killed_sweep_is_closed_and_reported_incomplete(tmp_path):
+    import signal
+    import time
+
+    from helpers import finished_jobs
+
+    grid = ["-m", "task.limit=20", "task.bootstrap=0", "lambda=0.2,0.5,0.8"]
+    proc = subprocess.Popen([sys.executable, "-m", "app", *grid,
+                             f"tracking.dir={tmp_path}/mlruns",
+                             f"hydra.sweep.dir={tmp_path}/multirun"],
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and finished_jobs(tmp_path) < 1:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    rep = report(tmp_path, "--out", str(tmp_path / "out"))
+    _, found = runs(tmp_path)
+    assert all(r.info.status != "RUNNING" for r in found)  # the report closed the dead runs
+    parent = next(r for r in found if r.data.tags.get("role") == "sweep")
+    assert parent.info.status == "FAILED"
+    done = {r.data.tags["lambda"] for r in found
+            if r.data.tags.get("role") == "job" and r.info.status == "FINISHED"}
+    warning = rep.stderr.strip().splitlines()[-1]
+    assert warning.startswith(f"warning: sweep {parent.info.run_id} is incomplete: it ended "
+                              f"FAILED (process {proc.pid} ended before the run finished "
+                              f"(killed?)); {len(done)} of 3 jobs finished; ")
+    assert warning.endswith("run the same sweep command again to finish it (finished jobs "
+                            "are skipped)")
+    for lam in {"0.2", "0.5", "0.8"} - done:
+        assert f"lambda={lam}" in warning
+    assert "INCOMPLETE" in rep.stdout.splitlines()[0] and "Traceback" not in rep.stderr
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert summary.startswith(f"**Incomplete sweep.** {warning.removeprefix('warning: ')}")
+
+
+def test_two_model_sets_with_one_name_are_reported_apart(tmp_path):
+    """model.it=IT,copy of IT: two sets named toy, each with its own references and rows."""
+    import shutil
+
+    from app.config import TOY_DIR
+
+    shutil.copytree(TOY_DIR / "it", tmp_path / "it_copy")
+    run_app(tmp_path, "-m", "task.limit=20", "task.bootstrap=0", "method=linear", "lambda=0.5",
+            f"model.it={TOY_DIR / 'it'},{tmp_path / 'it_copy'}")
+    out = tmp_path / "out"
+    rep = report(tmp_path, "--out", str(out))
+    assert "2 pairs" in rep.stdout
+    for folder in ("toy-it-it", "toy-it-it_copy"):
+        body = list(csv.reader(open(out / folder / "table.csv")))[1:]
+        assert [r[:2] for r in body] == [["PT", "0"], ["IT", "1"], ["linear", "0.5"]]
+    table = (out / "scaling.md").read_text()
+    assert "| toy (it=…/it) | " in table and "| toy (it=…/it_copy) | " in table

@@ -1,12 +1,22 @@
 """Scale-out: the same grid through joblib, submitit and the chunked launchers; a shared
-`mlflow server`; the SLURM preset; GPU placement."""
+`mlflow server`; the SLURM preset; GPU placement; `chunked_local`'s console and signals."""
+
+import contextlib
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from app.pipeline import pick_device
 from helpers import mlflow_server
 from hydra_plugins.chunked_submitit.chunked_submitit import gpu_for, plan_chunks
-from helpers import run_app, runs
+from helpers import finished_jobs, run_app, runs
 
 GRID = ["-m", "task.limit=10", "method=linear", "lambda=0.2,0.8"]
 METRICS = ("toy_mc/acc", "toy_mc/ece", "toy_mc/brier", "toy_gen/acc")
@@ -94,3 +104,84 @@ def test_slurm_preset_previews_its_sbatch_script_and_submits_nothing(tmp_path):
                  "#SBATCH --gpus-per-node=1", "#SBATCH --time=240", "-m submitit.core._submit"):
         assert line in script
     assert not (tmp_path / "mlruns").exists()  # no run, no reference evaluated
+
+
+CHUNKED = ["-m", "task.limit=10", "method=linear", "hydra/launcher=chunked_local"]
+
+
+def test_chunked_local_prints_a_line_per_job(tmp_path):
+    proc = run_app(tmp_path, *CHUNKED, "lambda=0.2,0.8", "hydra.launcher.chunk_size=1")
+    for lam in ("0.2", "0.8"):  # each from its own worker process, relayed
+        assert len(re.findall(rf"^linear λ={lam}  .*toy_mc/acc=", proc.stdout, re.M)) == 1
+    assert "submitit INFO" not in proc.stdout
+
+
+def open_jobs(tmp_path) -> int:
+    """Job runs RUNNING now (read-only from SQLite, as ``finished_jobs``)."""
+    with contextlib.suppress(sqlite3.Error), sqlite3.connect(
+            f"file:{tmp_path}/mlruns/mlflow.db?mode=ro", uri=True, timeout=5) as con:
+        return con.execute(
+            "SELECT count(*) FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid "
+            "WHERE tags.key = 'role' AND tags.value = 'job' AND runs.status = 'RUNNING'"
+        ).fetchone()[0]
+    return 0
+
+
+def interrupted_mid_sweep(tmp_path, signum, group: bool, *args):
+    """A chunked_local sweep given ``signum`` while a job's run is open (after one finished):
+    to its whole process group, as Ctrl-C at a terminal, or to the command only (``kill``)."""
+    cmd = [sys.executable, "-m", "app", *CHUNKED, "lambda=0.2,0.4,0.6,0.8", *args,
+           f"tracking.dir={tmp_path}/mlruns", f"hydra.sweep.dir={tmp_path}/multirun"]
+    out, err = tmp_path / "stdout", tmp_path / "stderr"  # files: a worker left behind
+    with open(out, "w") as o, open(err, "w") as e:  # must not hold the test on a pipe
+        proc = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=o,
+                                stderr=e, start_new_session=True)
+        deadline = time.time() + 300
+        while time.time() < deadline and not (finished_jobs(tmp_path) and open_jobs(tmp_path)):
+            time.sleep(0.2)
+        if group:
+            os.killpg(proc.pid, signum)
+        else:
+            proc.send_signal(signum)
+        proc.wait(timeout=120)
+    return proc.returncode, out.read_text(), err.read_text()
+
+
+def assert_interrupted(tmp_path, code, err):
+    lines = [line for line in err.splitlines() if line.startswith(("interrupted:", "error:"))]
+    assert code == 130 and len(lines) == 1, err[-3000:]
+    assert lines[0].startswith("interrupted: the open runs are marked KILLED; run the same "
+                               "command again to resume")
+    assert "Traceback" not in err, err[-3000:]
+    status = {}
+    for r in runs(tmp_path)[1]:
+        status.setdefault(r.data.tags.get("role"), []).append(r.info.status)
+    assert "RUNNING" not in sum(status.values(), [])
+    assert "KILLED" in status["job"] and status["sweep"] == ["FAILED"]
+
+
+def sweep_processes(folder: Path) -> list[str]:
+    """Command lines of the live processes started for the sweep writing into ``folder``."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if str(folder) in cmdline:
+                found.append(cmdline)
+    return found
+
+
+def test_chunked_local_ctrl_c_stops_the_workers_and_ends_like_the_others(tmp_path):
+    code, out, err = interrupted_mid_sweep(tmp_path, signal.SIGINT, True,
+                                           "hydra.launcher.chunk_size=2")  # two workers
+    assert_interrupted(tmp_path, code, err)
+    assert re.search(r"^linear λ=0\.\d  .*toy_mc/acc=", out, re.M)  # a finished job's line
+
+
+def test_chunked_local_sigterm_leaves_no_worker_behind(tmp_path):
+    code, _, err = interrupted_mid_sweep(tmp_path, signal.SIGTERM, False)
+    assert_interrupted(tmp_path, code, err)
+    before = {r.info.run_id: r.info.status for r in runs(tmp_path)[1]}
+    time.sleep(5)
+    assert sweep_processes(tmp_path / "multirun") == []
+    assert {r.info.run_id: r.info.status for r in runs(tmp_path)[1]} == before  # nothing ran on

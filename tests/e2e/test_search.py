@@ -3,7 +3,7 @@
 import optuna
 import yaml
 
-from helpers import run_app, runs
+from helpers import one_line, run_app, runs
 
 SEARCH = ["-m", "search=lambda_star", "task.limit=60"]
 
@@ -96,3 +96,27 @@ def test_two_processes_share_one_study(tmp_path):
     workers = {t.user_attrs.get("worker") for t in trials}
     assert len(workers) == 2  # both processes contributed trials to the one study
     assert 6 <= len(trials) <= 8  # 2 parents + 4 trials, give or take a concurrent ask
+
+
+def test_nonsense_sweeper_settings_are_refused_before_any_run(tmp_path):
+    # each a value the search used to take: n_trials=0 or grid_points=0 ran only the parents
+    # and said it "ran every trial"
+    for override, line in [
+        ("hydra.sweeper.n_trials=0", "error: hydra.sweeper.n_trials=0 must be ≥ 1 (an integer; "
+                                     "the most trials besides the parents)"),
+        ("hydra.sweeper.grid_points=0", "error: hydra.sweeper.grid_points=0 must be ≥ 2 (an "
+                                        "integer; points per interval, both ends included)"),
+        ("hydra.sweeper.stop_min_delta=nan", "error: hydra.sweeper.stop_min_delta=nan must be ≥ "
+                                             "0 (a finite number; the noise where the job "
+                                             "returns no interval)"),
+        ("hydra.sweeper.max_failure_rate=2", "error: hydra.sweeper.max_failure_rate=2.0 must be "
+                                             "in [0, 1] (a finite number; the share of trials "
+                                             "that may fail)"),
+        ("hydra.sweeper.constraints=['selection/toy_mc/ece <= 0.1.5']",
+         "error: hydra.sweeper.constraints: 'selection/toy_mc/ece <= 0.1.5' is not "
+         "'<metric> <= <number>' or '<metric> >= <number>'"),
+    ]:
+        proc = run_app(tmp_path, *SEARCH, override, check=False)
+        assert one_line(proc) == line
+        assert "reference" not in proc.stdout
+        assert not (tmp_path / "mlruns" / "mlflow.db").exists() or runs(tmp_path)[1] == []

@@ -121,3 +121,27 @@ def test_the_search_stops_early_on_a_plateau_and_says_why(tmp_path):
     sweep(other, "flat=true", "hydra.sweeper.sampler=gp", "hydra.sweeper.n_trials=5",
           "hydra.sweeper.stop_patience=0", "hydra.sweeper.constraints=[]")
     assert len(calls(other)) == 5
+
+
+def test_nonsense_settings_are_one_line_config_errors_before_any_job(tmp_path):
+    for override, line in [
+        ("hydra.sweeper.n_trials=0", "hydra.sweeper.n_trials=0 must be ≥ 1 (an integer; the "
+                                     "most trials besides the parents)"),
+        ("hydra.sweeper.grid_points=0", "hydra.sweeper.grid_points=0 must be ≥ 2 (an integer; "
+                                        "points per interval, both ends included)"),
+        ("hydra.sweeper.stop_min_delta=nan", "hydra.sweeper.stop_min_delta=nan must be ≥ 0 (a "
+                                             "finite number; the noise where the job returns no "
+                                             "interval)"),
+        ("hydra.sweeper.max_failure_rate=-0.5", "hydra.sweeper.max_failure_rate=-0.5 must be in "
+                                                "[0, 1] (a finite number; the share of trials "
+                                                "that may fail)"),
+        ("hydra.sweeper.n_jobs=0", "hydra.sweeper.n_jobs=0 must be ≥ 1 (an integer; trials "
+                                   "handed to the launcher at once)"),
+        ("hydra.sweeper.constraints=['cost <= 1e']", "hydra.sweeper.constraints: 'cost <= 1e' "
+                                                     "is not '<metric> <= <number>' or "
+                                                     "'<metric> >= <number>'"),
+    ]:
+        proc = sweep(tmp_path, override)
+        assert proc.returncode != 0 and f"SweeperConfigError: {line}\n" in proc.stderr, \
+            proc.stderr[-2000:]
+        assert calls(tmp_path) == []  # raised before any job

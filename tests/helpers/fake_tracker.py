@@ -70,6 +70,6 @@ class FakeTracker:
             if reason:
                 run.tags["failure_reason"] = reason
 
-    def children(self, parent_id):
+    def children(self, parent_id, status="FINISHED"):
         return [r for r in self.runs.values()
-                if r.tags.get("mlflow.parentRunId") == parent_id and r.status == "FINISHED"]
+                if r.tags.get("mlflow.parentRunId") == parent_id and r.status == status]

@@ -41,6 +41,7 @@ class Evaluator:
         self.selection = {spec.name: leaves for spec in task_cfg.tasks if (
             leaves := selection_leaves(self.tasks[spec.name], task_cfg, seed, spec.calibration,
                                        chat))}
+        check_splittable(task_cfg, self.leaves, self.selection)
         instances = [i for ls in [*self.leaves.values(), *self.selection.values()]
                      for leaf in ls for i in leaf.instances]
         other = {i.request_type for i in instances} - {"loglikelihood", "generate_until"}
@@ -110,3 +111,13 @@ def _seed_everything(seed: int) -> None:
     set_torch_seed(seed)
 
 
+def check_splittable(task_cfg, leaves: dict, selection: dict) -> None:
+    """With a selection/report split of a task's own documents, each task has two or more
+    (one document cannot be in both sets: the other set's metrics would be missing)."""
+    share = task_cfg.selection.share
+    for name, task_leaves in leaves.items():
+        n = sum(len(leaf.docs) for leaf in task_leaves)
+        if share and name not in selection and n < 2:
+            raise ConfigError(f"task {name}: {n} document(s) cannot be split into selection and "
+                              f"report sets (task.selection.share={share:g}); give it two or "
+                              f"more (task.limit) or set task.selection.share=0")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -61,13 +60,13 @@ def judge_run(model, tokenizer, j: DictConfig, run, context) -> dict[str, float]
     from app.judge import adapters
 
     start = time.perf_counter()
-    secret = os.environ.get(j.get("api_key_env") or "") or ""
+    hide = adapters.hider(j)
     try:
         prompts = adapters.load_prompts(j.prompts, j.limit)
         samples = adapters.generate(model, tokenizer, prompts, j, context.device,
                                     context.sampler)
     except Exception as e:  # noqa: BLE001 - a broken judge never costs the evaluation
-        _mark_missing(run, f"generation failed: {type(e).__name__}: {e}", secret)
+        _mark_missing(run, f"generation failed: {type(e).__name__}: {e}", hide)
         return {}
     rows = [{"prompt_id": i, "sample": s, "prompt": p, "response": x.text, "n_tokens": x.n_tokens}
             for i, (p, group) in enumerate(zip(prompts, samples)) for s, x in enumerate(group)]
@@ -77,10 +76,11 @@ def judge_run(model, tokenizer, j: DictConfig, run, context) -> dict[str, float]
     try:
         metrics.update(_judge(rows, j, context))
     except Exception as e:  # noqa: BLE001
-        _mark_missing(run, f"{type(e).__name__}: {e}", secret)
+        _mark_missing(run, f"{type(e).__name__}: {e}", hide)
     out = {f"judge/{k}": float(v) for k, v in metrics.items()}
     out["time/judge_s"] = time.perf_counter() - start
-    run.log_jsonl([_scrubbed(r, secret) for r in rows], "judge/verdicts.jsonl")
+    run.log_jsonl([{k: hide(v) if isinstance(v, str) else v for k, v in r.items()}
+                   for r in rows], "judge/verdicts.jsonl")
     return out
 
 
@@ -124,15 +124,7 @@ def _judge(rows: list[dict], j: DictConfig, context) -> dict[str, float]:
     return metrics
 
 
-def _scrubbed(row: dict, secret: str) -> dict:
-    if secret and "reply" in row:
-        row = {**row, "reply": row["reply"].replace(secret, "***")}
-    return row
-
-
-def _mark_missing(run, reason: str, secret: str) -> None:
-    if secret:
-        reason = reason.replace(secret, "***")
-    reason = " ".join(reason.split())[:500]
+def _mark_missing(run, reason: str, hide) -> None:
+    reason = " ".join(hide(reason).split())[:500]  # scrubbed before it is cut
     LOG.warning("judge metrics missing: %s", reason)
     run.tag("judge_missing", reason)

@@ -300,36 +300,51 @@ class HFJudge:
         return rows
 
 
+def hider(j):
+    """A function that writes each secret the judge knows as ``***`` in a text: the API key,
+    read from the variable ``judge.api_key_env`` names (the identity when none is set)."""
+    from app.provenance import scrubber
+
+    return scrubber([v for v in [os.environ.get(j.get("api_key_env") or "")] if v])
+
+
 class ReplyCache:
     """Judge replies in SQLite, keyed by sha256 of (judge model, judge message) — the message
-    holds the prompt and the response. Safe to share between processes."""
+    holds the prompt and the response. Safe to share between processes. ``hide`` scrubs
+    secrets from what it stores and returns (a reply stored unscrubbed is rewritten on read)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, hide=str):
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.hide = hide
         self.db = sqlite3.connect(path, timeout=60)
+        self.db.execute("PRAGMA secure_delete = ON")  # a rewritten reply leaves no old copy
         self.db.execute("CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, reply TEXT)")
 
-    @staticmethod
-    def key(model: str, message: str) -> str:
-        return hashlib.sha256(json.dumps([model, message]).encode()).hexdigest()
+    def key(self, model: str, message: str) -> str:
+        return hashlib.sha256(json.dumps([self.hide(model), self.hide(message)]).encode()
+                              ).hexdigest()
 
     def get(self, key: str) -> str | None:
         row = self.db.execute("SELECT reply FROM replies WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
+        if row and self.hide(row[0]) != row[0]:
+            self.put(key, row[0])
+        return self.hide(row[0]) if row else None
 
     def put(self, key: str, reply: str) -> None:
         with self.db:
-            self.db.execute("INSERT OR REPLACE INTO replies VALUES (?, ?)", (key, reply))
+            self.db.execute("INSERT OR REPLACE INTO replies VALUES (?, ?)", (key, self.hide(reply)))
 
 
 class OpenAIJudge:
     """A model behind an OpenAI-compatible endpoint, asked with ``judge_message`` at
-    temperature 0. The key is read from the environment at each run, sent only in the request
-    header, never stored; failed requests are retried with exponential backoff."""
+    temperature 0. The key is read from the environment at each run and sent only in the
+    request header; a reply is scrubbed of it (``hider``) as it arrives, before it is cached,
+    parsed or logged. Failed requests are retried with exponential backoff."""
 
     def __init__(self, j, context: JudgeContext):
-        self.j = j
-        self.cache = ReplyCache(context.cache_path) if j.cache and context.cache_path else None
+        self.j, self.hide = j, hider(j)
+        self.cache = (ReplyCache(context.cache_path, self.hide) if j.cache and context.cache_path
+                      else None)
 
     def verdicts(self, prompts: Sequence[str], responses: Sequence[str]) -> list[dict]:
         import openai
@@ -340,14 +355,14 @@ class OpenAIJudge:
         rows = []
         for prompt, response in zip(prompts, responses):
             message = judge_message(j, prompt, response)
-            key = ReplyCache.key(j.model, message)
+            key = self.cache.key(j.model, message) if self.cache else None
             reply = self.cache.get(key) if self.cache else None
             cached = reply is not None
             if not cached:
                 answer = client.chat.completions.create(
                     model=j.model, messages=[{"role": "user", "content": message}],
                     temperature=0, max_tokens=j.verdict_max_tokens)
-                reply = (answer.choices[0].message.content or "").strip()
+                reply = self.hide((answer.choices[0].message.content or "").strip())
                 if self.cache:
                     self.cache.put(key, reply)
             rows.append({"verdict": parse_verdict(reply, j.labels), "reply": reply,

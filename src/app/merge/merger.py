@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
+import stat
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,22 +101,29 @@ class Merger:
 
 
 def save_merged(model, tokenizer, mk: dict[str, Any], save_dir: str) -> Path:
-    """Write the merged model atomically: into a sibling temp folder, renamed when complete.
-    Only a previous save (it holds ``SAVE_MARKER``) is ever replaced."""
-    import yaml
-
+    """Write the merged model so that a partial one never counts as complete: a new folder or a
+    previous save (it holds ``SAVE_MARKER``; only such a folder is replaced) is written in a
+    sibling folder and swapped in when complete; an empty folder or the working folder (never
+    swapped away from under the user) in place, ``SAVE_MARKER`` last. Modes follow the umask."""
     from app.merge.methods import SAVE_MARKER, save_dir_problem
 
     final = Path(save_dir).expanduser().resolve()
     if problem := save_dir_problem(final):  # checked before the job; again in case it changed
         raise ConfigError(f"merge.save_dir={save_dir!r}: {problem}")
+    if final.is_dir() and (final == Path.cwd() or not any(final.iterdir())):
+        (final / SAVE_MARKER).unlink(missing_ok=True)  # first: from here it is no save
+        _clear(final)  # a previous save: files only (save_dir_problem)
+        try:
+            _write_save(model, tokenizer, mk, final)
+        except BaseException:
+            _clear(final)
+            raise
+        return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()  # not tempfile.mkdtemp: it makes 0700 whatever the umask
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "mergekit_config.yml").write_text(yaml.safe_dump(mk, sort_keys=False))
-        (tmp / SAVE_MARKER).write_text(json.dumps({"merge": mk}, indent=1, default=str))
+        _write_save(model, tokenizer, mk, tmp)
         if final.exists():  # replace a previous save only once the new one is complete
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
             final.rename(old)
@@ -127,6 +135,29 @@ def save_merged(model, tokenizer, mk: dict[str, Any], save_dir: str) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _write_save(model, tokenizer, mk: dict[str, Any], folder: Path) -> None:
+    """A save's files into ``folder``, ``SAVE_MARKER`` last, each with the mode the umask gives
+    a new file (safetensors writes 0600 whatever it is)."""
+    import yaml
+
+    from app.merge.methods import SAVE_MARKER
+
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    made = folder / "mergekit_config.yml"
+    made.write_text(yaml.safe_dump(mk, sort_keys=False))
+    mode = stat.S_IMODE(made.stat().st_mode)
+    for p in folder.iterdir():
+        p.chmod(mode)
+    (folder / SAVE_MARKER).write_text(json.dumps({"merge": mk}, indent=1, default=str))
+
+
+def _clear(folder: Path) -> None:
+    """Remove what ``folder`` holds: a save's files, or a partial save's."""
+    for p in folder.iterdir():
+        p.unlink()
 
 
 def merge_into(model: torch.nn.Module, mk: dict[str, Any], device: str = "cpu",

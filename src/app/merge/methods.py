@@ -168,12 +168,18 @@ SAVE_MARKER = "merge_info.json"  # what a folder this project saved a merge to h
 
 def save_dir_problem(path: Path) -> str | None:
     """Why a merge cannot be saved at ``path`` without touching what is not the project's:
-    a file, a folder with other files (no ``SAVE_MARKER``), a place that cannot be written."""
+    a file, a folder with other files (no ``SAVE_MARKER``), a previous save holding a folder
+    (a save writes none: your working folder, a store, a log folder is inside it), a place
+    that cannot be written."""
     if path.is_file() or (path.exists() and not path.is_dir()):
         return "is a file, not a folder; give a new or empty folder"
-    if path.is_dir() and any(path.iterdir()) and not (path / SAVE_MARKER).is_file():
+    held = list(path.iterdir()) if path.is_dir() else []
+    if held and not (path / SAVE_MARKER).is_file():
         return (f"holds files this project did not write (no {SAVE_MARKER}); give a new or "
                 f"empty folder, or a previous save to replace")
+    if inside := next((p for p in held if not p.is_file()), None):
+        return (f"holds the folder {inside.name!r}, which no save writes (a previous save is "
+                f"replaced whole); give a new or empty folder")
     parent = next((p for p in [path, *path.parents] if p.exists()), None)
     if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         return f"cannot be written ({parent} is not a writable folder)"

@@ -121,6 +121,11 @@ def _probe_task(model, tokenizer, task: ProbeTask, probe_cfg, layers: list[int],
 
     s = split(task, probe_cfg.seed, probe_cfg.test_share, probe_cfg.validation_share)
     classes = classes_of(task.labels)
+    unseen = sorted({task.labels[i] for i in s.test} - {task.labels[i] for i in s.train})
+    if unseen:  # a seeded subset of a many-class task often has some: they count as errors
+        LOG.warning("probe %s: test label(s) %s are in no training row; the probe cannot "
+                    "predict them (more rows, or a larger probe.max_examples)", task.name,
+                    ", ".join(map(repr, unseen)))
     index = {c: i for i, c in enumerate(classes)}
     y = np.array([index[c] for c in task.labels], dtype=np.int64)
     control = np.array([index[c] for c in control_labels(task, probe_cfg.seed)], dtype=np.int64)

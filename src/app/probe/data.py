@@ -6,9 +6,9 @@ The layout (the project's own): one probing task is one JSONL file, grouped by p
 
 with optional ``"text_pair"`` (a second segment: pairwise tasks, joined to ``text`` with a
 space before encoding) and ``"control_key"`` (the word type the control task's label follows;
-default: the input's last word, lowercased). Labels are classes (read as strings). Task names
-(file stems) are unique across phenomena; any other file (a README.md) is ignored. Metrics
-average a phenomenon's tasks, so the folder is the unit results are grouped by.
+default: the input's last word, lowercased). Labels are classes (read as strings). Files are
+UTF-8. Task names (file stems) are unique across phenomena; any other file (a README.md) is
+ignored. Metrics average a phenomenon's tasks, so the folder is the unit results are grouped by.
 
 Holmes and FlashHolmes are read in their published layout as well (the archives that
 github.com/Holmes-Benchmark/holmes-evaluation's ``data/holmes/download.py`` and
@@ -34,6 +34,9 @@ inputs are ordered by a seeded hash, the first ``test_share`` of them are test, 
 inputs share a split, and two models (any λ) get the same split. The control task (Hewitt &
 Liang, 2019) gives each distinct control key a label drawn, by a seeded hash of the key, from
 the task's label distribution.
+
+``check_files`` reads every chosen file whole before any model loads: each row well-formed,
+and the task it makes split into parts a probe can be fit on (``check_task``).
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ import ast
 import csv
 import functools
 import hashlib
+import io
+import itertools
 import json
 import logging
 import re
@@ -74,6 +79,12 @@ class ProbeTask:
     labels: list[str]
     control_keys: list[str]
     sets: list[str] | None = None  # a published split per row: train | validation | test
+    path: Path | None = None  # the file it was read from
+
+    @property
+    def where(self) -> str:
+        """What a message about the task names: its file, else its name."""
+        return f"probing file {str(self.path)!r}" if self.path else f"probe task {self.name!r}"
 
     def inputs(self) -> list[str]:
         """What the model reads: ``text``, and ``text_pair`` after a space where there is one."""
@@ -114,13 +125,13 @@ def holmes_phenomena(probe) -> dict[str, str]:
         raise ConfigError(f"probe.phenomena: no phenomena table at {str(path)!r}; it maps each "
                           f"Holmes dataset to its subfield (holmes-evaluation's "
                           f"data/leaderboards/<name>.csv): set probe.phenomena=FILE")
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = list(csv.DictReader(io.StringIO(_utf8(path, "probe.phenomena table"), newline="")))
     if not rows or not {"probing dataset", "linguistic subfield"} <= set(rows[0]):
         raise ConfigError(f"probe.phenomena={str(path)!r} has no 'probing dataset' and "
                           f"'linguistic subfield' columns (holmes-evaluation's leaderboard "
                           f"table has both)")
-    return {r["probing dataset"]: r["linguistic subfield"] for r in rows}
+    return {r["probing dataset"]: r["linguistic subfield"] or "other" for r in rows
+            if r["probing dataset"]}
 
 
 def _holmes_classifier(path: Path) -> bool:
@@ -128,9 +139,13 @@ def _holmes_classifier(path: Path) -> bool:
     import yaml
 
     for config in sorted(path.parent.glob("config-*.yaml")):
-        with open(config) as fh:
-            if (yaml.safe_load(fh) or {}).get("num_labels") == 1:
-                return False
+        try:
+            settings = yaml.safe_load(_utf8(config, "Holmes config"))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"Holmes config {str(config)!r} is not YAML "
+                              f"({str(e).splitlines()[0]})") from None
+        if isinstance(settings, dict) and settings.get("num_labels") == 1:
+            return False
     return True
 
 
@@ -195,6 +210,29 @@ def select(probe) -> list[tuple[str, str, Path]]:
             if not wanted or name in wanted or p in wanted]
 
 
+def _utf8(path: Path, what: str = "probing file") -> str:
+    """A file's text (a leading byte-order mark dropped); where it is not UTF-8, a one-line
+    ConfigError naming the file, the line and the byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{what} {str(path)!r} line {line} is not UTF-8 (byte "
+                          f"{data[e.start]:#04x}); save it as UTF-8") from None
+
+
+def _checked(row: dict, where: str) -> dict:
+    """``row`` where its values have the types a task needs, else a one-line ConfigError."""
+    if not isinstance(row["text"], str) or not row["text"].strip() \
+            or not isinstance(row.get("text_pair") or "", str):
+        raise ConfigError(f"{where}: text must be a non-empty string and text_pair a string")
+    if not isinstance(row["label"], (str, int)) \
+            or not isinstance(row.get("control_key") or "", (str, int)):
+        raise ConfigError(f"{where}: label and control_key must be strings (or integers)")
+    return row
+
+
 def _row(line: str, path: Path, number: int) -> dict | None:
     if not line.strip():
         return None
@@ -211,33 +249,44 @@ def _row(line: str, path: Path, number: int) -> dict | None:
             raise ConfigError(f"{where} has no {key!r} column; each row is "
                               f'{{"text": ..., "label": ...}} (optional "text_pair", '
                               f'"control_key")')
-    if not isinstance(row["text"], str) or not isinstance(row.get("text_pair") or "", str):
-        raise ConfigError(f"{where}: text and text_pair must be strings")
-    return row
+    return _checked(row, where)
 
 
-def _holmes_rows(path: Path, first_only: bool = False) -> list[dict]:
-    """A Holmes samples.csv as rows in the project's form (text, text_pair, label,
+def read_rows(path: Path) -> list[dict]:
+    """Every row of a probing file (either layout), each checked: a one-line ConfigError
+    names the file and the line or row."""
+    text = _utf8(path)
+    if path.name == HOLMES_FILE:
+        return _holmes_rows(path, text)
+    return [r for n, line in enumerate(text.split("\n"), 1)
+            if (r := _row(line, path, n)) is not None]
+
+
+def _holmes_rows(path: Path, text: str) -> list[dict]:
+    """A Holmes samples.csv's text as rows in the project's form (text, text_pair, label,
     control_key, set), ordered by ``id``."""
     csv.field_size_limit(1 << 30)
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in ("inputs", "label") if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ConfigError(f"probing file {str(path)!r} has no {missing[0]!r} column; a "
-                              f"Holmes samples.csv has inputs, context, label and set-0")
-        raw = [next(reader, None)] if first_only else list(reader)
-    raw = [r for r in raw if r is not None]
-    if "id" in (raw[0] if raw else {}):
-        raw.sort(key=lambda r: float(r["id"]) if _number(r["id"]) else r["id"])
-    return [_holmes_row(r, path, n) for n, r in enumerate(raw, 2)]
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    missing = [c for c in ("inputs", "label") if c not in (reader.fieldnames or [])]
+    if missing:
+        raise ConfigError(f"probing file {str(path)!r} has no {missing[0]!r} column; a "
+                          f"Holmes samples.csv has inputs, context, label and set-0")
+    try:
+        raw = list(enumerate(reader, 2))
+    except csv.Error as e:
+        raise ConfigError(f"probing file {str(path)!r} line {reader.line_num} is not CSV "
+                          f"({e})") from None
+    if "id" in reader.fieldnames:  # numeric ids in numeric order, before any others
+        raw.sort(key=lambda nr: (0, float(nr[1]["id"]), "") if _number(nr[1]["id"])
+                 else (1, 0.0, str(nr[1]["id"])))
+    return [_holmes_row(r, path, n) for n, r in raw]
 
 
-def _number(text: str) -> bool:
+def _number(text) -> bool:
     try:
         float(text)
         return True
-    except ValueError:
+    except (TypeError, ValueError):
         return False
 
 
@@ -248,7 +297,7 @@ def _holmes_row(r: dict, path: Path, number: int) -> dict:
     try:
         inputs = ast.literal_eval(r["inputs"])
         context = ast.literal_eval(r["context"]) if r.get("context") else []
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, TypeError):
         raise ConfigError(f"{where}: inputs/context are not Python literals (Holmes writes "
                           f"tuples such as \"('a sentence',)\")") from None
     inputs = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
@@ -256,34 +305,65 @@ def _holmes_row(r: dict, path: Path, number: int) -> dict:
     label = r["label"]
     label = str(int(float(label))) if _number(label) and float(label).is_integer() else label
     row = {"label": label}
-    if all(isinstance(i, str) for i in inputs):  # a sentence, or a pair of them
+    if inputs and all(isinstance(i, str) for i in inputs):  # a sentence, or a pair of them
         row["text"], row["text_pair"] = inputs[0], (inputs[1] if len(inputs) > 1 else None)
-    else:  # probed tokens (token, context index, start, end[, span]) into the context
+    elif inputs and all(isinstance(i, (tuple, list)) and i for i in inputs):
+        # probed tokens (token, context index, start, end[, span]) into the context
         if not context:
             raise ConfigError(f"{where}: token inputs need a context")
         row["text"], row["text_pair"] = context[0], (context[1] if len(context) > 1 else None)
         row["control_key"] = " ".join(str(i[0]) for i in inputs)
+    else:
+        raise ConfigError(f"{where}: inputs {r['inputs']!r} are neither sentences nor "
+                          f"(token, context index, start, end) tuples")
     sets = r.get("set-0")
     if sets is not None:
         if sets not in HOLMES_SETS:
             raise ConfigError(f"{where}: set-0={sets!r} is not train, dev or test")
         row["set"] = HOLMES_SETS[sets]
-    return row
+    return _checked(row, where)
 
 
-def check_files(selected: list[tuple[str, str, Path]]) -> None:
-    """Each file's first row has the columns a task needs (every row: ``load_tasks``)."""
-    for _, _, path in selected:
-        if path.name == HOLMES_FILE:
-            if not _holmes_rows(path, first_only=True):
-                raise ConfigError(f"probing file {str(path)!r} has no rows")
-            continue
-        with open(path) as fh:
-            for number, line in enumerate(fh, 1):
-                if _row(line, path, number) is not None:
-                    break
-            else:
-                raise ConfigError(f"probing file {str(path)!r} has no rows")
+def check_files(probe) -> None:
+    """Every chosen file read whole, before any model loads: each row well-formed, and the
+    task it makes (after ``max_examples``) one a probe can be fit on (``check_task``). A file
+    version is read once per process and settings: a sweep validates every job."""
+    for name, phenomenon, path in select(probe):
+        stat = path.stat()
+        _check_file(name, phenomenon, str(path), stat.st_mtime_ns, stat.st_size, probe.seed,
+                    float(probe.test_share), float(probe.validation_share), probe.max_examples)
+
+
+@functools.lru_cache(maxsize=4096)
+def _check_file(name: str, phenomenon: str, path: str, mtime_ns: int, size: int, seed: int,
+                test_share: float, validation_share: float, max_examples: int | None) -> None:
+    task = load_task(name, phenomenon, Path(path), seed, max_examples)
+    check_task(task, seed, test_share, validation_share)
+
+
+def check_task(task: ProbeTask, seed: int, test_share: float, validation_share: float) -> None:
+    """A split with every part (``split``: enough rows), two classes or more, and two or
+    more, of the labels and of the control labels, in the training rows a probe is fit on
+    (those left when validation is held out); else a one-line ConfigError naming the file."""
+    s = split(task, seed, test_share, validation_share)
+    classes = classes_of(task.labels)
+    if len(classes) < 2:
+        raise ConfigError(f"{task.where}: all its {len(task.labels)} rows have label "
+                          f"{classes[0]!r}; a probe needs at least two classes: add rows with "
+                          f"another label")
+    fit = s.train[~s.validation]
+    seeded = task.sets is None  # else the published split: the seed draws only control labels
+    how = f"the split of probe.seed={seed}" if seeded else "its set-0 split"
+    for what, labels, fix in (
+            ("label", task.labels, "add rows of another class" + (
+                ", or change probe.seed" if seeded else " to its train rows")),
+            ("control label", control_labels(task, seed),
+             "give its rows more distinct control_key values, or change probe.seed")):
+        seen = sorted({labels[i] for i in fit})
+        if len(seen) < 2:
+            raise ConfigError(f"{task.where}: {how} leaves one {what} ({seen[0]!r}) in the "
+                              f"{len(fit)} training rows a probe is fit on; it needs two "
+                              f"classes: {fix}")
 
 
 def default_control_key(text: str) -> str:
@@ -291,32 +371,31 @@ def default_control_key(text: str) -> str:
     return words[-1] if words else ""
 
 
+def load_task(name: str, phenomenon: str, path: Path, seed: int,
+              max_examples: int | None = None) -> ProbeTask:
+    """One task's rows, every row checked; with ``max_examples``, a seeded subset."""
+    rows = read_rows(path)
+    if not rows:
+        raise ConfigError(f"probing file {str(path)!r} has no rows; each line is "
+                          f'{{"text": ..., "label": ...}}')
+    if max_examples and len(rows) > max_examples:
+        keys = [input_key(r["text"], r.get("text_pair")) for r in rows]
+        order = sorted(range(len(rows)), key=lambda i: (_digest(seed, "subset", keys[i]), i))
+        rows = [rows[i] for i in sorted(order[:max_examples])]
+    return ProbeTask(
+        name=name, phenomenon=phenomenon, texts=[r["text"] for r in rows],
+        pairs=[r.get("text_pair") for r in rows], labels=[str(r["label"]) for r in rows],
+        control_keys=[str(r["control_key"]) if r.get("control_key") is not None else
+                      default_control_key(r["text"] + " " + (r.get("text_pair") or ""))
+                      for r in rows],
+        sets=[r["set"] for r in rows]
+        if path.name == HOLMES_FILE and all("set" in r for r in rows) else None, path=path)
+
+
 def load_tasks(probe) -> list[ProbeTask]:
-    """The chosen tasks' rows, every row checked; with ``max_examples``, a seeded subset."""
-    tasks = []
-    for name, phenomenon, path in select(probe):
-        if path.name == HOLMES_FILE:
-            rows = _holmes_rows(path)
-        else:
-            with open(path) as fh:
-                rows = [r for n, line in enumerate(fh, 1)
-                        if (r := _row(line, path, n)) is not None]
-        if not rows:
-            raise ConfigError(f"probing file {str(path)!r} has no rows")
-        if probe.max_examples and len(rows) > probe.max_examples:
-            keys = [input_key(r["text"], r.get("text_pair")) for r in rows]
-            order = sorted(range(len(rows)),
-                           key=lambda i: (_digest(probe.seed, "subset", keys[i]), i))
-            rows = [rows[i] for i in sorted(order[:probe.max_examples])]
-        tasks.append(ProbeTask(
-            name=name, phenomenon=phenomenon, texts=[r["text"] for r in rows],
-            pairs=[r.get("text_pair") for r in rows], labels=[str(r["label"]) for r in rows],
-            control_keys=[str(r["control_key"]) if r.get("control_key") is not None else
-                          default_control_key(r["text"] + " " + (r.get("text_pair") or ""))
-                          for r in rows],
-            sets=[r["set"] for r in rows]
-            if path.name == HOLMES_FILE and all("set" in r for r in rows) else None))
-    return tasks
+    """The chosen tasks (``load_task``)."""
+    return [load_task(name, phenomenon, path, probe.seed, probe.max_examples)
+            for name, phenomenon, path in select(probe)]
 
 
 def file_digest(path: Path) -> str:
@@ -360,11 +439,13 @@ def split(task: ProbeTask, seed: int, test_share: float, validation_share: float
         return _published_split(task)
     keys = [input_key(t, p) for t, p in zip(task.texts, task.pairs)]
     distinct = sorted(set(keys), key=lambda k: _digest(seed, "split", k))
-    n_test = max(1, round(len(distinct) * test_share))
-    n_val = max(1, round((len(distinct) - n_test) * validation_share))
+    n_test, n_val = _parts(len(distinct), test_share, validation_share)
     if len(distinct) - n_test - n_val < 2:
-        raise ConfigError(f"probe task {task.name}: {len(distinct)} distinct inputs are too few "
-                          f"to split into train, validation and test")
+        raise ConfigError(
+            f"{task.where}: {len(distinct)} distinct input(s) are too few for the seeded "
+            f"split; with test_share={test_share} and validation_share={validation_share} it "
+            f"needs at least {fewest_inputs(test_share, validation_share)} (two or more left "
+            f"to train on): add rows")
     test_keys, val_keys = set(distinct[:n_test]), set(distinct[n_test:n_test + n_val])
     train = np.array([i for i, k in enumerate(keys) if k not in test_keys], dtype=np.int64)
     return Split(train=train,
@@ -372,12 +453,27 @@ def split(task: ProbeTask, seed: int, test_share: float, validation_share: float
                  test=np.array([i for i, k in enumerate(keys) if k in test_keys], dtype=np.int64))
 
 
+def _parts(n: int, test_share: float, validation_share: float) -> tuple[int, int]:
+    """How many of ``n`` distinct inputs the seeded split makes test, and validation."""
+    n_test = max(1, round(n * test_share))
+    return n_test, max(1, round((n - n_test) * validation_share))
+
+
+def fewest_inputs(test_share: float, validation_share: float) -> int:
+    """The fewest distinct inputs the seeded split leaves two or more to train on."""
+    # below 1 / train share, rounding cannot leave two (it moves each part by at most 1/2)
+    start = max(4, int(1 / ((1 - test_share) * (1 - validation_share))))
+    return next(n for n in itertools.count(start)
+                if n - sum(_parts(n, test_share, validation_share)) >= 2)
+
+
 def _published_split(task: ProbeTask) -> Split:
     sets = np.array(task.sets)
     for part in ("train", "validation", "test"):
         if not (sets == part).any():
-            raise ConfigError(f"probe task {task.name}: its set-0 column has no "
-                              f"{'dev' if part == 'validation' else part} rows")
+            raise ConfigError(f"{task.where}: its set-0 column has no "
+                              f"{'dev' if part == 'validation' else part} rows; the published "
+                              f"split needs train, dev and test rows")
     train = np.flatnonzero(sets != "test")
     return Split(train=train, validation=sets[train] == "validation",
                  test=np.flatnonzero(sets == "test"))

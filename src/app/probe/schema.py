@@ -3,8 +3,8 @@
 ``probe=none`` probes nothing. ``toy`` probes the shipped toy tasks (``data_dir: null``);
 ``holmes`` and ``flash`` the Holmes and FlashHolmes datasets in their published layout
 (``app.probe.data``), unpacked at ``data_dir``. ``validate`` reads the data folder's listing and
-each chosen file's first row, never a model; given the model's layer count it also checks
-``layers``.
+every chosen file whole (``check_files``), never a model; given the model's layer count it also
+checks ``layers``.
 """
 
 from __future__ import annotations
@@ -84,9 +84,9 @@ def _check_layers(layers: Any, n_layers: int | None) -> None:
 
 
 def validate(probe, n_layers: int | None = None) -> None:
-    """Checks of the probe settings and its data's listing; ``n_layers``: the model's
+    """Checks of the probe settings and its data, every row; ``n_layers``: the model's
     ``num_hidden_layers``, where known, to check ``layers``."""
-    from app.probe.data import check_files, select
+    from app.probe.data import check_files
 
     if probe.name not in NAMES:
         raise ConfigError(f"probe.name={probe.name!r} is not a probe set"
@@ -110,7 +110,7 @@ def validate(probe, n_layers: int | None = None) -> None:
                             ("max_examples", probe.max_examples, 10)):
         if value is not None and (not _is_int(value) or value < low):
             raise ConfigError(f"probe.{key}={value!r} must be an integer ≥ {low}")
-    check_files(select(probe))
+    check_files(probe)
 
 
 def fingerprint_part(probe) -> dict | None:

@@ -21,6 +21,10 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import re
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 from app.report import internals
@@ -36,19 +40,25 @@ __all__ = ["ReportError", "Row", "Sweep", "load_sweep", "write_report", "write_f
 
 def write_family_report(sweeps: dict[str, Sweep], reader, out: Path, ece_limit: float,
                         tasks: list[str] | None = None) -> Path:
-    """A sweep over several pairs: each pair's own report in ``<out>/<pair>/``, and the scaling
-    study over them (``app.report.scaling``): ``scaling_<task>.png``, ``confidence_<task>.png``
-    and ``scaling.md`` (Table 1 and the merges by size)."""
+    """A sweep over several model sets: each set's own report in ``<out>/<set>/`` (its name
+    made a folder name), and the scaling study over them (``app.report.scaling``):
+    ``scaling_<task>.png``, ``confidence_<task>.png`` and ``scaling.md`` (Table 1 and the
+    merges by size)."""
     from app.report import scaling
 
     out.mkdir(parents=True, exist_ok=True)
     ordered = sorted(sweeps.items(), key=lambda kv: (kv[1].parameters or 0, kv[0]))
     for pair, sweep in ordered:
-        write_report(sweep, reader, out / pair, ece_limit, tasks, log=False)
+        write_report(sweep, reader, out / re.sub(r"[^\w.-]+", "-", pair).strip("-"),
+                     ece_limit, tasks, log=False)
     calibrated = sorted(set.intersection(*(set(s.tasks()[0]) for s in sweeps.values())))
     if tasks:
         calibrated = [t for t in calibrated if t in tasks]
-    text = [f"# Scaling: {len(sweeps)} pairs", ""]
+    first = next(iter(sweeps.values()))
+    text = [f"# Scaling: {len(sweeps)} pairs", ""] + _notes(first)
+    if any(" (" in name for name in sweeps):
+        text += ["Model sets that share a pair's name are told apart by the first model "
+                 "setting that differs (e.g. `toy (it=…/it_copy)`).", ""]
     for task in calibrated:
         summaries = [scaling.pair_summary(
             pair, method, sweep.parameters, sweep.parents["PT"].metrics,
@@ -60,7 +70,6 @@ def write_family_report(sweeps: dict[str, Sweep], reader, out: Path, ece_limit: 
                                                            dpi=110)
         text += [scaling.table_one(summaries, task), scaling.scaling_lines(summaries, task)]
     (out / "scaling.md").write_text("\n".join(text))
-    first = next(iter(sweeps.values()))
     reader.tracker(first.experiment).run(first.parent_id).log_artifacts(str(out), "report")
     return out
 
@@ -96,7 +105,8 @@ def write_report(sweep: Sweep, reader, out: Path, ece_limit: float,
     with open(out / "table.csv", "w", newline="") as fh:
         csv.writer(fh).writerows([header, *rows])
     evidence = sweep.evidence(reader)
-    summary = "\n".join(analysis(sweep, t, ece_limit, evidence) for t in calibrated)
+    summary = "\n".join(_notes(sweep) + [analysis(sweep, t, ece_limit, evidence)
+                                          for t in calibrated])
     extrapolation = extrapolation_table(sweep, calibrated, generative)
     if extrapolation:
         summary += "\n" + extrapolation
@@ -112,8 +122,14 @@ def write_report(sweep: Sweep, reader, out: Path, ece_limit: float,
     return out
 
 
+def _notes(sweep: Sweep) -> list[str]:
+    """The lines that head a summary: what of the sweep is missing or failed."""
+    return [f"**Incomplete sweep.** {sweep.incomplete}", ""] if sweep.incomplete else []
+
+
 def run(argv: list[str] | None = None) -> Path:
-    """Parse the command line, write the report, print where it is; ReportError for bad input."""
+    """Parse the command line, write the report, print where it is; ReportError for bad input.
+    The report is written aside and moved into place once whole: a failure leaves nothing."""
     from app.tracking import open_reader
 
     ap = argparse.ArgumentParser(prog="python -m app.report", description=__doc__.splitlines()[0])
@@ -125,6 +141,8 @@ def run(argv: list[str] | None = None) -> Path:
     ap.add_argument("--tracking-dir", default="mlruns", help="local store folder (default mlruns)")
     ap.add_argument("--tracking-uri", help="an MLflow tracking URI instead of --tracking-dir")
     args = ap.parse_args(argv)
+    if args.out:
+        check_out(Path(args.out))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one per sample file
     if not args.tracking_uri and not (Path(args.tracking_dir) / "mlflow.db").exists():
         raise ReportError(f"no MLflow store at {args.tracking_dir}/mlflow.db: run "
@@ -133,19 +151,43 @@ def run(argv: list[str] | None = None) -> Path:
     sweeps = load_sweep(reader, args.experiment, args.parent)
     sweep = next(iter(sweeps.values()))
     out = Path(args.out or f"reports/{sweep.experiment}")
+    check_out(out)
     tasks = args.tasks.split(",") if args.tasks else None
     from app.report.pool import is_pool, write_pool_report
 
-    if len(sweeps) > 1:
-        write_family_report(sweeps, reader, out, args.ece_limit, tasks)
-    elif is_pool(sweep):
-        write_pool_report(sweep, reader, out)
-    else:
-        write_report(sweep, reader, out, args.ece_limit, tasks)
+    with tempfile.TemporaryDirectory(prefix="report-") as tmp:
+        aside = Path(tmp) / "report"
+        if len(sweeps) > 1:
+            write_family_report(sweeps, reader, aside, args.ece_limit, tasks)
+        elif is_pool(sweep):
+            write_pool_report(sweep, reader, aside)
+        else:
+            write_report(sweep, reader, aside, args.ece_limit, tasks)
+        if out.exists():
+            shutil.copytree(aside, out, dirs_exist_ok=True)
+        else:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(aside, out)
     merges = sum(len(s.merges) for s in sweeps.values())
     print(f"report for sweep {sweep.parent_id} ({merges} merges"
-          + (f", {len(sweeps)} pairs" if len(sweeps) > 1 else "") + f") in {out}/:")
+          + (f", {len(sweeps)} pairs" if len(sweeps) > 1 else "")
+          + (", INCOMPLETE" if sweep.incomplete else "") + f") in {out}/:")
     for p in sorted(out.iterdir()):
         print(f"  {p.name}")
     print((out / ("scaling.md" if len(sweeps) > 1 else "summary.md")).read_text())
+    if sweep.incomplete:
+        print(f"warning: {sweep.incomplete}", file=sys.stderr)
     return out
+
+
+def check_out(out: Path) -> None:
+    """ReportError unless ``out`` is, or can be made, a writable folder (checked first)."""
+    for p in (out, *out.parents):
+        if not p.exists():
+            continue
+        if not p.is_dir():
+            raise ReportError(f"--out {str(out)!r}: {'it' if p == out else p} is a file; give "
+                              f"a folder (a new one, or an existing one to add the report to)")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise ReportError(f"--out {str(out)!r}: {p} is not writable; give a writable folder")
+        return

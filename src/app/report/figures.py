@@ -108,9 +108,10 @@ def reliability_grid(sweep: Sweep, task: str, reader, method: str):
     cols = min(6, len(rows))
     nrows = -(-len(rows) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(2.2 * cols, 2.2 * nrows), squeeze=False)
+    download = sweep.download(reader)
     with tempfile.TemporaryDirectory() as tmp:
         for ax, row in zip(axes.flat, rows):
-            path = reader.download(row.artifact_run, f"reliability/{task}.json", tmp)
+            path = download(row.artifact_run, f"reliability/{task}.json", tmp)
             bins = json.loads(Path(path).read_text())
             edges = bins["edges"]
             acc = [a if a == a else 0 for a in bins["accuracy"]]

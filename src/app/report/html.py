@@ -24,7 +24,7 @@ def _html(sweep: Sweep, out: Path, figures: list[str], header, rows, summary: st
 table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}
 pre{{background:#f6f6f6;padding:1em;white-space:pre-wrap}}</style></head><body>
 <h1>{html.escape(sweep.experiment)}: accuracy–calibration frontier</h1>
-<p>Sweep run {sweep.parent_id}</p>
+<p>Sweep run {sweep.parent_id}, model set {html.escape(sweep.name)}</p>
 {imgs}
 <h2>Analysis</h2><pre>{html.escape(summary)}</pre>
 <h2>Full results</h2><table><tr>{head}</tr>{body}</table>

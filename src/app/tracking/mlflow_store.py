@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import socket
@@ -24,6 +25,10 @@ from mlflow.entities import Metric, Param
 from app.errors import ConfigError
 from app.lease import alive
 from app.tracking.interface import RunRecord
+
+# MLflow logs every database error with its traceback before raising it; the project turns
+# the error itself into one line (app.faults.store_fault), so that log is noise.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def tracking_uri(uri: str | None, folder: str) -> str:
@@ -101,11 +106,11 @@ class MlflowTracker:
                 self.client.set_tag(run_id, "failure_reason", reason or "")
                 self.client.set_terminated(run_id, status=status)
 
-    def children(self, parent_id: str) -> list[RunRecord]:
-        """The FINISHED children of a run, in any experiment (a sweep over several pairs logs
-        each pair's jobs to that pair's experiment)."""
+    def children(self, parent_id: str, status: str = "FINISHED") -> list[RunRecord]:
+        """The children of a run with that status, in any experiment (a sweep over several
+        pairs logs each pair's jobs to that pair's experiment)."""
         return self._search(f"tags.mlflow.parentRunId = '{parent_id}' and "
-                            f"attributes.status = 'FINISHED'", 5000, self._experiments())
+                            f"attributes.status = '{status}'", 5000, self._experiments())
 
     def references(self, tasks: str, lam: str, pair: str | None = None,
                    experiment: str | None = None, limit: int = 1) -> list[RunRecord]:
@@ -125,11 +130,12 @@ class MlflowTracker:
     def _experiments(self) -> list[str]:
         return [e.experiment_id for e in self.client.search_experiments()]
 
-    def close_stale_runs(self) -> int:
-        """Mark RUNNING runs whose process (on this host) is gone as FAILED, with the reason."""
+    def close_stale_runs(self, experiments: list[str] | None = None) -> int:
+        """Mark RUNNING runs (of this experiment, or of ``experiments``) whose process (on this
+        host) is gone as FAILED, with the reason."""
         stale = 0
         host = socket.gethostname()
-        for run in self._search("attributes.status = 'RUNNING'", 5000):
+        for run in self._search("attributes.status = 'RUNNING'", 5000, experiments):
             pid = int(run.tags.get("pid", "0") or 0)
             if run.tags.get("host") == host and pid and not alive(pid):
                 self.close(run.run_id, "FAILED",
@@ -151,10 +157,15 @@ def record(run) -> RunRecord:
 
 
 class MlflowReader:
-    """Reading a store back (the report): sweeps, their jobs and the parents' references."""
+    """Reading a store back (the report): sweeps, their jobs and the parents' references.
+    Opening it closes the stale runs of every experiment, as a job's opening does."""
 
     def __init__(self, uri: str | None, folder: str = "mlruns"):
-        self.client = mlflow.MlflowClient(tracking_uri=tracking_uri(uri, folder))
+        self.uri = tracking_uri(uri, folder)
+        self.client = mlflow.MlflowClient(tracking_uri=self.uri)
+        experiments = [e.experiment_id for e in self.client.search_experiments()]
+        if experiments:
+            MlflowTracker(self.client, experiments[0]).close_stale_runs(experiments)
 
     def experiment_names(self) -> list[str]:
         return [e.name for e in self.client.search_experiments()]
@@ -179,7 +190,15 @@ class MlflowReader:
         return self.client.get_experiment(run.info.experiment_id).name, record(run)
 
     def download(self, run_id: str, path: str, folder: str) -> str:
-        return self.client.download_artifacts(run_id, path, folder)
+        """A run's artifact, copied into ``folder``; FileNotFoundError where the store has lost
+        it (its folder removed)."""
+        try:
+            return self.client.download_artifacts(run_id, path, folder)
+        except (mlflow.MlflowException, OSError):
+            listed = self.client.list_artifacts(run_id, os.path.dirname(path) or None)
+            if path in {a.path for a in listed}:
+                raise  # there, yet unreadable: not a lost artifact
+            raise FileNotFoundError(f"run {run_id} has no artifact {path}") from None
 
 
 SERVER_WAIT_S = 5.0  # how long a tracking server may take to answer before the run gives up

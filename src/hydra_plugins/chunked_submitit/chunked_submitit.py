@@ -7,13 +7,21 @@ group, cut into chunks of ``chunk_size`` λ values, to one process, which runs i
 after the other and so loads everything once. ``chunked_local`` also spreads the processes
 over the local GPUs (``gpus``, default all visible): process *i* sees GPU
 ``gpus[i % len(gpus)]`` only (the stock local launcher shows every job GPU 0).
+
+A ``chunked_local`` sweep ends like a sequential one: its workers' stdout (one line per job) is
+relayed to the command's, and Ctrl-C or SIGTERM stops every worker (its open run KILLED) before
+the command exits.
 """
 
 
+import contextlib
 import logging
+import signal
+import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
@@ -116,16 +124,90 @@ def gpu_for(process: int, gpus: Sequence[int]) -> Optional[int]:
 
 
 class ChunkedLocalLauncher(_Chunked, LocalLauncher):
+    def __call__(self, chunk: List[tuple], singleton_state: Dict[type, Singleton]
+                 ) -> List[JobReturn]:  # type: ignore[override]
+        # in the worker: the launching process stops it with SIGTERM; end as Ctrl-C would
+        signal.signal(signal.SIGTERM, _interrupt_once)
+        return super().__call__(chunk, singleton_state)
+
     def _submit(self, work: List[list], state) -> List[List[JobReturn]]:
         gpus = local_gpus() if self.gpus is None else self.gpus
         executor = self._executor()
-        jobs = []
-        for c, chunk in enumerate(work):  # one visible GPU per process, round robin
-            gpu = gpu_for(c, gpus)
-            executor._executor.update_parameters(  # submitit's own per-job GPU setting
-                gpus_per_node=0 if gpu is None else 1, visible_gpus=() if gpu is None else [gpu])
-            jobs.append(executor.submit(self, chunk, state))
+        jobs, relay = [], StdoutRelay()
+        try:
+            with sigint_blocked():  # inherited: a Ctrl-C at the terminal is ours to pass on
+                for c, chunk in enumerate(work):  # one visible GPU per process, round robin
+                    gpu = gpu_for(c, gpus)
+                    executor._executor.update_parameters(  # submitit's per-job GPU setting
+                        gpus_per_node=0 if gpu is None else 1,
+                        visible_gpus=() if gpu is None else [gpu])
+                    jobs.append(executor.submit(self, chunk, state))
+            while not all(j.done() for j in jobs):
+                relay(jobs)
+                time.sleep(0.2)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (app.cli): the workers stop first
+            stop(jobs)
+            raise
+        finally:
+            relay(jobs)
         return [j.results()[0] for j in jobs]
+
+
+@contextlib.contextmanager
+def sigint_blocked():
+    """SIGINT blocked in this process, and in every process it starts meanwhile (the mask is
+    inherited): Ctrl-C reaches the terminal's whole process group, and a worker must get one
+    stop signal only, from ``stop``."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a Ctrl-C meanwhile arrives now
+
+
+def _interrupt_once(signum, frame) -> None:
+    signal.signal(signum, signal.SIG_IGN)  # a repeated signal must not cut the run's closing
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+class StdoutRelay:
+    """Prints what local jobs' workers write to their stdout, as it comes (a line per job, as
+    the other launchers show); submitit's own lines stay in its log."""
+
+    def __init__(self) -> None:
+        self.read: Dict[Path, int] = {}
+
+    def __call__(self, jobs: Sequence) -> None:
+        for job in jobs:
+            path = job.paths.stdout
+            lines, self.read[path] = new_lines(path, self.read.get(path, 0))
+            for line in lines:
+                if not line.startswith("submitit "):
+                    print(line, flush=True)
+
+
+def new_lines(path: Path, offset: int) -> Tuple[List[str], int]:
+    """The whole lines written to ``path`` past byte ``offset``, and the offset after them."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            text = f.read()
+    except FileNotFoundError:  # the worker has not started yet
+        return [], offset
+    text = text[: text.rfind(b"\n") + 1]
+    return text.decode(errors="replace").splitlines(), offset + len(text)
+
+
+def stop(jobs: Sequence, every_s: float = 1.0) -> None:
+    """Stop the workers still running and wait for them: SIGTERM to each job's controller,
+    which passes it to its worker; the worker closes its open run KILLED and exits. Sent again
+    each second: a process still starting may miss it (a worker acts on the first only)."""
+    running = [j._process for j in jobs if j._process is not None]
+    while running := [p for p in running if p.poll() is None]:
+        for process in running:
+            process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            running[0].wait(every_s)
 
 
 class ChunkedSlurmLauncher(_Chunked, SlurmLauncher):

@@ -30,6 +30,7 @@ Every bad setting raises ``SweeperConfigError``, one line naming the ``hydra.swe
 
 import itertools
 import logging
+import math
 import numbers
 import os
 import re
@@ -47,13 +48,21 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
 __all__ = ["LambdaStarSweeper", "LambdaStarSweeperConf", "SweeperConfigError", "best_trial",
-           "check_stop", "constraint_value", "default_summary", "parse_constraint", "stop_reason",
-           "trial_overrides", "violation"]
+           "check_settings", "check_stop", "constraint_value", "default_summary",
+           "parse_constraint", "stop_reason", "trial_overrides", "violation"]
 
 LOG = logging.getLogger(__name__)
-CONSTRAINT = re.compile(r"^\s*([\w./-]+)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
+CONSTRAINT = re.compile(r"^\s*([\w./-]+)\s*(<=|>=)\s*(\S+)\s*$")
 SAMPLERS = ("gp", "tpe", "random", "grid")
 DIRECTIONS = ("maximize", "minimize")
+# The numeric settings: (key, integer?, lowest, highest or None, what a value means).
+RANGES = (("n_trials", True, 1, None, "the most trials besides the parents"),
+          ("grid_points", True, 2, None, "points per interval, both ends included"),
+          ("n_startup", True, 0, None, "trials before the GP/TPE model is used"),
+          ("n_jobs", True, 1, None, "trials handed to the launcher at once"),
+          ("stop_patience", True, 0, None, "0: run all n_trials"),
+          ("stop_min_delta", False, 0, None, "the noise where the job returns no interval"),
+          ("max_failure_rate", False, 0, 1, "the share of trials that may fail"))
 SUMMARY_FILE = "search_summary.yaml"
 
 
@@ -90,12 +99,17 @@ ConfigStore.instance().store(group="hydra/sweeper", name="lambda_star",
 
 
 def parse_constraint(text: str) -> tuple[str, str, float]:
-    """``"m <= 0.15"`` → ``("m", "<=", 0.15)``; anything else is a SweeperConfigError."""
+    """``"m <= 0.15"`` → ``("m", "<=", 0.15)``; anything else (a bound that is not a finite
+    number included) is a SweeperConfigError."""
     m = CONSTRAINT.match(text)
-    if not m:
+    try:
+        bound = float(m.group(3)) if m else math.nan
+    except ValueError:
+        bound = math.nan
+    if not math.isfinite(bound):
         raise SweeperConfigError(f"hydra.sweeper.constraints: {text!r} is not "
                                  f"'<metric> <= <number>' or '<metric> >= <number>'")
-    return m.group(1), m.group(2), float(m.group(3))
+    return m.group(1), m.group(2), bound
 
 
 def constraint_value(metrics: dict, metric: str, op: str, bound: float) -> float:
@@ -123,12 +137,30 @@ def best_trial(trials: list, direction: str) -> tuple[Any, str]:
     raise RuntimeError("no trial completed")
 
 
+def check_settings(settings) -> None:
+    """The sweeper's settings (``hydra.sweeper``, a mapping; absent keys are skipped): the
+    direction and sampler among the valid ones, each of ``RANGES`` a finite number in its
+    range (a SweeperConfigError otherwise). Checked before any job."""
+    for key, valid in (("direction", DIRECTIONS), ("sampler", SAMPLERS)):
+        if key in settings and settings[key] not in valid:
+            raise SweeperConfigError(f"hydra.sweeper.{key}={settings[key]!r}; valid: "
+                                     f"{', '.join(valid)}")
+    for key, integer, low, high, meaning in RANGES:
+        if key not in settings:
+            continue
+        value = settings[key]
+        kind = numbers.Integral if integer else numbers.Real
+        if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) \
+                or value < low or (high is not None and value > high):
+            span = f"≥ {low}" if high is None else f"in [{low}, {high}]"
+            what = "an integer" if integer else "a finite number"
+            raise SweeperConfigError(f"hydra.sweeper.{key}={value!r} must be {span} "
+                                     f"({what}; {meaning})")
+
+
 def check_stop(patience, min_delta) -> None:
-    """The stopping rule's settings: numbers ≥ 0 (a SweeperConfigError otherwise)."""
-    for key, value in (("stop_patience", patience), ("stop_min_delta", min_delta)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or value < 0:
-            raise SweeperConfigError(f"hydra.sweeper.{key}={value!r} must be ≥ 0 "
-                                     f"(stop_patience=0: run all n_trials)")
+    """The stopping rule's settings (``check_settings`` of those two)."""
+    check_settings({"stop_patience": patience, "stop_min_delta": min_delta})
 
 
 def stop_reason(history: list[tuple[float, bool, float]], patience: int, warmup: int,
@@ -200,7 +232,7 @@ class LambdaStarSweeper(Sweeper):
         self.constraints: list[tuple[str, str, float]] = []
         self.params = dict(params or {})
         self.sampler_name, self.grid_points = sampler, grid_points
-        self.n_trials, self.n_jobs, self.n_startup = n_trials, max(1, n_jobs), n_startup
+        self.n_trials, self.n_jobs, self.n_startup = n_trials, n_jobs, n_startup
         self.seed_with_parents = seed_with_parents
         self.storage, self.storage_dir, self.resume = storage, storage_dir, resume
         self.study_name = study_name or "lambda_star"
@@ -218,13 +250,7 @@ class LambdaStarSweeper(Sweeper):
             raise SweeperConfigError("hydra.sweeper.objective is not set: give a metric the job "
                                      "returns, e.g. hydra.sweeper.objective=toy_mc/acc")
         self.constraints = [parse_constraint(c) for c in self.constraint_texts]
-        if self.direction not in DIRECTIONS:
-            raise SweeperConfigError(f"hydra.sweeper.direction={self.direction!r}; valid: "
-                                     f"{', '.join(DIRECTIONS)}")
-        check_stop(self.stop_patience, self.stop_min_delta)
-        if self.sampler_name not in SAMPLERS:
-            raise SweeperConfigError(f"hydra.sweeper.sampler={self.sampler_name!r}; valid: "
-                                     f"{', '.join(SAMPLERS)}")
+        check_settings(config.hydra.sweeper)
         self.callback = self._callback()
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
