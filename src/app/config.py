@@ -19,7 +19,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from app import models
-from app.errors import ConfigError, clean_lambda, suggest  # noqa: F401 - re-exported
+from app.errors import ConfigError, clean_lambda, scrubber, suggest  # noqa: F401 - re-exported
 from app.evaluate import engine_schema
 from app.evaluate import schema as task_schema
 from app.judge import schema as judge_schema
@@ -142,9 +142,7 @@ class Job:
 
     def hide(self, text: str) -> str:
         """``text`` with every value read from the environment written ``***``."""
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return text
+        return scrubber(list(self.secrets))(text)
 
 
 def job_settings(cfg) -> Job:

@@ -26,6 +26,15 @@ def cut_long(line: str) -> str:
     return LONG.sub(lambda m: f"{m.group()[:60]}…{m.group()[-40:]}", line)
 
 
+def scrubber(secrets: list[str]):
+    """A function that replaces every one of ``secrets`` in a text by ``***``."""
+    def hide(text: str) -> str:
+        for secret in secrets:
+            text = text.replace(secret, "***")
+        return text
+    return hide
+
+
 def suggest(word: str, valid: list[str]) -> str:
     """' (did you mean X?)' when a close match exists, else ''."""
     close = difflib.get_close_matches(word, valid, n=1, cutoff=0.5)

@@ -256,13 +256,13 @@ def check_shape(model) -> None:
     named = {f"model.experts[{i}].path": e.path for i, e in enumerate(model.experts)}
     named.update({f"model.extra[{i}].path": e.path for i, e in enumerate(model.extra)})
     if model.extra:
-        named = {"model.it": model.it, **named}
+        named = {"model.pt": model.pt, "model.it": model.it, **named}
     seen: dict[str, str] = {}
     for key, path in named.items():
         same = seen.setdefault(_identity(str(path)), key)
         if same != key:
-            raise ConfigError(f"{key} is the same model as {same} ({path!r}); every fine-tune "
-                              f"of a set must be a distinct model")
+            raise ConfigError(f"{key} is the same model as {same} ({path!r}); the base and "
+                              f"every fine-tune of a set must be distinct models")
 
 
 def _identity(ref: str) -> str:

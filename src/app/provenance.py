@@ -14,6 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from app.errors import scrubber  # noqa: F401 - re-exported
 from app.metrics import METRICS_VERSION
 
 PACKAGES = {"mergekit": "mergekit", "lm_eval": "lm-eval", "torch": "torch",
@@ -113,15 +114,6 @@ def env_values(source: Any) -> list[str]:
     text = OmegaConf.to_yaml(source) if isinstance(source, DictConfig) else str(source)
     return [os.environ[name] for name in set(ENV_INTERPOLATION.findall(text))
             if len(os.environ.get(name, "")) >= 4]
-
-
-def scrubber(secrets: list[str]):
-    """A function that replaces every one of ``secrets`` in a text by ``***``."""
-    def hide(text: str) -> str:
-        for secret in secrets:
-            text = text.replace(secret, "***")
-        return text
-    return hide
 
 
 def process_tags() -> dict[str, str]:

@@ -234,6 +234,7 @@ def test_a_head_size_the_cpu_backend_rejects_is_refused_naming_it(tmp_path, make
     import shutil
 
     from app.evaluate.engine_schema import validate
+    from app.modelset import ModelSet
 
     folder = tmp_path / "head24"
     shutil.copytree(TOY_DIR / "it", folder)
@@ -241,7 +242,8 @@ def test_a_head_size_the_cpu_backend_rejects_is_refused_naming_it(tmp_path, make
     config.update(num_attention_heads=4, num_key_value_heads=2, head_dim=24)
     (folder / "config.json").write_text(json.dumps(config))
     cfg = make_cfg_module("engine=vllm", f"model.it={folder}")
+    models = ModelSet.from_config(cfg.model)
     with pytest.raises(ConfigError) as e:
-        validate(cfg.engine, cfg.model, "cpu")
+        validate(cfg.engine, models, "cpu")
     assert "attention head size is 24" in str(e.value) and "\n" not in str(e.value)
-    validate(cfg.engine, cfg.model, "cuda")  # a GPU backend takes it
+    validate(cfg.engine, models, "cuda")  # a GPU backend takes it

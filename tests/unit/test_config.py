@@ -80,7 +80,7 @@ def test_architecture_mismatch_fails_before_any_work(make_cfg, tmp_path):
 def test_extra_models_need_a_task_vector_method(make_cfg):
     from app.config import TOY_DIR
 
-    cfg = make_cfg("method=slerp", f"+model.extra=[{{path:{TOY_DIR}/it,weight:0.5}}]")
+    cfg = make_cfg("method=slerp", f"+model.extra=[{{path:{TOY_DIR}/pool/job,weight:0.5}}]")
     with pytest.raises(ConfigError, match="model.extra needs a task-vector method"):
         validate(cfg)
 

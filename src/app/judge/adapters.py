@@ -303,7 +303,7 @@ class HFJudge:
 def hider(j):
     """A function that writes each secret the judge knows as ``***`` in a text: the API key,
     read from the variable ``judge.api_key_env`` names (the identity when none is set)."""
-    from app.provenance import scrubber
+    from app.errors import scrubber
 
     return scrubber([v for v in [os.environ.get(j.get("api_key_env") or "")] if v])
 
