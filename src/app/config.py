@@ -231,15 +231,12 @@ SEED_MAX = 2**32 - 1  # numpy's, torch's and Python's generators all take a 32-b
 
 def check_seeds(node, path: str = "") -> None:
     """Every seed (a key ``seed`` or ``*_seed``, anywhere) is an integer in [0, 2³²)."""
-    from omegaconf import DictConfig, ListConfig
-
-    keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
-    for key in keys:
-        if isinstance(node, DictConfig) and OmegaConf.is_missing(node, key):
-            continue
-        value = node[key]
-        where = f"{path}{key}" if isinstance(node, DictConfig) else f"{path[:-1]}[{key}]"
-        if isinstance(value, (DictConfig, ListConfig)):
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True, throw_on_missing=False)
+    items = node.items() if isinstance(node, dict) else enumerate(node)
+    for key, value in items:
+        where = f"{path}{key}" if isinstance(node, dict) else f"{path[:-1]}[{key}]"
+        if isinstance(value, (dict, list)):
             check_seeds(value, f"{where}.")
         elif isinstance(key, str) and (key == "seed" or key.endswith("_seed")) \
                 and value is not None and (isinstance(value, bool) or not isinstance(value, int)

@@ -111,7 +111,8 @@ ENV_INTERPOLATION = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)")
 def env_values(source: Any) -> list[str]:
     """The values of the environment variables that ``source`` (a config, or text such as the
     command line) interpolates with ``${oc.env:NAME}``."""
-    text = OmegaConf.to_yaml(source) if isinstance(source, DictConfig) else str(source)
+    text = json.dumps(OmegaConf.to_container(source, resolve=False), default=str) \
+        if isinstance(source, DictConfig) else str(source)
     return [os.environ[name] for name in set(ENV_INTERPOLATION.findall(text))
             if len(os.environ.get(name, "")) >= 4]
 

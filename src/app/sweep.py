@@ -89,10 +89,13 @@ class SweepCallback(Callback):
             return
         log_sweep_summary(self.tracker, self.run_id)
         self.tracker.close(self.run_id)
+        self.run_id = None  # closed: nothing for ended_early to do
 
     def ended_early(self) -> None:
         """The process ends without ``on_multirun_end`` (a job failed, the sweep was stopped
         or could not start): close the parent FAILED with the reason its children give."""
+        if self.run_id is None:
+            return
         with contextlib.suppress(Exception):  # a store that cannot be written: next start
             failed = self.tracker.children(self.run_id, "FAILED")
             killed = self.tracker.children(self.run_id, "KILLED")
@@ -137,11 +140,14 @@ def one_per_set(job_cfg: DictConfig, jobs: list[DictConfig]):
     """One job per model set the sweep's jobs run (``model=toy_s,toy,toy_l``: three; two
     values of ``model.it``: two), whose references must exist before the jobs: the sweep's own
     config for its set, else that set's first job."""
-    own = job_settings(job_cfg)
+    from app.modelset import ModelSet
+
+    own = ModelSet.from_config(job_cfg.model).key()
     out = {}
-    for job in map(job_settings, jobs):
-        out.setdefault(job.models.key(), own if job.models.key() == own.models.key() else job)
-    return list(out.values()) or [own]
+    for job in jobs:
+        key = ModelSet.from_config(job.model).key()
+        out.setdefault(key, job_cfg if key == own else job)
+    return [job_settings(cfg) for cfg in out.values() or [job_cfg]]
 
 
 def check_jobs(config: DictConfig) -> list[DictConfig]:
