@@ -191,6 +191,7 @@ def validate(cfg) -> None:
     model_set = ModelSet.from_config(cfg.model)
     methods.validate(cfg.method, clean_lambda(cfg["lambda"]), model_set)
     methods.validate_settings(cfg.merge)
+    check_save_dir(cfg.merge, model_set, cfg.tracking)
     models.validate(model_set)
     task_schema.validate(cfg.task, model_set)
     judge_schema.validate(cfg.judge)
@@ -255,6 +256,21 @@ def check_experiment(cfg) -> None:
         raise ConfigError("tracking.experiment holds a value read from the environment "
                           "(${oc.env:…}); an experiment's name is stored and shown in clear: "
                           "give the name itself, e.g. tracking.experiment=merge-study")
+
+
+def check_save_dir(merge, model_set: ModelSet, tracking) -> None:
+    """A save never replaces what the run reads or writes: a model of the set, the store."""
+    if not merge.save_dir:
+        return
+    save = Path(merge.save_dir).expanduser().resolve()
+    named = {**model_set.model_keys(), "tracking.dir": tracking.dir}
+    for key, ref in named.items():
+        path = Path(str(ref)).expanduser().resolve()
+        if path == save or save in path.parents or (key != "tracking.dir"
+                                                    and path in save.parents):
+            raise ConfigError(f"merge.save_dir={merge.save_dir!r} would replace {key}={ref!r} "
+                              f"(or what holds it): a save never replaces what the run reads or "
+                              f"writes; give another folder")
 
 
 def check_device(device: str) -> None:

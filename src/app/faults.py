@@ -46,6 +46,10 @@ def explain_fault(e: BaseException, device: str, batch_size: int) -> str | None:
         where = getattr(e, "filename", None) or "a file"
         return (f"no space left writing {where} ({getattr(e, 'strerror', None) or text}); free "
                 f"space, or point merge.save_dir / tracking.dir at another disk")
+    if isinstance(e, OSError) and (isinstance(e, PermissionError) or e.errno == errno.EROFS):
+        where = getattr(e, "filename", None) or "a file"
+        return (f"cannot write {where} ({e.strerror}); make it writable (or point "
+                f"merge.save_dir / tracking.dir elsewhere) and run the same command again")
     if type(e).__name__ == "SafetensorError" or "HeaderTooLarge" in text \
             or "MetadataIncompleteBuffer" in text:
         return f"a weight file cannot be read ({text}); check the files of model.pt and model.it"
@@ -55,7 +59,7 @@ def explain_fault(e: BaseException, device: str, batch_size: int) -> str | None:
 
 
 STORE_ERRORS = ("readonly database", "database is locked", "unable to open database file",
-                "disk I/O error", "Permission denied")
+                "disk I/O error", "Permission denied", "Read-only file system")
 
 
 def store_fault(e: BaseException) -> str | None:

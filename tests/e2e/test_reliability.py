@@ -26,18 +26,38 @@ SECRET = "s3cr3t-experiment-name-value"
     ([f"seed={BIG}"], f"seed={BIG} is not a valid seed; use an integer from 0 to {BIG - 1}"),
     ([f"task.selection.seed={BIG}"], f"task.selection.seed={BIG} is not a valid seed"),
     (["probe=toy", f"probe.seed={BIG}"], f"probe.seed={BIG} is not a valid seed"),
-    (["task.limit=1", "task.selection.share=0.5"],
-     "task.limit=1 with task.selection.share=0.5: one document cannot be split"),
     (["tracking.experiment=merge-${oc.env:EXPERIMENT_SECRET}"],
      "tracking.experiment holds a value read from the environment"),
 ], ids=["same expert twice", "NaN weight", "no expert", "seed", "selection seed", "probe seed",
-        "one document", "experiment from env"])
+        "experiment from env"])
 def test_bad_values_are_one_line_before_any_run(tmp_path, overrides, line):
     proc = run_app(tmp_path, *overrides, check=False, env={"EXPERIMENT_SECRET": SECRET})
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert one_line(proc).startswith(f"error: {line}")
     assert "Traceback" not in proc.stderr and SECRET not in proc.stdout + proc.stderr
     assert not (tmp_path / "mlruns").exists()  # not even a store: nothing was run
+
+
+def test_a_split_that_leaves_a_set_empty_is_one_line_before_any_run(tmp_path):
+    """One document split over selection and report (the toy's own validation split not used):
+    one set would be empty and its report/* metrics missing without a word."""
+    proc = run_app(tmp_path, "task.limit=1", "task.selection.source=share", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(  # (the tasks' loading bars above)
+        "error: task toy_mc: its 1 document(s) all fall in one set of the selection/report split")
+    assert runs(tmp_path)[1] == []
+
+
+def test_a_save_that_would_replace_the_store_is_refused_before_any_run(tmp_path):
+    save = tmp_path / "save"
+    cmd = [sys.executable, "-m", "app", f"merge.save_dir={save}",
+           f"tracking.dir={save}/mlruns", f"hydra.run.dir={tmp_path}/outputs"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2 and one_line(proc) == (
+        f"error: merge.save_dir='{save}' would replace tracking.dir='{save}/mlruns' (or what "
+        f"holds it): a save never replaces what the run reads or writes; give another folder")
+    assert not save.exists()
 
 
 def test_an_over_long_value_is_cut_in_its_error_line(tmp_path):

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from app.errors import ConfigError
 from app.evaluate.engine import Engine
-from app.evaluate.scoring import TaskResult, score_leaf, task_result
+from app.evaluate.scoring import TaskResult, score_leaf, selection_split, task_result
 from app.evaluate.tasks import build_tasks, chat_arguments, prepare_leaves, selection_leaves
 
 
@@ -112,12 +112,16 @@ def _seed_everything(seed: int) -> None:
 
 
 def check_splittable(task_cfg, leaves: dict, selection: dict) -> None:
-    """With a selection/report split of a task's own documents, each task has two or more
-    (one document cannot be in both sets: the other set's metrics would be missing)."""
+    """With a selection/report split of a task's own documents, both sets of each task hold a
+    document (else the other set's metrics would be missing): the split is known before any
+    merge, from the documents' keys alone."""
     share = task_cfg.selection.share
     for name, task_leaves in leaves.items():
-        n = sum(len(leaf.docs) for leaf in task_leaves)
-        if share and name not in selection and n < 2:
-            raise ConfigError(f"task {name}: {n} document(s) cannot be split into selection and "
-                              f"report sets (task.selection.share={share:g}); give it two or "
-                              f"more (task.limit) or set task.selection.share=0")
+        if not share or name in selection:
+            continue
+        chosen = selection_split(name, task_leaves, share, task_cfg.selection.seed)
+        if all(chosen) or not any(chosen):
+            raise ConfigError(f"task {name}: its {len(chosen)} document(s) all fall in one set "
+                              f"of the selection/report split (task.selection.share={share:g}); "
+                              f"give it more documents (task.limit) or set "
+                              f"task.selection.share=0")

@@ -98,10 +98,6 @@ def validate(task, models=None) -> None:
         shown = f"{share:g}" if isinstance(share, (int, float)) else repr(share)
         raise ConfigError(f"task.selection.share={shown} must be a share in [0, 1): the part "
                           f"of each task's documents that selects λ* (0: no split)")
-    if share and task.limit == 1:
-        raise ConfigError(f"task.limit=1 with task.selection.share={share:g}: one document "
-                          f"cannot be split into selection and report sets; use task.limit=2 "
-                          f"or more, or task.selection.share=0")
     if task.selection.source not in SOURCES:
         raise ConfigError(f"task.selection.source={task.selection.source!r} is not valid"
                           f"{suggest(str(task.selection.source), list(SOURCES))}; use "

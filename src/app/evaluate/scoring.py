@@ -113,7 +113,7 @@ def _splits(spec, leaves: list[Leaf], records: list[dict], scores: list[float], 
     """The selection and report sets' metrics; each record gets its ``set``. With
     ``selection``, the validation split's leaves select and every document here reports;
     else a seeded, stratified share of these documents selects."""
-    from app.evaluate.selection import selected, split_metrics
+    from app.evaluate.selection import split_metrics
 
     chosen_cfg = task_cfg.get("selection")
     if not chosen_cfg or not chosen_cfg.share:
@@ -126,12 +126,19 @@ def _splits(spec, leaves: list[Leaf], records: list[dict], scores: list[float], 
                                task_cfg.ece_binning)["report"]
         return {"selection": {k: chosen[k] for k in SELECTION_KEYS if k in chosen},
                 "report": report}
-    keys = [(leaf.name, true_id) for leaf in leaves for _, true_id, _ in leaf.docs]
-    chosen = selected(spec.name, keys, document_parts(leaves), chosen_cfg.share, chosen_cfg.seed)
+    chosen = selection_split(spec.name, leaves, chosen_cfg.share, chosen_cfg.seed)
     for record, sel in zip(records, chosen, strict=True):
         record["set"] = "selection" if sel else "report"
     return split_metrics(chosen, scores, conf, task_cfg.ece_bins, task_cfg.ece_binning,
                          task_cfg.bootstrap, chosen_cfg.seed)
+
+
+def selection_split(name: str, leaves: list[Leaf], share: float, seed: int) -> list[bool]:
+    """Per document of a task (in its leaves' order), whether it selects λ* (else reports)."""
+    from app.evaluate.selection import selected
+
+    keys = [(leaf.name, true_id) for leaf in leaves for _, true_id, _ in leaf.docs]
+    return selected(name, keys, document_parts(leaves), share, seed)
 
 
 def document_parts(leaves: list[Leaf]) -> list[str] | None:
