@@ -28,8 +28,10 @@ SECRET = "s3cr3t-experiment-name-value"
     (["probe=toy", f"probe.seed={BIG}"], f"probe.seed={BIG} is not a valid seed"),
     (["tracking.experiment=merge-${oc.env:EXPERIMENT_SECRET}"],
      "tracking.experiment holds a value read from the environment"),
+    (["judge=heuristic", "judge.limit=0"], "judge.limit=0 must be ≥ 1 (or null: every prompt)"),
+    (["task.max_gen_toks=0"], "task.max_gen_toks=0 must be a positive integer"),
 ], ids=["same expert twice", "NaN weight", "no expert", "seed", "selection seed", "probe seed",
-        "experiment from env"])
+        "experiment from env", "no prompt", "no token"])
 def test_bad_values_are_one_line_before_any_run(tmp_path, overrides, line):
     proc = run_app(tmp_path, *overrides, check=False, env={"EXPERIMENT_SECRET": SECRET})
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -58,6 +60,18 @@ def test_a_save_that_would_replace_the_store_is_refused_before_any_run(tmp_path)
         f"error: merge.save_dir='{save}' would replace tracking.dir='{save}/mlruns' (or what "
         f"holds it): a save never replaces what the run reads or writes; give another folder")
     assert not save.exists()
+
+
+@pytest.mark.parametrize("name,content,line", [
+    ("p.jsonl", b'{"instruction": "hi"}\n{oops\n', "line 2 is not JSON (Expecting property"),
+    ("p.txt", b"caf\xe9\n", "is not UTF-8 (byte 0xe9 at 3); save it as UTF-8"),
+    ("p.json", b"[1, 2]", "no prompts, or an entry without an 'instruction' or 'prompt'"),
+], ids=["bad line", "not utf-8", "no prompt field"])
+def test_a_judges_prompt_file_is_read_whole_before_any_run(tmp_path, name, content, line):
+    (tmp_path / name).write_bytes(content)
+    proc = run_app(tmp_path, "judge=heuristic", f"judge.prompts={tmp_path / name}", check=False)
+    assert one_line(proc).startswith(f"error: judge.prompts='{tmp_path / name}'")
+    assert line in one_line(proc) and not (tmp_path / "mlruns").exists()
 
 
 def test_an_over_long_value_is_cut_in_its_error_line(tmp_path):

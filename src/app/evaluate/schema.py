@@ -80,7 +80,8 @@ def validate(task, models=None) -> None:
     tokenizer can apply a chat template where one is asked for and that a pool's domain tasks
     are evaluated."""
     for key, value, low in (("ece_bins", task.ece_bins, 1), ("batch_size", task.batch_size, 1),
-                            ("limit", task.limit, 1), ("bootstrap", task.bootstrap, 0)):
+                            ("limit", task.limit, 1), ("max_gen_toks", task.max_gen_toks, 1),
+                            ("bootstrap", task.bootstrap, 0)):
         if value is not None and value < low:
             what = "a positive integer" if low else "≥ 0 (0: no intervals)"
             raise ConfigError(f"task.{key}={value} must be {what}")

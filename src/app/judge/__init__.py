@@ -32,7 +32,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from app.judge.metrics import degeneration_rates, diversity, lowest
-from app.judge.schema import SCHEMAS
+from app.judge.schema import SCHEMAS, load_prompts
 
 LOG = logging.getLogger(__name__)
 # Settings that do not change a judged job's results (kept out of its fingerprint).
@@ -62,7 +62,7 @@ def judge_run(model, tokenizer, j: DictConfig, run, context) -> dict[str, float]
     start = time.perf_counter()
     hide = adapters.hider(j)
     try:
-        prompts = adapters.load_prompts(j.prompts, j.limit)
+        prompts = load_prompts(j.prompts, j.limit)
         samples = adapters.generate(model, tokenizer, prompts, j, context.device,
                                     context.sampler)
     except Exception as e:  # noqa: BLE001 - a broken judge never costs the evaluation

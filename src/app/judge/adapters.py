@@ -44,22 +44,6 @@ class Sample:
     n_tokens: int  # generated tokens, end-of-sequence excluded
 
 
-def load_prompts(path: str, limit: int | None = None) -> list[str]:
-    """Instructions from a JSONL or JSON file (objects with "instruction" or "prompt", as
-    AlpacaEval's) or a text file (one per line)."""
-    text = Path(path).expanduser().read_text(encoding="utf-8")
-    if path.endswith(".json"):
-        rows = json.loads(text)
-    elif path.endswith(".jsonl"):
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    else:
-        rows = [line for line in text.splitlines() if line.strip()]
-    prompts = [r if isinstance(r, str) else r.get("instruction") or r.get("prompt") for r in rows]
-    if not prompts or not all(isinstance(p, str) and p for p in prompts):
-        raise ValueError(f"{path}: no prompts, or an entry without an 'instruction' or 'prompt'")
-    return prompts[:limit] if limit else prompts
-
-
 def chat_text(tokenizer, user: str, assistant: str | None = None, template: bool = True) -> str:
     """The prompt as the model sees it: in its chat template where it has one."""
     if not (template and getattr(tokenizer, "chat_template", None)):

@@ -8,6 +8,7 @@ A key set for a judge that does not read it is an error naming the key.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Dict, List, Optional
@@ -155,7 +156,16 @@ def validate(judge) -> None:
         _check_local_model("judge.reward_model", judge.reward_model)
     if not Path(judge.prompts).expanduser().is_file():
         raise ConfigError(f"judge.prompts={judge.prompts!r}: no such file (JSONL, JSON or text)")
+    try:  # read whole now: a bad prompt file must not wait until the first merge is evaluated
+        load_prompts(judge.prompts)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"judge.prompts={judge.prompts!r} is not UTF-8 (byte "
+                          f"{e.object[e.start]:#04x} at {e.start}); save it as UTF-8") from None
+    except ValueError as e:  # a JSON line that does not parse, an entry without a prompt
+        raise ConfigError(f"judge.prompts={judge.prompts!r}: "
+                          f"{str(e).removeprefix(str(judge.prompts) + ': ')}") from None
     checks = [("k", judge.k >= 1, "≥ 1"), ("max_new_tokens", judge.max_new_tokens >= 1, "≥ 1"),
+              ("limit", judge.limit is None or judge.limit >= 1, "≥ 1 (or null: every prompt)"),
               ("lowest_k", judge.lowest_k >= 1, "≥ 1"),
               ("temperature", judge.temperature >= 0, "≥ 0"),
               ("top_p", 0 < judge.top_p <= 1, "in (0, 1]"),
@@ -165,3 +175,28 @@ def validate(judge) -> None:
     for key, ok, rule in checks:
         if not ok:
             raise ConfigError(f"judge.{key}={judge[key]} must be {rule}")
+
+
+def load_prompts(path: str, limit: int | None = None) -> list[str]:
+    """Instructions from a JSONL or JSON file (objects with "instruction" or "prompt", as
+    AlpacaEval's) or a text file (one per line); ValueError naming the line that is wrong."""
+    text = Path(path).expanduser().read_text(encoding="utf-8")
+    if path.endswith((".json", ".jsonl")):
+        lines = [text] if path.endswith(".json") else text.splitlines()
+        rows = []
+        for i, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                where = f"line {i}" if len(lines) > 1 else "it"
+                raise ValueError(f"{path}: {where} is not JSON ({e})") from None
+            rows += row if path.endswith(".json") and isinstance(row, list) else [row]
+    else:
+        rows = [line for line in text.splitlines() if line.strip()]
+    prompts = [r if isinstance(r, str) else (r.get("instruction") or r.get("prompt")
+                                             if isinstance(r, dict) else None) for r in rows]
+    if not prompts or not all(isinstance(p, str) and p for p in prompts):
+        raise ValueError(f"{path}: no prompts, or an entry without an 'instruction' or 'prompt'")
+    return prompts[:limit] if limit else prompts
