@@ -194,7 +194,10 @@ def check_study(config: DictConfig) -> None:
     from optuna.trial import TrialState
 
     sweeper = config.hydra.sweeper
-    if not sweeper.resume or sweeper.storage:  # a shared database is the user's to manage
+    if sweeper.storage:  # a shared database is the user's to manage: it must open
+        check_storage(str(sweeper.storage))
+        return
+    if not sweeper.resume:
         return
     journal = Path(sweeper.storage_dir or Path(config.hydra.sweep.dir) / "optuna") / \
         f"{sweeper.study_name}.journal"
@@ -219,6 +222,23 @@ def check_study(config: DictConfig) -> None:
                           f"are not in the store {store}: remove the journal (or set "
                           f"hydra.sweeper.resume=false) to start afresh, or set tracking.dir to "
                           f"the store the study logged to")
+
+
+def check_storage(url: str) -> None:
+    """The λ* study's database (``hydra.sweeper.storage``) opens, or one line that says why
+    (its password written ``***``)."""
+    import re
+
+    import optuna
+
+    try:
+        optuna.storages.get_storage(url)
+    except Exception as e:  # noqa: BLE001 - a driver missing, a server down, a bad URL
+        shown = re.sub(r"(//[^:/@]+):[^@/]*@", r"\1:***@", url)
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"hydra.sweeper.storage={shown!r} cannot be opened ({why}); give a "
+                          f"database the study can use, or leave it unset for a journal file "
+                          f"in the sweep's folder") from None
 
 
 def _runs_not_in_store(config: DictConfig, trials: list, tracker) -> int:

@@ -74,6 +74,15 @@ def test_a_judges_prompt_file_is_read_whole_before_any_run(tmp_path, name, conte
     assert line in one_line(proc) and not (tmp_path / "mlruns").exists()
 
 
+def test_a_study_database_that_cannot_be_opened_is_one_line_before_any_run(tmp_path):
+    proc = run_app(tmp_path, "-m", "search=lambda_star", "task.limit=4",
+                   "hydra.sweeper.storage=postgresql://me:pw@127.0.0.1:1/optuna", check=False)
+    line = one_line(proc)
+    assert line.startswith("error: hydra.sweeper.storage='postgresql://me:***@127.0.0.1:1/"
+                           "optuna' cannot be opened (") and ":pw@" not in proc.stderr
+    assert not (tmp_path / "mlruns").exists()  # no reference evaluated, no parent run
+
+
 def test_an_over_long_value_is_cut_in_its_error_line(tmp_path):
     far = tmp_path / ("x" * 4000)
     proc = run_app(tmp_path, f"model.it={far}", check=False)
