@@ -178,9 +178,7 @@ def mergekit_config(cfg) -> dict[str, Any]:
 
 def validate(cfg) -> None:
     """Every component's checks that need no model loaded; ConfigError with one line."""
-    from app.modelset import check_shape
-
-    check_shape(cfg.model)  # before anything resolves model.it from a pool's experts
+    model_set = ModelSet.from_config(cfg.model)  # first: before anything resolves model.it
     check_keys(cfg)
     clean_lambda(cfg["lambda"])
     if cfg.seed < 0:
@@ -188,7 +186,6 @@ def validate(cfg) -> None:
     check_seeds(cfg)
     check_device(cfg.device)
     check_experiment(cfg)
-    model_set = ModelSet.from_config(cfg.model)
     methods.validate(cfg.method, clean_lambda(cfg["lambda"]), model_set)
     methods.validate_settings(cfg.merge)
     check_save_dir(cfg.merge, model_set, cfg.tracking)

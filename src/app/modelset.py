@@ -245,8 +245,8 @@ def check_shape(model) -> None:
     named expert, every fine-tune is a distinct model, every weight a finite number."""
     from omegaconf import OmegaConf
 
-    raw_it = OmegaConf.to_container(model, resolve=False).get("it")
-    if not model.experts and isinstance(raw_it, str) and ".experts[" in raw_it:
+    if not model.experts and OmegaConf.is_interpolation(model, "it") \
+            and ".experts[" in str(OmegaConf.to_container(model, resolve=False)["it"]):
         raise ConfigError("model.experts=[]: an expert pool needs at least one expert "
                           "({name, path, tasks}); for a pair, give model.it instead")
     if model.experts:

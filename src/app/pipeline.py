@@ -83,7 +83,7 @@ class Pipeline:
             raise
         except Exception as e:  # a fault (unreadable weights, out of memory): recorded in a run
             fault = e
-        name = f"{job.method.name} λ={lam:g}"
+        name = job.hide(f"{job.method.name} λ={lam:g}")
         leases = self.leases_for(job)  # claim the job, or wait for the process that holds it
         run, done = claim(leases, tracker, fingerprint, name,
                           job_tags(job, lam, fingerprint, "job", ctx.overrides), ctx.parent,
