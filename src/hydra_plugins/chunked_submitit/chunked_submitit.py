@@ -16,6 +16,7 @@ the command exits.
 
 import contextlib
 import logging
+import os
 import signal
 import subprocess
 import time
@@ -199,15 +200,26 @@ def new_lines(path: Path, offset: int) -> Tuple[List[str], int]:
 
 
 def stop(jobs: Sequence, every_s: float = 1.0) -> None:
-    """Stop the workers still running and wait for them: SIGTERM to each job's controller,
-    which passes it to its worker; the worker closes its open run KILLED and exits. Sent again
-    each second: a process still starting may miss it (a worker acts on the first only)."""
+    """Stop the workers still running and wait for them: SIGTERM to each job's controller and
+    to its worker (the controller passes it on too, but may not yet have set that up); the
+    worker closes its open run KILLED and exits. Sent again each second: a process still
+    starting may miss it (a worker acts on the first only)."""
     running = [j._process for j in jobs if j._process is not None]
     while running := [p for p in running if p.poll() is None]:
         for process in running:
-            process.terminate()
+            for pid in [process.pid, *children(process.pid)]:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             running[0].wait(every_s)
+
+
+def children(pid: int) -> List[int]:
+    """The child processes of ``pid`` (Linux's /proc; [] elsewhere)."""
+    with contextlib.suppress(OSError, ValueError):
+        path = Path(f"/proc/{pid}/task/{pid}/children")
+        return [int(c) for c in path.read_text().split()]
+    return []
 
 
 class ChunkedSlurmLauncher(_Chunked, SlurmLauncher):
