@@ -17,17 +17,22 @@ class NonFinite(ValueError):
 
 
 @contextlib.contextmanager
-def faults_explained(device: str, batch_size: int):
-    """Turn faults the user can act on into one-line JobFailed errors; bugs pass unchanged."""
+def _explained(explain):
+    """An error ``explain`` turns into a line becomes a JobFailed with it; others pass."""
     try:
         yield
     except JobFailed:
         raise
     except Exception as e:
-        line = explain_fault(e, device, batch_size)
+        line = explain(e)
         if line is None:
             raise
         raise JobFailed(line) from e
+
+
+def faults_explained(device: str, batch_size: int):
+    """Turn faults the user can act on into one-line JobFailed errors; bugs pass unchanged."""
+    return _explained(lambda e: explain_fault(e, device, batch_size))
 
 
 def explain_fault(e: BaseException, device: str, batch_size: int) -> str | None:
@@ -80,18 +85,9 @@ def store_fault(e: BaseException) -> str | None:
     return None
 
 
-@contextlib.contextmanager
 def store_faults():
     """A tracking store that cannot be written becomes one JobFailed line."""
-    try:
-        yield
-    except JobFailed:
-        raise
-    except Exception as e:
-        line = store_fault(e)
-        if line is None:
-            raise
-        raise JobFailed(line) from e
+    return _explained(store_fault)
 
 
 ADVICE = {"float16": "; prefer model.dtype=float32 or bfloat16 to float16 (its range is narrow)",

@@ -226,6 +226,8 @@ class Pipeline:
                 print(f"reference {models.label(parent)} λ={lam:g}  FAILED: {e}", flush=True)
                 raise
             print(summary_line(f"reference {models.label(parent)}", lam, metrics), flush=True)
+        if not models.normalized_by_references:
+            return
         # each reference normalised by the others, once all exist (a pool's)
         records = {p: tracker.find(reference_fingerprint(job, p)) for p, _ in models.references()}
         references = {p: r.metrics for p, r in records.items() if r is not None}
