@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -23,11 +24,26 @@ def _main(cfg: DictConfig) -> dict[str, float]:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from app.console import library_output, quiet_progress_bars, route_logs
     from app.pipeline import this_process
-    from app.sweep import job_context
+    from app.sweep import closing_block, job_context
 
+    hc = HydraConfig.get()
+    verbose = bool(cfg.get("verbose")) or bool(hc.verbose)
+    log = Path(hc.runtime.output_dir) / f"{hc.job.name}.log"
+    route_logs(verbose)
+    if not verbose:
+        quiet_progress_bars()
+    single = hc.mode != RunMode.MULTIRUN
+    ctx = job_context()
+    if single:
+        ctx.header = _shown_path(log)
     try:
-        return this_process().run_job(cfg, job_context())
+        with library_output(log, verbose):
+            metrics = this_process().run_job(cfg, ctx)
+        if single:
+            closing_block(cfg)
+        return metrics
     except Exception as e:  # noqa: BLE001 - user errors become one line, bugs re-raise
         line = user_error(e)
         if line is None:
@@ -38,11 +54,17 @@ def _main(cfg: DictConfig) -> dict[str, float]:
         _fail(line)  # exit here, before Hydra reports the job's failure
 
 
+def _shown_path(path: Path) -> str:
+    """A path as the user would type it: relative to the working folder where it is inside."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _forget_refused_secrets(hc) -> None:
     """A key typed where a variable's name belongs was refused; Hydra has already copied the
     overrides into the job's ``.hydra/`` folder: take it out of those copies."""
-    from pathlib import Path
-
     from app.sweep import typed_overrides
 
     typed = [o.split("=", 1)[1] for o in typed_overrides(hc)
@@ -59,6 +81,11 @@ def _forget_refused_secrets(hc) -> None:
 
 
 def main() -> None:
+    if {"--help", "-h"} & set(sys.argv[1:]):  # ours; --hydra-help stays Hydra's
+        from app.help import app_help
+
+        print(app_help(), end="")
+        sys.exit(0)
     from app.compat import check_versions
     from app.faults import JobFailed
 

@@ -43,14 +43,14 @@ def _app_config_class() -> type:
         "task": task_schema.EvalConfig, "judge": Any, "tracking": TrackingConfig,
         "probe": probe_schema.ProbeConfig, "engine": engine_schema.EngineConfig,
         "merge": methods.MergeSettings, "lambda": float,
-        "seed": int, "device": str, "force": bool,
+        "seed": int, "device": str, "force": bool, "verbose": bool,
     }
     defaults = {
         "model": MISSING, "method": MISSING, "task": MISSING, "judge": MISSING,
         "probe": MISSING, "engine": field(default_factory=engine_schema.EngineConfig),
         "tracking": field(default_factory=TrackingConfig),
         "merge": field(default_factory=methods.MergeSettings), "lambda": 0.5, "seed": 0,
-        "device": "cpu", "force": False,
+        "device": "cpu", "force": False, "verbose": False,
     }
     namespace = {"__annotations__": annotations, "__doc__": "The whole run.", **defaults}
     return dataclass(init=False, repr=False, eq=False)(type("AppConfig", (), namespace))
@@ -71,6 +71,9 @@ def register() -> None:
         OmegaConf.register_new_resolver("toy", lambda sub: str(TOY_DIR / sub))
         OmegaConf.register_new_resolver("standins", lambda sub="": str(STANDINS_DIR / sub))
         OmegaConf.register_new_resolver("one_minus", lambda x: round(1.0 - float(x), 12))
+        from app.console import log_handlers
+
+        OmegaConf.register_new_resolver("log_handlers", log_handlers)  # conf/config.yaml
 
 
 def schema_keys(name: str) -> list[str]:

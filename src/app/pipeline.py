@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from app import tracking
 from app.config import Job, job_settings, validate
+from app.console import console, header_lines
 from app.errors import ConfigError
 from app.faults import JobFailed, check_finite, faults_explained, store_faults
 from app.lease import Held, Leases
@@ -39,6 +40,7 @@ class JobContext:
     overrides: str = ""
     job_num: int = 0
     evaluate_references: bool = False  # evaluate PT and IT first (a cluster's first task)
+    header: str | None = None  # a single run: print its header, naming this log file
 
 
 class Pipeline:
@@ -69,8 +71,13 @@ class Pipeline:
         validate(cfg)
         job = job_settings(cfg)  # each component's own settings, from here on
         lam, mk = job.lam, job.mk
+        shown = console()
+        if ctx.header is not None:  # a single run: say what it does before it does it
+            shown.lines(job.hide("\n".join(header_lines(job, f"{job.method.name} λ={lam:g}",
+                                                         ctx.header))))
         tracker = self.open_tracker(job.tracking, job.tracking.experiment)
         references = self.references_of(job, tracker, first=ctx.evaluate_references)
+        shown.job(job.hide(f"{job.method.name} λ={lam:g}"))
         fingerprint = job_fingerprint(job)
         done = None if job.force else tracker.find(fingerprint)
         if done is not None:
@@ -109,8 +116,10 @@ class Pipeline:
                 else:
                     metrics = self.step(session, job, mk, lam, run, start, references)
         except JobFailed as e:
+            shown.job_done()
             print(f"{name}  FAILED: {e}", flush=True)
             raise
+        shown.job_done()
         print(summary_line(job.method.name, lam, metrics), flush=True)
         return metrics
 
@@ -129,8 +138,10 @@ class Pipeline:
             run.tag("parameters", str(sum(p.numel() for p in session.model.parameters())))
         run.tag("scoring", session.evaluator.scoring)
         run.tag("engine", job.engine.name)
+        console().phase("merge")
         report = session.merger.merge_into(session.model, mk)
         run.tag("merge_engine", report.engine)
+        console().phase("evaluate")
         engine_update = session.evaluator.load_weights(session.model, mk, session.merger)
         if engine_update is not None:
             run.tag("engine_weights", session.evaluator.engine.weights_from)
@@ -162,10 +173,13 @@ class Pipeline:
         metrics.update(session.evaluator.costs())
         metrics.update(session.overhead)
         session.overhead = {}
+        console().phase("judge" if job.judge.name != "none" else "log")
         judge = JudgeContext(session.device, job.models.base,
                              Path(job.tracking.dir) / "judge_cache.sqlite", session.judge_models,
                              session.evaluator.sampler)
         metrics.update(judge_run(session.model, session.tokenizer, job.judge, run, judge))
+        if job.probe.name != "none":
+            console().phase("probe")
         metrics.update(probe_run(session.model, session.tokenizer, job.probe, run,
                                  session.device, f"λ={lam:g}"))
         metrics["time/total_s"] = time.perf_counter() - start
@@ -217,14 +231,17 @@ class Pipeline:
             run, done = claim(leases, tracker, fingerprint, name, tags)
             if done is not None:  # another process evaluated it meanwhile
                 continue
+            console().job(name)
             try:
                 with (tracking.tracked(tracker, run), Held(leases, fingerprint),
                       faults_explained(session.device, job.task.batch_size)):
                     log_config(run, job, lam, mk)
                     metrics = self.step(session, job, mk, lam, run, time.perf_counter())
             except JobFailed as e:
+                console().job_done(counted=False)
                 print(f"reference {models.label(parent)} λ={lam:g}  FAILED: {e}", flush=True)
                 raise
+            console().job_done(counted=False)
             print(summary_line(f"reference {models.label(parent)}", lam, metrics), flush=True)
         if not models.normalized_by_references:
             return
@@ -267,6 +284,7 @@ def forgetting(task) -> list[str]:
 
 def skipped(method: str, lam: float, done, saved: str = "") -> dict[str, float]:
     """A job whose fingerprint has a FINISHED run: say so, return that run's metrics."""
+    console().job_done(ran=False)
     print(summary_line(method, lam, without_costs(done.metrics))
           + f"  [done: run {done.run_id}{saved}]", flush=True)
     return dict(done.metrics)

@@ -21,7 +21,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from app import tracking
-from app.config import experiment_name, job_settings, validate
+from app.config import clean_lambda, experiment_name, job_settings, validate
+from app.console import console, in_process, library_output, quiet_progress_bars, route_logs
 from app.errors import Abort, ConfigError, suggest
 from app.faults import JobFailed
 from app.frontier import Point, best
@@ -52,13 +53,23 @@ class SweepCallback(Callback):
             if search:
                 check_study(config)
             sweep_dir = make_sweep_dir(config.hydra.sweep.dir)
+            verbose = bool(job_cfg.get("verbose")) or bool(config.hydra.verbose)
+            log = sweep_dir / "sweep.log"
+            route_logs(verbose)
+            if not verbose:
+                quiet_progress_bars()
             tracker = tracking.open_tracker(job_cfg.tracking, experiment_name(job_cfg))
-            if not on_cluster(config):  # there the first array task evaluates them
-                for job in one_per_set(job_cfg, jobs):  # a sweep over model sets: each's
-                    set_tracker = tracker if job.tracking.experiment == experiment_name(
-                        job_cfg) else tracking.open_tracker(job.tracking,
-                                                            job.tracking.experiment)
-                    this_process().evaluate_references(job, set_tracker)
+            shown = console()
+            shown.lines(announce(config, job_cfg, jobs, tracker, search))
+            if not search:
+                shown.begin(len(jobs), live=in_process(config))
+            with library_output(log, verbose):
+                if not on_cluster(config):  # there the first array task evaluates them
+                    for job in one_per_set(job_cfg, jobs):  # a sweep over model sets: each's
+                        set_tracker = tracker if job.tracking.experiment == experiment_name(
+                            job_cfg) else tracking.open_tracker(job.tracking,
+                                                                job.tracking.experiment)
+                        this_process().evaluate_references(job, set_tracker)
         except JobFailed:  # a parent cannot be evaluated: its run says why; the jobs go on
             pass
         except Exception as e:
@@ -85,11 +96,13 @@ class SweepCallback(Callback):
             raise Abort(start_failure(e)) from e
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        console().end()
         if self.run_id is None:
             return
         log_sweep_summary(self.tracker, self.run_id)
         self.tracker.close(self.run_id)
-        self.run_id = None  # closed: nothing for ended_early to do
+        run_id, self.run_id = self.run_id, None  # closed: nothing for ended_early to do
+        closing_block(job_part(config), run_id, table="objective" not in config.hydra.sweeper)
 
     def ended_early(self) -> None:
         """The process ends without ``on_multirun_end`` (a job failed, the sweep was stopped
@@ -109,6 +122,64 @@ class SweepCallback(Callback):
             else:
                 reason = "the sweep process ended before the sweep finished"
             self.tracker.close(self.run_id, "FAILED", reason)
+
+
+def announce(config: DictConfig, job_cfg: DictConfig, jobs: list[DictConfig], tracker,
+             search: bool) -> str:
+    """The sweep's header: the model set, the methods × λ (or the search), tasks, engine,
+    device, store, the jobs already done, where library messages go."""
+    from app.console import header_lines
+    from app.provenance import job_fingerprint
+
+    first = job_settings(job_cfg)
+    log = f"{config.hydra.sweep.dir}/sweep.log and each job's folder"
+    if search:
+        sweeper = config.hydra.sweeper
+        limits = " with " + ", ".join(sweeper.constraints) if sweeper.constraints else ""
+        ends = " after λ's two ends" if sweeper.seed_with_parents else ""
+        what = (f"λ* search: {sweeper.direction} {sweeper.objective}{limits}, up to "
+                f"{sweeper.n_trials} trials{ends}")
+        return first.hide("\n".join(header_lines(first, what, log)))
+    methods = list(dict.fromkeys(str(j.method.name) for j in jobs))
+    lams = sorted({clean_lambda(j["lambda"]) for j in jobs})
+    others = [o for o in typed_overrides(config.hydra) if "," in o
+              and o.split("=", 1)[0].lstrip("+~") not in ("method", "lambda")]
+    what = " × ".join([", ".join(methods), "λ " + ", ".join(f"{x:g}" for x in lams), *others])
+    done = sum(tracker.find(job_fingerprint(job_settings(j))) is not None for j in jobs) \
+        if len(jobs) <= 200 else 0  # a huge grid: not worth a store query per job
+    return first.hide("\n".join(header_lines(first, what, log, len(jobs), done)))
+
+
+def closing_block(job_cfg: DictConfig, sweep_run: str | None = None, table: bool = True) -> None:
+    """After a run, a grid or a search: the grid's table (as the report computes it), the
+    store and the next commands."""
+    from app.console import next_commands, store_of, ui_command
+    from app.report.load import ReportError, load_sweep
+    from app.report.tables import closing_table
+
+    shown = console()
+    t = job_cfg.tracking
+    where = "" if t.uri or str(t.dir) == "mlruns" else f" --tracking-dir {t.dir}"
+    where += f" --tracking-uri {t.uri}" if t.uri else ""
+    if sweep_run is not None and table:
+        try:
+            reader = tracking.open_reader(t.uri, str(t.dir))
+            for name, sweep in load_sweep(reader, None, sweep_run).items():
+                shown.line(f"── {name} " + "─" * max(0, 60 - len(name)))
+                shown.lines("\n".join(closing_table(sweep, ECE_LIMIT)))
+        except ReportError as e:  # e.g. every job failed: nothing to tabulate
+            shown.line(f"no table: {e}")
+    if sweep_run is not None:
+        pairs = [(f"python -m app.report --parent {sweep_run}{where}",
+                  "the frontier report: figures, λ*, paired evidence")]
+    else:
+        pairs = [("python -m app -m method=slerp,ties 'lambda=range(0,1.01,0.1)'",
+                  "a λ grid over two methods, then python -m app.report")]
+    shown.line(f"store: {store_of(t)} (experiment {t.experiment})")
+    shown.lines("\n".join(next_commands(pairs + [(ui_command(t), "browse the runs")])))
+
+
+ECE_LIMIT = 0.15  # the closing table's λ* constraint: python -m app.report's default
 
 
 def make_sweep_dir(folder: str) -> Path:

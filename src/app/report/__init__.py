@@ -132,7 +132,31 @@ def run(argv: list[str] | None = None) -> Path:
     The report is written aside and moved into place once whole: a failure leaves nothing."""
     from app.tracking import open_reader
 
-    ap = argparse.ArgumentParser(prog="python -m app.report", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m app.report", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="\n".join([
+            "The alignment–calibration frontier of a sweep, from its MLflow runs: per method,",
+            "accuracy against ECE along λ beside the PT and IT parents, the λ* each method reaches",
+            "under --ece-limit, and every merge's scores.", "",
+            "Input: a sweep's finished jobs and its parents' reference runs in the MLflow store",
+            "(--tracking-dir or --tracking-uri). By default the latest sweep (the newest parent",
+            "run of a `python -m app -m ...`) of any experiment; --experiment keeps to one",
+            "experiment, --parent names a sweep's parent run id."]),
+        epilog="\n".join([
+            "Output, in --out (default reports/<experiment>/), also logged under report/ on the",
+            "sweep's parent run; summary.md is printed at the end:",
+            "  frontier_<task>.png     accuracy vs ECE per calibrated task, a path per method",
+            "  curves_<task>.png       accuracy, ECE and mean confidence against λ",
+            "  reliability_<task>.png  reliability diagrams across λ",
+            "  table.md, table.csv     the parents, then method × λ",
+            "  summary.md              λ*, the Pareto sets, dominance over IT",
+            "  report.html             all of it in one self-contained page",
+            "A sweep with probes, a judge or λ > 1 adds its figures and tables; a sweep over",
+            "several pairs writes a report per pair and scaling.md; an expert pool, pool.md. A",
+            "sweep with unfinished jobs is still reported, headed 'Incomplete sweep'.", "",
+            "Examples:",
+            "  python -m app.report          # the latest sweep in ./mlruns",
+            "  python -m app.report --experiment merge-toy --ece-limit 0.15 --out reports/toy"]))
     ap.add_argument("--experiment", help="experiment name (default: the latest sweep's)")
     ap.add_argument("--parent", help="a sweep's parent run id (default: the latest sweep)")
     ap.add_argument("--tasks", help="comma-separated tasks (default: all in the runs)")

@@ -108,16 +108,63 @@ def analysis(sweep: Sweep, task: str, ece_limit: float, evidence=None) -> str:
     return "\n".join(lines)
 
 
-def _lambda_star_lines(rows: list[Row], task: str, ece_limit: float, evidence,
-                       refs: list[str]) -> list[str]:
-    """λ*: on the selection documents, reported on the report documents, where every row has
-    both sets' metrics; else on all documents (a store from before the split)."""
+def chosen_lambda(rows: list[Row], task: str, ece_limit: float
+                  ) -> tuple[Point | None, list[Point], bool]:
+    """(λ*, the points it was chosen among, whether on the selection documents): the best
+    accuracy with ECE ≤ ``ece_limit``, on the selection documents where every row has both
+    sets' metrics, else on all documents (a store from before the split)."""
     split = all(f"{s}/{task}/{m}" in r.metrics for r in rows for s in ("selection", "report")
                 for m in ("acc", "ece"))
     prefix = "selection/" if split else ""
     points = [Point(r.lam, r.metrics[f"{prefix}{task}/acc"], r.metrics[f"{prefix}{task}/ece"],
                     r.method) for r in rows]
-    star = lambda_star(points, ece_limit)
+    return lambda_star(points, ece_limit), points, split
+
+
+def closing_table(sweep: Sweep, ece_limit: float) -> list[str]:
+    """The sweep's table for the console: the parents, then method × λ, each calibrated
+    task's acc and ECE with the marks the report gives (◆ on the method's Pareto set, λ* its
+    choice under ``ece_limit``), and each generative task's acc."""
+    calibrated, generative = sweep.tasks()
+    marks: dict[tuple[str, float, str], str] = {}
+    on_selection, stars = False, []
+    for method in sweep.methods():
+        rows = _rows_with_parents(sweep, method)
+        for task in calibrated:
+            front = {p.lam for p in pareto_front([_point(r, task) for r in rows])}
+            star, _, split = chosen_lambda(rows, task, ece_limit)
+            on_selection |= split
+            on = f" on {task}" if len(calibrated) > 1 else ""
+            stars.append(f"{method} {star.lam:g}{on}" if star else f"{method} none{on}")
+            for r in rows:
+                if r.method == method:  # a parent row stands for every method: unmarked
+                    marks[(method, r.lam, task)] = ("◆" if r.lam in front else "") + (
+                        " λ*" if star is not None and r.lam == star.lam else "")
+    header = ["model", "λ"] + [f"{t} {m}".strip() if m else "" for t in calibrated
+                               for m in ("acc", "ECE", "")] \
+        + [f"{t} acc" for t in generative]
+    body = []
+    for r in [sweep.parents["PT"], sweep.parents["IT"]] + sorted(
+            sweep.merges, key=lambda r: (r.method, r.lam)):
+        cells = [r.method, f"{r.lam:g}"]
+        for t in calibrated:
+            cells += [_fmt(r.metrics.get(f"{t}/acc")), _fmt(r.metrics.get(f"{t}/ece")),
+                      marks.get((r.method, r.lam, t), "")]
+        body.append(cells + [_fmt(r.metrics.get(f"{t}/acc")) for t in generative])
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
+             for row in [header, *body]]
+    where = " on the selection documents" if on_selection else ""
+    return lines + [f"λ* (the best accuracy with ECE ≤ {ece_limit:g}{where}, as python -m "
+                    f"app.report): " + ", ".join(stars),
+                    "◆ on the method's Pareto set (acc ↑, ECE ↓)"]
+
+
+def _lambda_star_lines(rows: list[Row], task: str, ece_limit: float, evidence,
+                       refs: list[str]) -> list[str]:
+    """λ*: on the selection documents, reported on the report documents, where every row has
+    both sets' metrics; else on all documents (a store from before the split)."""
+    star, points, split = chosen_lambda(rows, task, ece_limit)
     if star is None:
         least = min(points, key=lambda p: p.ece)
         return [f"- λ* (best accuracy with ECE ≤ {ece_limit:g}): none: no λ meets the limit "

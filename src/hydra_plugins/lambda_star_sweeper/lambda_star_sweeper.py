@@ -38,6 +38,8 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from app.console import console, in_process
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -366,6 +368,9 @@ class LambdaStarSweeper(Sweeper):
             target = len(grid) + len([e for e in ends if {"lambda": e} not in grid])
         job_idx = 0
         self.stopped = None
+        shown = console()
+        shown.begin(target, live=in_process(self.config))
+        self._show_best(study, shown)
         while True:
             finished = [t for t in study.trials if t.state.is_finished()
                         and t.state != TrialState.PRUNED]
@@ -387,11 +392,28 @@ class LambdaStarSweeper(Sweeper):
             job_idx += len(batch)
             for trial, result in zip(trials, results):
                 self._tell(study, trial, result)
+            self._show_best(study, shown)
             failed = sum(t.state == TrialState.FAIL for t in study.trials)
             if failed > self.max_failure_rate * max(len(study.trials), 1) and failed >= 2:
                 raise RuntimeError(f"{failed} of {len(study.trials)} trials failed (more than "
                                    f"max_failure_rate={self.max_failure_rate}); stopping")
+        shown.end()
         return self.callback(study, self)
+
+    def _show_best(self, study, shown) -> None:
+        """Trial k of n on the console, with the best feasible λ so far."""
+        from optuna.trial import TrialState
+
+        done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+        shown.finished = len([t for t in study.trials if t.state.is_finished()])
+        feasible = [t for t in done if violation(t) <= 0]
+        if feasible:
+            best, _ = best_trial(feasible, self.direction)
+            params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in best.params.items())
+            shown.annotate(f"best feasible so far: {params} ({self.objective}={best.value:.4f})")
+        elif done:
+            shown.annotate("no feasible trial yet")
 
     def _history(self, study) -> list[tuple[float, bool, float]]:
         """(value, feasible, noise) of each completed trial, in order."""
