@@ -1,10 +1,20 @@
 #!/usr/bin/env bash
-# Install the project and its test dependencies into ./.venv (Python 3.11, CPU torch from PyPI).
+# Install the project and its test dependencies into ./.venv: Python 3.11, 3.12 or 3.13
+# (PYTHON=python3.12 picks one; default: the python3.11 found, else python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
+VERSION=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+case "$VERSION" in
+  3.11|3.12|3.13) ;;
+  *) echo "error: $PY is Python $VERSION; the project needs 3.11, 3.12 or 3.13 (PYTHON=python3.12 bash scripts/install.sh)" >&2
+     exit 2 ;;
+esac
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
+if [ "$VERSION" != 3.11 ]; then  # (tested here on 3.11, whose CPU torch wheel is local)
+  echo "note: Python $VERSION: torch is the build your index serves (PyPI's: the CUDA one, several GB with its NVIDIA libraries; it runs on CPU too)" >&2
+fi
 .venv/bin/python -m pip install -q --upgrade pip
 # torch first and pinned, so nothing pulls a different (CUDA, multi-GB) build behind our back.
 .venv/bin/python -m pip install -q "torch==2.13.0"

@@ -106,10 +106,10 @@ def describe(path, limit: int | None = 100) -> str:
 
 def top_keys() -> list[tuple[str, str, str]]:
     """The run's own keys (not the groups; ``merge.*`` spelled out): (key, default, meaning)."""
-    given, schema = run_yaml(), config.AppConfig
+    given, schema, chosen = run_yaml(), config.AppConfig, {*config.GROUPS, *defaults()}
     plain, nested = [], []
     for key, kind in schema.__annotations__.items():
-        if key in config.GROUPS or key in defaults():
+        if key in chosen:  # a group
             continue
         if dataclasses.is_dataclass(kind):  # merge: a row per subkey, after the plain keys
             docs, mine = field_docs(kind), given.get(key) or {}
@@ -197,7 +197,7 @@ def schema_rows(cls, prefix: str) -> list[tuple[str, str, str, str]]:
         shown = "(below)" if dataclasses.is_dataclass(default) else show(default)
         rows.append((f"{prefix}{f.name}", str(f.type), shown, docs.get(f.name, "")))
         if isinstance(inner, type) and dataclasses.is_dataclass(inner):
-            rows += [] or schema_rows(inner, f"{prefix}{f.name}{'[]' if listed else ''}.")
+            rows += schema_rows(inner, f"{prefix}{f.name}{'[]' if listed else ''}.")
     return rows
 
 
@@ -244,10 +244,11 @@ def configuration_reference() -> str:
                 row[1] += [value] if value not in row[1] else []
                 row[2], row[3] = row[2] or meaning, [*row[3], option]
         names = ", ".join(f"`{cls.__name__}`" for cls in typed[group].values())
+        every = list(typed[group])  # a key that only some judges read says whose it is
         out += [f"Keys ({names}), set as `{group}.<key>=<value>`:", ""]
-        out += table(["key", "type", "default", "meaning"], [  # a judge's own keys say whose
+        out += table(["key", "type", "default", "meaning"], [
             (cell(key, True), cell(kind, True), " / ".join(cell(v, True) for v in values),
-             cell(meaning if readers == list(typed[group]) else f"({', '.join(readers)}) {meaning}"))
+             cell(meaning if readers == every else f"({', '.join(readers)}) {meaning}".rstrip()))
             for key, (kind, values, meaning, readers) in rows.items()])
     out += ["`conf/suite/<model>/<task>.yaml` is not a group to choose: the defaults list picks "
             "it (`optional suite@task: ${model}/${task}`), a model set's own tasks on `task=toy`.",
