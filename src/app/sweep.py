@@ -155,7 +155,7 @@ def closing_block(job_cfg: DictConfig, sweep_run: str | None = None, table: bool
     store and the next commands."""
     from app.console import next_commands, store_of, ui_command
     from app.report.load import ReportError, load_sweep
-    from app.report.tables import closing_table
+    from app.report.tables import ECE_LIMIT, closing_table
 
     shown = console()
     t = job_cfg.tracking
@@ -177,9 +177,6 @@ def closing_block(job_cfg: DictConfig, sweep_run: str | None = None, table: bool
                   "a λ grid over two methods, then python -m app.report")]
     shown.line(f"store: {store_of(t)} (experiment {t.experiment})")
     shown.lines("\n".join(next_commands(pairs + [(ui_command(t), "browse the runs")])))
-
-
-ECE_LIMIT = 0.15  # the closing table's λ* constraint: python -m app.report's default
 
 
 def make_sweep_dir(folder: str) -> Path:

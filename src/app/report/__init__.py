@@ -32,7 +32,8 @@ from app.report.figures import curves_figure, frontier_figure, generation_figure
 from app.report.html import _html
 from app.report.load import ReportError, Row, Sweep, load_sweep
 from app.report.pool import markdown_table
-from app.report.tables import analysis, extrapolation_table, internals_section, table_rows
+from app.report.tables import (ECE_LIMIT, analysis, extrapolation_table, internals_section,
+                               table_rows)
 
 __all__ = ["ReportError", "Row", "Sweep", "load_sweep", "write_report", "write_family_report",
            "run"]
@@ -160,7 +161,8 @@ def run(argv: list[str] | None = None) -> Path:
     ap.add_argument("--experiment", help="experiment name (default: the latest sweep's)")
     ap.add_argument("--parent", help="a sweep's parent run id (default: the latest sweep)")
     ap.add_argument("--tasks", help="comma-separated tasks (default: all in the runs)")
-    ap.add_argument("--ece-limit", type=float, default=0.15, help="λ* constraint (default 0.15)")
+    ap.add_argument("--ece-limit", type=float, default=ECE_LIMIT,
+                    help=f"λ* constraint (default {ECE_LIMIT:g})")
     ap.add_argument("--out", help="output folder (default: reports/<experiment>)")
     ap.add_argument("--tracking-dir", default="mlruns", help="local store folder (default mlruns)")
     ap.add_argument("--tracking-uri", help="an MLflow tracking URI instead of --tracking-dir")

@@ -108,6 +108,9 @@ def analysis(sweep: Sweep, task: str, ece_limit: float, evidence=None) -> str:
     return "\n".join(lines)
 
 
+ECE_LIMIT = 0.15  # λ*'s default constraint, in the report and the console's closing table
+
+
 def chosen_lambda(rows: list[Row], task: str, ece_limit: float
                   ) -> tuple[Point | None, list[Point], bool]:
     """(λ*, the points it was chosen among, whether on the selection documents): the best
@@ -135,7 +138,9 @@ def closing_table(sweep: Sweep, ece_limit: float) -> list[str]:
             star, _, split = chosen_lambda(rows, task, ece_limit)
             on_selection |= split
             on = f" on {task}" if len(calibrated) > 1 else ""
-            stars.append(f"{method} {star.lam:g}{on}" if star else f"{method} none{on}")
+            parent = next((f" ({r.method})" for r in rows if star and r.lam == star.lam
+                           and r.method != method), "")  # a parent standing in for the grid
+            stars.append(f"{method} {star.lam:g}{parent}{on}" if star else f"{method} none{on}")
             for r in rows:
                 if r.method == method:  # a parent row stands for every method: unmarked
                     marks[(method, r.lam, task)] = ("◆" if r.lam in front else "") + (
