@@ -124,10 +124,23 @@ def chosen_lambda(rows: list[Row], task: str, ece_limit: float
     return lambda_star(points, ece_limit), points, split
 
 
+def aligned(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A table as plain text lines, its columns aligned."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
+            for row in [header, *rows]]
+
+
 def closing_table(sweep: Sweep, ece_limit: float) -> list[str]:
     """The sweep's table for the console: the parents, then method × λ, each calibrated
     task's acc and ECE with the marks the report gives (◆ on the method's Pareto set, λ* its
-    choice under ``ece_limit``), and each generative task's acc."""
+    choice under ``ece_limit``), and each generative task's acc; an expert pool's: the pool
+    report's table (each method at the λ its selection documents pick)."""
+    from app.report import pool
+
+    if pool.is_pool(sweep):
+        return aligned(*pool.table(sweep)) + ["(each method at the λ its selection documents "
+                                              "pick, as python -m app.report)"]
     calibrated, generative = sweep.tasks()
     marks: dict[tuple[str, float, str], str] = {}
     on_selection, stars = False, []
@@ -156,9 +169,7 @@ def closing_table(sweep: Sweep, ece_limit: float) -> list[str]:
             cells += [_fmt(r.metrics.get(f"{t}/acc")), _fmt(r.metrics.get(f"{t}/ece")),
                       marks.get((r.method, r.lam, t), "")]
         body.append(cells + [_fmt(r.metrics.get(f"{t}/acc")) for t in generative])
-    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
-             for row in [header, *body]]
+    lines = aligned(header, body)
     where = " on the selection documents" if on_selection else ""
     return lines + [f"λ* (the best accuracy with ECE ≤ {ece_limit:g}{where}, as python -m "
                     f"app.report): " + ", ".join(stars),
