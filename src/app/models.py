@@ -31,15 +31,15 @@ ARCH_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_siz
 class ExtraModel:
     """A further fine-tune of the same base, merged with its own weight (MergeBench setting)."""
 
-    path: str = MISSING
-    weight: float = MISSING
+    path: str = MISSING  # local folder or hub id
+    weight: float = MISSING  # its share of the merge
 
 
 @dataclass
 class Expert:
     """One specialist of an expert pool: fine-tuned from the pool's base (``model.pt``)."""
 
-    name: str = MISSING
+    name: str = MISSING  # the expert's name (its reference run, its domain's metrics)
     path: str = MISSING  # local folder or hub id
     tasks: List[str] = field(default_factory=list)  # its domain tasks (names in task.tasks)
     weight: float = 1.0  # its share of the merge: task vector × λ × weight
@@ -49,9 +49,9 @@ class Expert:
 class PairConfig:
     """A PT/IT model pair: λ=0 gives ``pt``, λ=1 gives ``it`` (local folders or hub ids)."""
 
-    name: str = MISSING
-    pt: str = MISSING
-    it: str = MISSING
+    name: str = MISSING  # the pair's name: runs, experiment (merge-<name>) and reports
+    pt: str = MISSING  # the pre-trained model (λ=0; a pool's base): a local folder or hub id
+    it: str = MISSING  # the instruction-tuned model (λ=1): a local folder or hub id
     dtype: str = "float32"  # storage dtype of the merged model; merge maths is float32
     tokenizer: str = "it"  # whose vocabulary the merge gets: pt | it | union (every model's)
     trust_remote_code: bool = False  # never on unless a pair config turns it on (it is logged)

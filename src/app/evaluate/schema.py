@@ -38,7 +38,7 @@ class SelectionConfig:
     # share of each task's documents (per part: BBH's subtasks, MMLU-Pro's categories) that
     # selects; the rest reports. 0: no split (selection/* and report/* are not logged)
     share: float = 0.5
-    seed: int = 0
+    seed: int = 0  # which documents select and which report
     # auto: a task's own validation split selects where it has one (not its test or few-shot
     # split: the toy tasks' 60 questions), else the share above; share: always the share
     source: str = "auto"
@@ -48,11 +48,11 @@ class SelectionConfig:
 class EvalConfig:
     """What to evaluate: lm-eval tasks (found through ``include_path``) and how."""
 
-    tasks: List[TaskSpec] = MISSING
+    tasks: List[TaskSpec] = MISSING  # the tasks evaluated, each an lm-eval task (below)
     include_path: Optional[str] = None  # folder of task YAMLs; relative data_files resolve there
     limit: Optional[int] = None  # first N documents per task (quick runs)
-    batch_size: int = 32
-    ece_bins: int = 15
+    batch_size: int = 32  # requests per forward pass (lower it on an out-of-memory error)
+    ece_bins: int = 15  # bins of the expected calibration error
     ece_binning: str = "width"  # width: equal-width bins | mass: equal-mass (quantile) bins
     bootstrap: int = 1000  # resamples for the 95% intervals of acc and ECE (0: none)
     subsample_seed: Optional[int] = None  # with limit: a seeded random N documents, not the first N

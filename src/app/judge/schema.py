@@ -23,7 +23,7 @@ VERDICT_LABELS = ("ok", *TYPES)
 class NoJudgeConfig:
     """No judging of open-ended generations."""
 
-    name: str = "none"
+    name: str = "none"  # which judge: none | heuristic | hf | openai
 
 
 @dataclass
@@ -50,7 +50,7 @@ class GenerationSettings(NoJudgeConfig):
     k: int = 4  # samples per prompt (diversity)
     max_new_tokens: int = 32  # the toy's answers are short; e.g. 512 for real models
     chat_template: bool = True  # wrap prompts in the tokenizer's chat template where it has one
-    temperature: float = 0.7
+    temperature: float = 0.7  # sampling the k responses: temperature, top-k, nucleus top-p
     top_k: int = 50
     top_p: float = 0.9
     presence_penalty: float = 0.1

@@ -23,13 +23,13 @@ from app.errors import ConfigError, clean_lambda, suggest
 class MethodConfig:
     """A merge method: a mergekit configuration template over ${lambda} and ${model.*}."""
 
-    name: str = MISSING
-    lambda_range: List[float] = field(default_factory=lambda: [0.0, 1.0])
+    name: str = MISSING  # the method's name in runs, tags and reports
+    lambda_range: List[float] = field(default_factory=lambda: [0.0, 1.0])  # [low, high] λ takes
     params: Dict[str, Any] = field(default_factory=dict)  # the method's own knobs (density, …)
     # λ values at which this method reproduces a parent bit for bit (0 → PT, 1 → IT): there a
     # job reuses the parent's reference evaluation instead of evaluating again.
     reference_endpoints: List[float] = field(default_factory=list)
-    mergekit: Any = MISSING
+    mergekit: Any = MISSING  # the mergekit configuration, over ${lambda} and ${model.*}
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ class ProbeConfig:
     # metrics are read at the deepest one, every one's accuracy goes to per_layer
     layers: Any = "last"
     representation: str = "mean"  # mean: tokens mean-pooled | last: the last token
+    # the logistic regression's inverse L2 strengths tried, chosen by cross-validation
     C_grid: List[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0])
     seed: int = 0  # the split, the control labels and the classifier
     test_share: float = 0.2  # of each task's distinct inputs

@@ -10,9 +10,9 @@ from typing import Any, Optional, Protocol
 class TrackingConfig:
     """Where runs go: a local SQLite store under ``dir`` unless ``uri`` is set."""
 
-    dir: str = "mlruns"
+    dir: str = "mlruns"  # the local store's folder (mlflow.db and the artifacts)
     uri: Optional[str] = None  # e.g. http://127.0.0.1:5000 for an `mlflow server`
-    experiment: str = "merge-${model.name}"
+    experiment: str = "merge-${model.name}"  # the MLflow experiment the runs go to
 
 
 @dataclass
