@@ -430,6 +430,16 @@ def log_params_or_tags(handle, params: dict) -> None:
             handle.tag(k, str(v))
 
 
+def search_progress(done: int, total: int, note: str, config) -> None:
+    """The λ* sweeper's progress hook: trial ``done`` of ``total`` and the best feasible point
+    so far, on the console."""
+    shown = console()
+    if shown.total != total:
+        shown.begin(total, live=in_process(config))
+    shown.finished = done
+    shown.annotate(note)
+
+
 def summarize_study(study, sweeper) -> dict:
     """The λ* sweeper's callback: print λ*, write lambda_star.yaml next to the sweep's outputs,
     log it to the sweep's parent run."""

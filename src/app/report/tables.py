@@ -10,7 +10,8 @@ from pathlib import Path
 import app.report.internals as internals
 from app.frontier import Point, dominance_over_it, lambda_star, pareto_front, peak_gain
 from app.report.load import Row, Sweep, _point, _rows_with_parents
-from app.report.pool import markdown_table  # one table writer for both reports
+from app.report.pool import is_pool, markdown_table  # one table writer for both reports
+from app.report.pool import table as pool_table
 
 
 def table_rows(sweep: Sweep, calibrated: list[str], generative: list[str]) -> tuple[list[str], list[list[str]]]:
@@ -136,10 +137,8 @@ def closing_table(sweep: Sweep, ece_limit: float) -> list[str]:
     task's acc and ECE with the marks the report gives (◆ on the method's Pareto set, λ* its
     choice under ``ece_limit``), and each generative task's acc; an expert pool's: the pool
     report's table (each method at the λ its selection documents pick)."""
-    from app.report import pool
-
-    if pool.is_pool(sweep):
-        return aligned(*pool.table(sweep)) + ["(each method at the λ its selection documents "
+    if is_pool(sweep):
+        return aligned(*pool_table(sweep)) + ["(each method at the λ its selection documents "
                                               "pick, as python -m app.report)"]
     calibrated, generative = sweep.tasks()
     marks: dict[tuple[str, float, str], str] = {}

@@ -38,8 +38,6 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from app.console import console, in_process
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -91,6 +89,7 @@ class LambdaStarSweeperConf:
     storage_dir: str | None = None  # folder of the journal; default <hydra.sweep.dir>/optuna
     study_name: str | None = None  # default: lambda_star
     callback: str | None = None  # dotted path of callback(study, sweeper); default summary
+    progress: str | None = None  # dotted path of progress(done, total, note, config); default none
     resume: bool = True
     seed: int = 0
     max_failure_rate: float = 0.5
@@ -227,7 +226,7 @@ class LambdaStarSweeper(Sweeper):
                  storage_dir: str | None, study_name: str | None,
                  callback: str | None, resume: bool, seed: int,
                  max_failure_rate: float, stop_patience: int = 3,
-                 stop_min_delta: float = 0.0) -> None:
+                 stop_min_delta: float = 0.0, progress: str | None = None) -> None:
         # Checked in setup(): Hydra's instantiate would wrap a SweeperConfigError raised here.
         self.objective, self.direction = objective, direction
         self.constraint_texts = list(constraints or [])
@@ -238,7 +237,7 @@ class LambdaStarSweeper(Sweeper):
         self.seed_with_parents = seed_with_parents
         self.storage, self.storage_dir, self.resume = storage, storage_dir, resume
         self.study_name = study_name or "lambda_star"
-        self.callback_path = callback
+        self.callback_path, self.progress_path = callback, progress
         self.seed, self.max_failure_rate = seed, max_failure_rate
         self.stop_patience, self.stop_min_delta = stop_patience, stop_min_delta
         self.stopped: str | None = None  # why the study ended before n_trials, if it did
@@ -253,22 +252,26 @@ class LambdaStarSweeper(Sweeper):
                                      "returns, e.g. hydra.sweeper.objective=toy_mc/acc")
         self.constraints = [parse_constraint(c) for c in self.constraint_texts]
         check_settings(config.hydra.sweeper)
-        self.callback = self._callback()
+        self.callback = self._function("callback", self.callback_path, default_summary,
+                                       "function(study, sweeper)")
+        self.progress = self._function("progress", self.progress_path, lambda *a: None,
+                                       "function(done, total, note, config)")
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
 
-    def _callback(self) -> Callable[[Any, "LambdaStarSweeper"], Any]:
-        """The function named by hydra.sweeper.callback, or default_summary."""
-        if self.callback_path is None:
-            return default_summary
+    @staticmethod
+    def _function(key: str, path: str | None, default: Callable, signature: str) -> Callable:
+        """The function named by ``hydra.sweeper.<key>``, or ``default``."""
+        if path is None:
+            return default
         from hydra.utils import get_method
 
         try:
-            return get_method(self.callback_path)
+            return get_method(path)
         except Exception as e:  # Hydra's message ends with the likely reason
             reason = (str(e).strip().splitlines() or [type(e).__name__])[-1]
-            raise SweeperConfigError(f"hydra.sweeper.callback={self.callback_path!r}: {reason} "
-                                     "(give a dotted path to a function(study, sweeper))") from None
+            raise SweeperConfigError(f"hydra.sweeper.{key}={path!r}: {reason} "
+                                     f"(give a dotted path to a {signature})") from None
 
     # -------------------------------------------------------------- search space
     def _space(self, arguments: list[str]) -> tuple[dict, list[str]]:
@@ -368,9 +371,7 @@ class LambdaStarSweeper(Sweeper):
             target = len(grid) + len([e for e in ends if {"lambda": e} not in grid])
         job_idx = 0
         self.stopped = None
-        shown = console()
-        shown.begin(target, live=in_process(self.config))
-        self._show_best(study, shown)
+        self._show_progress(study, target)
         while True:
             finished = [t for t in study.trials if t.state.is_finished()
                         and t.state != TrialState.PRUNED]
@@ -392,28 +393,28 @@ class LambdaStarSweeper(Sweeper):
             job_idx += len(batch)
             for trial, result in zip(trials, results):
                 self._tell(study, trial, result)
-            self._show_best(study, shown)
+            self._show_progress(study, target)
             failed = sum(t.state == TrialState.FAIL for t in study.trials)
             if failed > self.max_failure_rate * max(len(study.trials), 1) and failed >= 2:
                 raise RuntimeError(f"{failed} of {len(study.trials)} trials failed (more than "
                                    f"max_failure_rate={self.max_failure_rate}); stopping")
-        shown.end()
         return self.callback(study, self)
 
-    def _show_best(self, study, shown) -> None:
-        """Trial k of n on the console, with the best feasible λ so far."""
+    def _show_progress(self, study, target: int) -> None:
+        """Hand the progress hook the trials finished of ``target`` and the best feasible
+        point so far."""
         from optuna.trial import TrialState
 
         done = [t for t in study.trials if t.state == TrialState.COMPLETE]
-        shown.finished = len([t for t in study.trials if t.state.is_finished()])
         feasible = [t for t in done if violation(t) <= 0]
+        note = "no feasible trial yet" if done else ""
         if feasible:
             best, _ = best_trial(feasible, self.direction)
             params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                for k, v in best.params.items())
-            shown.annotate(f"best feasible so far: {params} ({self.objective}={best.value:.4f})")
-        elif done:
-            shown.annotate("no feasible trial yet")
+            note = f"best feasible so far: {params} ({self.objective}={best.value:.4f})"
+        finished = sum(t.state.is_finished() for t in study.trials)
+        self.progress(finished, target, note, self.config)
 
     def _history(self, study) -> list[tuple[float, bool, float]]:
         """(value, feasible, noise) of each completed trial, in order."""
