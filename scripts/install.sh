@@ -37,11 +37,15 @@ if ! log=$(.venv/bin/python -m pip install -q "transformers==$TRANSFORMERS" 2>&1
   echo "$log" >&2
   exit 1
 fi
-# The UI test drives Debian's Chromium (no browser download): install it where we can.
-if ! command -v chromium >/dev/null; then
+# Debian's packages: Chromium for the UI test (no browser download), bubblewrap for the sandbox
+# that runs model-written code (app.evaluate.sandbox). Installed where we can.
+missing=""
+command -v chromium >/dev/null || missing="$missing chromium"
+command -v bwrap >/dev/null || missing="$missing bubblewrap"
+if [ -n "$missing" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
   else
-    echo "note: install Debian's chromium (apt-get install chromium) to run the MLflow UI test" >&2
+    echo "note: install Debian's$missing (apt-get install$missing): the MLflow UI test needs chromium, running model-written code needs bubblewrap" >&2
   fi
 fi

@@ -48,9 +48,9 @@ limit(r.RLIMIT_AS, memory, memory)
 limit(r.RLIMIT_FSIZE, file, file)
 limit(r.RLIMIT_NPROC, processes, processes)
 limit(r.RLIMIT_CORE, 0, 0)
-source = sys.stdin.read()
+source = sys.stdin.buffer.read()
 os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-with open("main.py", "w") as f:
+with open("main.py", "wb") as f:
     f.write(source)
 os.set_inheritable(fd, False)
 os.write(fd, b"ready\n")
@@ -118,7 +118,7 @@ def _sandbox(bwrap: str | None, python: str) -> tuple[bool, str]:
         "import os, socket\n"
         "assert [n for _, n in socket.if_nameindex()] == ['lo'], socket.if_nameindex()\n"
         f"assert os.getpid() == 2 and os.getuid() == {uid}, (os.getpid(), os.getuid())\n"
-        "assert set(os.environ) <= {'PATH', 'LANG', 'HOME', 'PWD', 'LC_CTYPE'}, sorted(os.environ)\n"
+        "assert set(os.environ) <= {'PATH', 'LANG', 'HOME', 'PWD', 'LC_CTYPE'}, list(os.environ)\n"
         "assert os.listdir('/tmp') == ['main.py'], os.listdir('/tmp')\n"
         "assert os.statvfs('/').f_flag & os.ST_RDONLY\n"
     )
@@ -126,11 +126,11 @@ def _sandbox(bwrap: str | None, python: str) -> tuple[bool, str]:
     if not outcome.passed:
         return False, (f"none: {version or bwrap} cannot set up its sandbox here "
                        f"({outcome.status}: {outcome.detail}); run_untrusted refuses to run code")
-    who = ("runs as nobody (uid 65534) with no capabilities" if os.geteuid() == 0 else
-           "runs as the caller's uid with no capabilities")
+    who = "nobody (uid 65534)" if os.geteuid() == 0 else "the caller's uid"
     user = "" if os.geteuid() == 0 else "user, "
     return True, (f"{version}: new {user}pid, network, ipc, uts, mount namespaces; read-only "
-                  f"root; private /tmp; {', '.join(MASKED)} hidden; {who}; no environment")
+                  f"root; private /tmp as its folder; {', '.join(MASKED)} hidden; {who} "
+                  "without capabilities; only PATH, LANG, HOME set")
 
 
 def _argv(bwrap: str, python: str, info_fd: int, status_fd: int, limits: Limits) -> list[str]:
@@ -167,18 +167,18 @@ def _argv(bwrap: str, python: str, info_fd: int, status_fd: int, limits: Limits)
 def _run(bwrap: str, python: str, program: str, limits: Limits) -> Outcome:
     """Run ``program`` in a sandbox made with ``bwrap`` and classify how it ended."""
     with tempfile.TemporaryDirectory(prefix="app-sandbox-") as folder:
-        folder = Path(folder)  # the caller's side only: the program's stdin, stdout, stderr
-        (folder / "program.py").write_text(program, encoding="utf-8")
+        folder = Path(folder)  # the caller's side only: the program's stdin and stderr
+        (folder / "program.py").write_bytes(program.encode("utf-8", errors="replace"))
         info_r, info_w = os.pipe()  # bwrap's JSON: the pid of the namespace's init
         status_r, status_w = os.pipe()  # the bootstrap's "ready" and "done"
         try:
             with open(folder / "program.py", "rb") as stdin, \
-                    open(folder / "stdout", "wb") as stdout, \
                     open(folder / "stderr", "wb") as stderr:
                 start = time.monotonic()
                 try:
                     proc = subprocess.Popen(_argv(bwrap, python, info_w, status_w, limits),
-                                            stdin=stdin, stdout=stdout, stderr=stderr,
+                                            stdin=stdin, stdout=subprocess.DEVNULL,
+                                            stderr=stderr,
                                             pass_fds=(info_w, status_w), env={"PATH": PATH},
                                             start_new_session=True)
                 except OSError as e:
@@ -186,8 +186,8 @@ def _run(bwrap: str, python: str, program: str, limits: Limits) -> Outcome:
                 finally:
                     os.close(info_w)
                     os.close(status_w)
-                init = _init_of(info_r, start + limits.wall_s * 5)
-                code, cpu_s, timed_out = _wait(proc, init, start + limits.wall_s * 5)
+                init = _init_of(info_r, start + limits.wall_s)
+                code, cpu_s, timed_out = _wait(proc, init, start + limits.wall_s)
                 seconds = time.monotonic() - start
                 _await_end(init)
             said = _read_all(status_r).split()
@@ -208,7 +208,8 @@ def _init_of(info_fd: int, deadline: float) -> tuple[int, str] | None:
     if not found:
         return None
     pid = int(found[1])
-    return pid, _started(pid)
+    started = _started(pid)
+    return (pid, started) if started else None  # None: it has already ended
 
 
 def _wait(proc: subprocess.Popen, init: tuple[int, str] | None,
@@ -300,9 +301,10 @@ def _classify(code: int, said: list[str], err: str, busy_s: float, timed_out: bo
     if sig == signal.SIGXCPU or (sig == signal.SIGKILL and busy_s >= limits.cpu_s):
         return "cpu", f"used its {limits.cpu_s} s of CPU time"
     if "MemoryError" in last or "Cannot allocate memory" in last:
-        return "memory", last or f"ran out of its {limits.memory_mb} MiB"
+        return "memory", last
     if sig in signal.valid_signals():
-        return "killed", f"killed by {signal.Signals(sig).name}" + (f": {last}" if last else "")
+        name = signal.Signals(sig).name if sig in set(signal.Signals) else f"signal {sig}"
+        return "killed", f"killed by {name}" + (f": {last}" if last else "")
     if code == 0:
         return "failed", "exited (status 0) before the end of the program"
     return "failed", last or f"exit status {code}"
