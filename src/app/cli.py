@@ -97,7 +97,12 @@ def main() -> None:
     sys.stderr = _WithoutHydrasJobLine(sys.stderr)
     signal.signal(signal.SIGTERM, _interrupt)  # like Ctrl-C: close the open runs, then stop
     try:
-        _main()
+        try:
+            _main()
+        finally:  # a live progress display gives the terminal back before any last line
+            from app.console import console
+
+            console().end()
     except JobFailed as e:  # a fault during work: its run is FAILED with the reason
         again = ("; the sweep's other jobs ran and are kept: fix the cause and run the same "
                  "command again (finished jobs are skipped)") if _multirun() else ""

@@ -154,10 +154,11 @@ def closing_block(job_cfg: DictConfig, sweep_run: str | None = None, table: bool
     """After a run, a grid or a search: the grid's table (as the report computes it), the
     store and the next commands."""
     from app.console import next_commands, store_of, ui_command
+    from app.provenance import env_values, scrubber
     from app.report.load import ReportError, load_sweep
     from app.report.tables import ECE_LIMIT, closing_table
 
-    shown = console()
+    shown, hide = console(), scrubber(env_values(job_cfg))  # no value read from the environment
     t = job_cfg.tracking
     where = "" if t.uri or str(t.dir) == "mlruns" else f" --tracking-dir {t.dir}"
     where += f" --tracking-uri {t.uri}" if t.uri else ""
@@ -175,8 +176,8 @@ def closing_block(job_cfg: DictConfig, sweep_run: str | None = None, table: bool
     else:
         pairs = [("python -m app -m method=slerp,ties 'lambda=range(0,1.01,0.1)'",
                   "a λ grid over two methods, then python -m app.report")]
-    shown.line(f"store: {store_of(t)} (experiment {t.experiment})")
-    shown.lines("\n".join(next_commands(pairs + [(ui_command(t), "browse the runs")])))
+    shown.line(hide(f"store: {store_of(t)} (experiment {t.experiment})"))
+    shown.lines(hide("\n".join(next_commands(pairs + [(ui_command(t), "browse the runs")]))))
 
 
 def make_sweep_dir(folder: str) -> Path:
