@@ -2,8 +2,9 @@
 
 Each entry names a metric (``{task}`` stands for a configured task), says what it means, which
 way is better, what produces it and when. The search's checks (``job_metric_names``), the
-one-line job summary, the sweep summary, the README's metric table (a test checks it equals
-``markdown_table()``) and the metrics version in every fingerprint derive from here; a test
+one-line job summary, the sweep summary, the configuration reference's metric table (a test
+checks it equals ``markdown_table()``) and the metrics version in every fingerprint derive
+from here; a test
 runs real jobs and checks that what they return is what ``predict`` says.
 """
 
@@ -301,7 +302,7 @@ def without_costs(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def markdown_table() -> str:
-    """The README's metric table."""
+    """The metric table of the configuration reference (docs/reference/configuration.md)."""
     rows = ["| metric | meaning | better | when |", "|---|---|---|---|"]
     for m in REGISTRY:
         when = {"calibrated task": "each calibrated task", "generative task":
