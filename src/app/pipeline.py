@@ -119,7 +119,7 @@ class Pipeline:
             shown.job_done()
             print(f"{name}  FAILED: {e}", flush=True)
             raise
-        shown.job_done()
+        shown.job_done(ran=reference is None)  # a reused reference says nothing of the ETA
         print(summary_line(job.method.name, lam, metrics), flush=True)
         return metrics
 
