@@ -26,7 +26,13 @@ from pathlib import Path
 __all__ = ["Limits", "Outcome", "STATUSES", "isolation", "run_untrusted"]
 
 STATUSES = ("passed", "failed", "timeout", "cpu", "memory", "killed", "sandbox-error")
-NOBODY = 65534  # the uid a root caller's program runs as
+# A root caller's program runs as an unused uid of its own calling process (no account, no
+# files), so RLIMIT_NPROC counts only the processes of this caller's sandboxes
+UIDS = (200_000, 100_000)  # first uid, how many
+
+
+def _sandbox_uid() -> int:
+    return UIDS[0] + os.getpid() % UIDS[1]
 PATH = "/usr/local/bin:/usr/bin:/bin"
 MASKED = ("/home", "/root", "/run", "/var/tmp")  # hidden behind empty folders: keys, sockets
 DETAIL_CHARS = 300
@@ -113,24 +119,36 @@ def _sandbox(bwrap: str | None, python: str) -> tuple[bool, str]:
     version = subprocess.run([bwrap, "--version"], capture_output=True, text=True).stdout.strip()
     # The probe checks what the line claims: only a loopback interface, pid 2 (bwrap's init
     # is 1), the uid, no caller variables, a writable empty /tmp, a read-only root.
-    uid = NOBODY if os.geteuid() == 0 else os.geteuid()
+    uid = _sandbox_uid() if os.geteuid() == 0 else os.geteuid()
+    own = sorted({"main.py"} | {p.split("/")[2] for p in _interpreter_binds()
+                                if p.startswith("/tmp/")})  # and a checkout's mount point
     probe = (
         "import os, socket\n"
         "assert [n for _, n in socket.if_nameindex()] == ['lo'], socket.if_nameindex()\n"
         f"assert os.getpid() == 2 and os.getuid() == {uid}, (os.getpid(), os.getuid())\n"
         "assert set(os.environ) <= {'PATH', 'LANG', 'HOME', 'PWD', 'LC_CTYPE'}, list(os.environ)\n"
-        "assert os.listdir('/tmp') == ['main.py'], os.listdir('/tmp')\n"
+        f"assert sorted(os.listdir('/tmp')) == {own!r}, os.listdir('/tmp')\n"
         "assert os.statvfs('/').f_flag & os.ST_RDONLY\n"
     )
     outcome = _run(bwrap, python, probe, Limits(cpu_s=10, wall_s=30))
     if not outcome.passed:
         return False, (f"none: {version or bwrap} cannot set up its sandbox here "
                        f"({outcome.status}: {outcome.detail}); run_untrusted refuses to run code")
-    who = "nobody (uid 65534)" if os.geteuid() == 0 else "the caller's uid"
+    who = (f"uid {uid} (no account, one per calling process)" if os.geteuid() == 0
+           else "the caller's uid")
     user = "" if os.geteuid() == 0 else "user, "
     return True, (f"{version}: new {user}pid, network, ipc, uts, mount namespaces; read-only "
                   f"root; private /tmp as its folder; {', '.join(MASKED)} hidden; {who} "
                   "without capabilities; only PATH, LANG, HOME set")
+
+
+def _interpreter_binds() -> list[str]:
+    """The interpreter's and its environment's folders that a mask or the private /tmp would
+    hide (a venv under /home, a checkout under /tmp): bound back, read-only."""
+    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix,
+                                              sys.base_exec_prefix)}
+    hidden = (*MASKED, "/tmp", "/dev/shm")
+    return sorted(p for p in prefixes if any(p == m or p.startswith(m + "/") for m in hidden))
 
 
 def _argv(bwrap: str, python: str, info_fd: int, status_fd: int, limits: Limits) -> list[str]:
@@ -145,18 +163,15 @@ def _argv(bwrap: str, python: str, info_fd: int, status_fd: int, limits: Limits)
             argv += ["--tmpfs", folder]
     for tmp in ("/tmp", "/dev/shm"):
         argv += ["--perms", "1777", "--size", str(limits.tmp_mb * mib), "--tmpfs", tmp]
-    # The interpreter and its environment, where a mask hid them (a venv under /home).
-    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix,
-                                              sys.base_exec_prefix)}
-    for prefix in sorted(prefixes):
-        if any(prefix == m or prefix.startswith(m + "/") for m in MASKED):
-            argv += ["--ro-bind", prefix, prefix]
+    for prefix in _interpreter_binds():
+        argv += ["--ro-bind", prefix, prefix]
     argv += ["--chdir", "/tmp", "--clearenv", "--setenv", "PATH", PATH,
              "--setenv", "LANG", "C.UTF-8", "--setenv", "HOME", "/tmp"]
     if os.geteuid() == 0:
-        # No user namespace: bwrap sets up as root, then the program drops to nobody, so the
-        # host's permissions apply to it as well as the read-only mounts.
-        argv += ["--", "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+        # No user namespace: bwrap sets up as root, then the program drops to an unused uid, so
+        # the host's permissions apply to it as well as the read-only mounts.
+        uid = _sandbox_uid()
+        argv += ["--", "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
                  "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
     else:
         argv[1:1] = ["--unshare-user", "--disable-userns"]
