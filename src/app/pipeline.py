@@ -91,17 +91,17 @@ class Pipeline:
         except Exception as e:  # a fault (unreadable weights, out of memory): recorded in a run
             fault = e
         name = job.hide(f"{job.method.name} λ={lam:g}")
+        parent = reference_for(job.method, lam, job.models)
+        reference = None  # looked up before the claim: nothing between the run and its closing
+        if parent and not job.force and not job.merge.save_dir:
+            reference = tracker.find(reference_fingerprint(job, parent))
+        device = session.device if session else job.device
         leases = self.leases_for(job)  # claim the job, or wait for the process that holds it
         run, done = claim(leases, tracker, fingerprint, name,
                           job_tags(job, lam, fingerprint, "job", ctx.overrides), ctx.parent,
                           force=job.force)
         if done is not None:
             return skipped(job.method.name, lam, done)
-        parent = reference_for(job.method, lam, job.models)
-        reference = None
-        if parent and not job.force and not job.merge.save_dir:
-            reference = tracker.find(reference_fingerprint(job, parent))
-        device = session.device if session else job.device
         try:
             with (tracking.tracked(tracker, run), Held(leases, fingerprint),
                   faults_explained(device, job.task.batch_size)):
@@ -228,10 +228,10 @@ class Pipeline:
             tags = job_tags(job, lam, fingerprint, "reference")
             if parent.startswith("expert:"):
                 tags["expert"] = parent.split(":", 1)[1]
+            console().job(name)
             run, done = claim(leases, tracker, fingerprint, name, tags)
             if done is not None:  # another process evaluated it meanwhile
                 continue
-            console().job(name)
             try:
                 with (tracking.tracked(tracker, run), Held(leases, fingerprint),
                       faults_explained(session.device, job.task.batch_size)):
