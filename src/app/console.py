@@ -202,9 +202,17 @@ def library_output(log_file: Path | None, verbose: bool) -> Iterator[None]:
 def quiet_progress_bars() -> None:
     """No progress bars from the libraries that draw their own (their lines would fill the
     log file): the console's progress is the one to read."""
-    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # read where tqdm is imported: child processes
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with contextlib.suppress(ImportError):  # this process has imported them already
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+    with contextlib.suppress(ImportError):
+        import datasets
+
+        datasets.disable_progress_bars()
 
 
 # ---------------------------------------------------------------------- header and closing
