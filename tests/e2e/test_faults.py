@@ -106,7 +106,8 @@ def test_out_of_memory_becomes_one_actionable_line(make_cfg):
 
 
 def test_sigterm_closes_the_open_run_and_a_rerun_finishes(tmp_path):
-    cmd = [sys.executable, "-m", "app", "-m", FAST, "lambda=0.2,0.4,0.6,0.8",
+    lams = "lambda=0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8"  # work left after the first: the signal
+    cmd = [sys.executable, "-m", "app", "-m", FAST, lams,  # lands mid-sweep, not after it
            f"tracking.dir={tmp_path}/mlruns", f"hydra.sweep.dir={tmp_path}/multirun"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -118,9 +119,9 @@ def test_sigterm_closes_the_open_run_and_a_rerun_finishes(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "interrupted: the open runs are marked KILLED" in err
     assert all(status != "RUNNING" for status, _ in statuses(tmp_path))
-    run_app(tmp_path, "-m", FAST, "lambda=0.2,0.4,0.6,0.8")
+    run_app(tmp_path, "-m", FAST, lams)
     jobs = [r for r in child_runs(tmp_path) if r.info.status == "FINISHED"]
-    assert sorted(r.data.tags["lambda"] for r in jobs) == ["0.2", "0.4", "0.6", "0.8"]
+    assert sorted(r.data.tags["lambda"] for r in jobs) == [f"0.{i}" for i in range(1, 9)]
 
 
 KILL_IN_MIGRATION = """

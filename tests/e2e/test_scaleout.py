@@ -16,7 +16,7 @@ import pytest
 from app.pipeline import pick_device
 from helpers import mlflow_server
 from hydra_plugins.chunked_submitit.chunked_submitit import gpu_for, plan_chunks
-from helpers import finished_jobs, run_app, runs
+from helpers import finished_jobs, open_jobs, run_app, runs
 
 GRID = ["-m", "task.limit=10", "method=linear", "lambda=0.2,0.8"]
 METRICS = ("toy_mc/acc", "toy_mc/ece", "toy_mc/brier", "toy_gen/acc")
@@ -114,17 +114,6 @@ def test_chunked_local_prints_a_line_per_job(tmp_path):
     for lam in ("0.2", "0.8"):  # each from its own worker process, relayed
         assert len(re.findall(rf"^linear λ={lam}  .*toy_mc/acc=", proc.stdout, re.M)) == 1
     assert "submitit INFO" not in proc.stdout
-
-
-def open_jobs(tmp_path) -> int:
-    """Job runs RUNNING now (read-only from SQLite, as ``finished_jobs``)."""
-    with contextlib.suppress(sqlite3.Error), sqlite3.connect(
-            f"file:{tmp_path}/mlruns/mlflow.db?mode=ro", uri=True, timeout=5) as con:
-        return con.execute(
-            "SELECT count(*) FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid "
-            "WHERE tags.key = 'role' AND tags.value = 'job' AND runs.status = 'RUNNING'"
-        ).fetchone()[0]
-    return 0
 
 
 def interrupted_mid_sweep(tmp_path, signum, group: bool, *args):

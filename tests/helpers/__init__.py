@@ -52,6 +52,17 @@ def child_runs(tmp_path):
     return [r for r in found if r.data.tags.get("role") == "job"]
 
 
+def open_jobs(tmp_path) -> int:
+    """Job runs RUNNING now (read-only from SQLite, as ``finished_jobs``)."""
+    with contextlib.suppress(sqlite3.Error), sqlite3.connect(
+            f"file:{tmp_path}/mlruns/mlflow.db?mode=ro", uri=True, timeout=5) as con:
+        return con.execute(
+            "SELECT count(*) FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid "
+            "WHERE tags.key = 'role' AND tags.value = 'job' AND runs.status = 'RUNNING'"
+        ).fetchone()[0]
+    return 0
+
+
 def finished_jobs(tmp_path) -> int:
     """Read-only count straight from SQLite: an MLflow client here would race the sweep's
     own schema creation."""
